@@ -1,0 +1,134 @@
+"""Expand scenarios into cases (scenario x engine x device) and decide what can run here.
+
+Device labels: `cpu`, `cuda:N`, `auto` run on real devices; `sim:cuda:N`, `sim:auto` run
+the same scenario device on simulated GPUs. Every GPU device a scenario names yields both,
+so one scenario file serves GPU CI and CPU-only CI alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from harness.engines import UnknownEngine, get_engine
+from harness.engines.base import Placement
+from harness.loader import LoadedScenario
+from harness.scenario import DeviceSpec, Scenario
+
+SIM_PREFIX = "sim:"
+
+
+@dataclass(frozen=True)
+class DeviceTarget:
+    spec: DeviceSpec
+    simulated: bool
+
+    @property
+    def label(self) -> str:
+        return (SIM_PREFIX if self.simulated else "") + self.spec.device
+
+    @property
+    def kind(self) -> str:
+        """cpu | cuda | auto: what an engine must support."""
+        return self.spec.device.split(":")[0]
+
+    @property
+    def marker(self) -> str:
+        if self.simulated:
+            return "sim"
+        return {"cpu": "cpu", "cuda": "gpu", "auto": "multigpu"}[self.kind]
+
+    def placement(self) -> Placement:
+        if self.kind == "cpu":
+            return Placement("cpu", ("cpu",))
+        if self.kind == "auto":
+            return Placement("auto", tuple(f"cuda:{i}" for i in range(self.spec.gpus_needed)))
+        return Placement("cuda", (self.spec.device,))
+
+
+@dataclass(frozen=True)
+class Case:
+    loaded: LoadedScenario
+    engine: str
+    target: DeviceTarget
+
+    @property
+    def scenario(self) -> Scenario:
+        return self.loaded.scenario
+
+    @property
+    def id(self) -> str:
+        return f"{self.scenario.name}[{self.engine}-{self.target.label}]"
+
+
+def expand(loaded: LoadedScenario) -> list[Case]:
+    cases = []
+    for engine in loaded.scenario.engines:
+        for spec in loaded.scenario.devices:
+            cases.append(Case(loaded, engine, DeviceTarget(spec, simulated=False)))
+            if spec.device != "cpu":
+                cases.append(Case(loaded, engine, DeviceTarget(spec, simulated=True)))
+    return cases
+
+
+def matches_device_filter(case: Case, wanted: list[str]) -> bool:
+    """`--device` values: a label (`cpu`, `cuda:0`, `sim:auto`), `sim` (every simulated
+    case), `gpu` (every real GPU case) or `all`."""
+    if not wanted or "all" in wanted:
+        return True
+    label = case.target.label
+    for want in wanted:
+        if want == label or (want == "sim" and case.target.simulated):
+            return True
+        if want == "gpu" and not case.target.simulated and case.target.kind != "cpu":
+            return True
+    return False
+
+
+@lru_cache(maxsize=1)
+def real_gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def skip_reason(case: Case) -> tuple[str, bool] | None:
+    """(reason, is_missing_device) when the case cannot run here, else None."""
+    try:
+        engine = get_engine(case.engine)
+    except UnknownEngine as exc:
+        return str(exc), False
+    unavailable = engine.unavailable_reason()
+    if unavailable:
+        return f"engine {case.engine} unavailable: {unavailable}", False
+    caps = engine.capabilities
+    missing = [f for f in case.scenario.features.names() if f not in caps.features]
+    if missing:
+        return f"engine {case.engine} lacks feature {', '.join(missing)}", False
+    unhonoured = [f for f in case.scenario.faults if f not in caps.faults]
+    if unhonoured:
+        return f"engine {case.engine} has no fault switch {', '.join(unhonoured)}", False
+    if case.target.kind not in caps.devices:
+        return f"engine {case.engine} does not support device kind {case.target.kind}", False
+    needed = case.target.spec.gpus_needed
+    if case.target.simulated:
+        if not caps.simulated:
+            return f"engine {case.engine} does not run on torch here, so it cannot use simulated GPUs", False
+        reason = simulation_unavailable_reason()
+        if reason:
+            return f"simulated GPUs unavailable: {reason}", False
+        return None
+    have = real_gpu_count()
+    if needed > have:
+        return f"needs {needed} CUDA device{'s' if needed > 1 else ''}, {have} visible", True
+    return None
+
+
+@lru_cache(maxsize=1)
+def simulation_unavailable_reason() -> str | None:
+    try:
+        import harness.devices as devices
+    except ImportError as exc:
+        return f"cannot import harness.devices ({exc})"
+    check = getattr(devices, "unavailable_reason", None)
+    return check() if check else None

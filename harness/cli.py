@@ -1,0 +1,216 @@
+"""The `samedevice` command: run, list, report, schema.
+
+Exit codes: 0 nothing failed; 1 a case failed or errored, or a scenario file is invalid
+(the valid ones still ran); 2 usage error or unusable results directory; 130 interrupted
+(every finished case is kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+from harness import __version__
+
+DEFAULT_SCENARIOS = Path("scenarios")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="samedevice", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"samedevice {__version__}")
+    sub = parser.add_subparsers(dest="command")
+
+    def selection(p: argparse.ArgumentParser) -> None:
+        p.add_argument("paths", nargs="*", type=Path, help="scenario files or directories (default: scenarios/)")
+        p.add_argument("--engine", "-e", action="append", default=[], help="only these engines (repeatable)")
+        p.add_argument("--device", "-d", action="append", default=[],
+                       help="only these devices: cpu, cuda:N, auto, sim:cuda:N, sim:auto, or the groups "
+                            "sim (all simulated), gpu (all real GPU), all (repeatable; default all)")
+        p.add_argument("-k", dest="keyword", default=None, help="only cases whose id contains this text")
+
+    run = sub.add_parser("run", help="run scenarios and write results/<run-id>/")
+    selection(run)
+    run.add_argument("--results", type=Path, default=None, help="results root (default: results/ or $SAMEDEVICE_RESULTS)")
+    run.add_argument("--strict-devices", action="store_true", help="a case whose device is absent fails instead of skipping")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown on a terminal)")
+    run.set_defaults(func=cmd_run)
+
+    lst = sub.add_parser("list", help="list the cases and why any would be skipped")
+    selection(lst)
+    lst.set_defaults(func=cmd_list)
+
+    rep = sub.add_parser("report", help="markdown summary of a run directory")
+    rep.add_argument("run_dir", type=Path)
+    rep.add_argument("--output", "-o", type=Path, default=None, help="write here instead of stdout")
+    rep.set_defaults(func=cmd_report)
+
+    sch = sub.add_parser("schema", help="print the JSON Schema of scenario files")
+    sch.set_defaults(func=cmd_schema)
+    return parser
+
+
+def _select(args: argparse.Namespace):
+    from harness.cases import expand, matches_device_filter
+    from harness.loader import load_paths
+
+    paths = args.paths or [DEFAULT_SCENARIOS]
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        raise SystemExit(f"samedevice: error: no such file or directory: {missing[0]}")
+    loaded = load_paths(paths)
+    cases = [c for s in loaded.scenarios for c in expand(s)]
+    if args.engine:
+        cases = [c for c in cases if c.engine in args.engine]
+    cases = [c for c in cases if matches_device_filter(c, args.device)]
+    if args.keyword:
+        cases = [c for c in cases if args.keyword in c.id]
+    return loaded.errors, cases
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from harness.cases import skip_reason
+
+    errors, cases = _select(args)
+    for error in errors:
+        print(f"invalid: {error}", file=sys.stderr)
+    for case in cases:
+        skip = skip_reason(case)
+        print(f"{case.id}\t{'skip: ' + skip[0] if skip else 'runs'}")
+    print(f"{len(cases)} cases, {len(errors)} invalid scenario file problems", file=sys.stderr)
+    return 1 if errors else 0
+
+
+class _Terminated(Exception):
+    pass
+
+
+def _on_sigterm(signum, frame):  # pragma: no cover - exercised through a subprocess test
+    raise _Terminated()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from harness import report
+    from harness.results import RunDirectory, environment_info
+    from harness.runner import OracleCache, RunOptions, results_root_default, run_case
+
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        console = Console(stderr=True, width=200)  # CI logs: wide rows, not folded columns
+    errors, cases = _select(args)
+    root = args.results or results_root_default()
+    try:
+        run_dir = RunDirectory.create(root)
+    except OSError as exc:
+        print(f"samedevice: error: results directory {root} is not writable: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    for error in errors:
+        print(f"invalid scenario: {error}", file=sys.stderr)
+
+    info = environment_info() | {"run_id": run_dir.path.name, "started": time.time(), "cases_selected": len(cases),
+                                 "invalid_files": [str(e) for e in errors]}
+    run_dir.write_run_info(info)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    oracles, options = OracleCache(), RunOptions(strict_devices=args.strict_devices)
+    results, interrupted = [], None
+    try:
+        with _progress(console, len(cases), enabled=not args.no_progress) as advance:
+            for case in cases:
+                result = run_case(case, options, oracles)
+                run_dir.append(result)
+                results.append(result)
+                advance(case.id, result.status)
+    except (KeyboardInterrupt, _Terminated) as exc:
+        interrupted = "SIGINT" if isinstance(exc, KeyboardInterrupt) else "SIGTERM"
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        info |= {"finished": time.time(), "interrupted": interrupted, "cases_finished": len(results)}
+        run_dir.write_run_info(info)
+        (run_dir.path / "report.md").write_text(report.markdown(results, info, [str(e) for e in errors]))
+
+    console.print(report.console_table(results))
+    for r in results:
+        if r.status in ("failed", "error"):
+            console.print(f"[bold red]{r.status.upper()}[/] {r.id} ({r.file}:{r.line})")
+            for f in r.failures:
+                console.print(f"    {f.check}: {f.message}", markup=False, highlight=False)
+            if r.status == "error" and r.error:
+                console.print(f"    {str(r.error.get('message', '')).splitlines()[0]}", markup=False, highlight=False)
+    console.print(f"{report.counts_line(results)}; {len(errors)} invalid scenario problem(s). Results: {run_dir.path}")
+    if interrupted:
+        console.print(f"[bold]interrupted ({interrupted})[/]: {len(results)} of {len(cases)} cases finished and kept")
+        return 130
+    bad = any(r.status in ("failed", "error") for r in results)
+    return 1 if bad or errors else 0
+
+
+class _progress:
+    """A rich progress bar on a terminal; one line per case otherwise (CI logs)."""
+
+    def __init__(self, console, total: int, enabled: bool) -> None:
+        self.console, self.total = console, total
+        self.enabled = enabled and console.is_terminal
+        self.done = 0
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeElapsedColumn(), console=self.console, transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task("running", total=self.total)
+        return self.advance
+
+    def advance(self, case_id: str, status: str) -> None:
+        self.done += 1
+        if self.enabled:
+            self.bar.update(self.task, advance=1, description=case_id[:60])
+        else:
+            print(f"[{self.done}/{self.total}] {status:7} {case_id}", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self.bar.stop()
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from harness import report
+    from harness.results import RunDirectory
+
+    run_dir = RunDirectory(args.run_dir)
+    if not run_dir.cases_path.exists() and not run_dir.run_path.exists():
+        print(f"samedevice: error: {args.run_dir} is not a run directory (no cases.jsonl or run.json)", file=sys.stderr)
+        return 2
+    info = run_dir.read_run_info()
+    text = report.markdown(run_dir.read_cases(), info, info.get("invalid_files"))
+    if args.output:
+        args.output.write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from harness.scenario import scenario_json_schema
+
+    print(json.dumps(scenario_json_schema(), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""Run one case: load the engine on the case's devices, generate inside the transfer
+tracker, then run the checks. The CLI, the pytest plugin and asv all call `run_case`."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from harness import checks, tinymodel
+from harness.cases import Case, DeviceTarget, skip_reason
+from harness.engines import get_engine
+from harness.engines.base import Engine, Generation, Request
+from harness.errors import ErrorInfo, describe
+from harness.ledger import Ledger
+from harness.results import CaseResult
+
+
+@dataclass
+class RunOptions:
+    strict_devices: bool = False
+
+
+@dataclass
+class Execution:
+    """What one engine run produced, before any check."""
+
+    generation: Generation | None = None
+    error: ErrorInfo | None = None
+    ledger: Ledger = field(default_factory=Ledger)
+    timings: dict[str, float] = field(default_factory=dict)
+    peak_memory_bytes: int | None = None
+    prompt_ids: list[list[int]] = field(default_factory=list)
+
+
+class _PhaseClock:
+    """Splits wall time and the ledger into load / prefill / decode as the engine reports."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self.totals = {"load": 0.0, "prefill": 0.0, "decode": 0.0}
+        self.phase = "load"
+        self.since = time.perf_counter()
+
+    def __call__(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.totals[self.phase] += now - self.since
+        self.phase, self.since = phase, now
+        self.ledger.set_phase(phase)  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        self("load")
+
+
+@lru_cache(maxsize=8)
+def _tokenizer(path: str):
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(path)
+
+
+def build_request(case: Case, on_phase: Callable[[str], None]) -> Request:
+    directory = tinymodel.model_dir(case.scenario.model)
+    tokenizer = _tokenizer(str(directory / "tokenizer.json"))
+    return Request(
+        scenario=case.scenario,
+        model_dir=directory,
+        prompt_ids=[tokenizer.encode(p).ids for p in case.scenario.prompt_list],
+        eos_id=tinymodel.EOS_ID,
+        encode=lambda text: tokenizer.encode(text).ids,
+        decode=lambda ids: tokenizer.decode(ids),
+        on_phase=on_phase,
+    )
+
+
+@contextlib.contextmanager
+def device_context(target: DeviceTarget, ledger: Ledger) -> Iterator[None]:
+    """Simulated GPUs for sim targets; the transfer tracker for real devices."""
+    try:
+        from harness import devices
+    except ImportError:
+        devices = None  # type: ignore[assignment]
+    with torch.no_grad():
+        if target.simulated:
+            assert devices is not None
+            with devices.simulated_gpus(count=max(target.spec.gpus_needed, 1), ledger=ledger):
+                yield
+        elif devices is not None and hasattr(devices, "track_transfers"):
+            with devices.track_transfers(ledger):
+                yield
+        else:
+            yield
+
+
+def execute(case: Case) -> Execution:
+    """Load and generate; any exception becomes `Execution.error`, never the run's."""
+    run = Execution()
+    clock = _PhaseClock(run.ledger)
+    engine: Engine | None = None
+    try:
+        request = build_request(case, clock)
+        run.prompt_ids = request.prompt_ids
+        with device_context(case.target, run.ledger):
+            engine = get_engine(case.engine)()
+            if torch.cuda.is_available() and not case.target.simulated:
+                torch.cuda.reset_peak_memory_stats()
+            engine.load(request, case.target.placement())
+            clock("load")
+            run.timings["load_s"] = clock.totals["load"]
+            clock.totals["load"] = 0.0
+            run.generation = engine.generate(request)
+            clock.stop()
+            if torch.cuda.is_available() and not case.target.simulated:
+                run.peak_memory_bytes = int(torch.cuda.max_memory_allocated())
+    except Exception as exc:  # the case's error, never the run's
+        clock.stop()
+        run.error = describe(exc)
+        run.error.message += "\n" + "".join(traceback.format_exception(exc)[-6:])[-3000:]
+    finally:
+        if engine is not None:
+            with contextlib.suppress(Exception):
+                engine.close()
+    if run.generation is not None:
+        run.ledger.decode_tokens = sum(max(len(t) - 1, 0) for t in run.generation.tokens)
+    run.timings["prefill_s"] = round(clock.totals["prefill"], 6)
+    run.timings["decode_s"] = round(clock.totals["decode"], 6)
+    if run.ledger.decode_tokens and clock.totals["decode"] > 0:
+        run.timings["decode_tokens_per_s"] = round(run.ledger.decode_tokens / clock.totals["decode"], 2)
+    return run
+
+
+class OracleCache:
+    """The CPU run of each (scenario, engine), computed once per process and shared by
+    every device case of that scenario, so parity works under xdist and sharding too."""
+
+    def __init__(self) -> None:
+        self._results: dict[tuple[str, int, str], CaseResult] = {}
+
+    def get(self, case: Case) -> CaseResult:
+        key = (case.loaded.path, case.loaded.line, case.engine)
+        if key not in self._results:
+            cpu_case = Case(case.loaded, case.engine, _cpu_target(case))
+            self._results[key] = run_case(cpu_case, RunOptions(), oracles=None)
+        return self._results[key]
+
+
+def _cpu_target(case: Case) -> DeviceTarget:
+    from harness.scenario import DeviceSpec
+
+    return DeviceTarget(DeviceSpec(device="cpu"), simulated=False)
+
+
+def cpu_scorer(case: Case) -> Callable[[list[int]], torch.Tensor]:
+    """Teacher-forced logits from a fresh CPU load of the case's engine (rare path:
+    only when device tokens differ from the CPU's)."""
+
+    def score(ids: list[int]) -> torch.Tensor:
+        cpu_case = Case(case.loaded, case.engine, _cpu_target(case))
+        engine = get_engine(case.engine)()
+        request = build_request(cpu_case, lambda phase: None)
+        with torch.no_grad():
+            engine.load(request, cpu_case.target.placement())
+            try:
+                return engine.teacher_forced_logits(ids)
+            finally:
+                engine.close()
+
+    return score
+
+
+def run_case(case: Case, options: RunOptions, oracles: OracleCache | None) -> CaseResult:
+    result = CaseResult(
+        id=case.id, scenario=case.scenario.name, engine=case.engine, device=case.target.label,
+        file=case.loaded.path, line=case.loaded.line, started=time.time(),
+        worker=os.environ.get("PYTEST_XDIST_WORKER", f"{socket.gethostname()}:{os.getpid()}"),
+    )
+    skip = skip_reason(case)
+    if skip is not None:
+        reason, missing_device = skip
+        if missing_device and options.strict_devices:
+            result.fail("device", f"{reason} (--strict-devices: a missing device fails the case)")
+        else:
+            result.status, result.reason = "skipped", reason
+        return result
+
+    wants_parity = (
+        oracles is not None and case.target.kind != "cpu" and case.scenario.checks.parity.enabled
+        and case.scenario.checks.expect_error is None
+    )
+
+    run = execute(case)
+    result.timings = run.timings
+    result.peak_memory_bytes = run.peak_memory_bytes
+    result.ledger = None if run.ledger.is_empty() and not run.ledger.decode_tokens else run.ledger.to_json()
+    if run.generation is not None:
+        result.tokens, result.texts = run.generation.tokens, run.generation.texts
+        result.notes += run.generation.notes
+    if run.error is not None:
+        result.error = run.error.to_json()
+        if run.error.kernel_gap and case.target.simulated:
+            result.status = "skipped"
+            result.reason = f"kernel gap: a GPU-only code path hit a kernel the CPU lacks ({run.error.one_line()})"
+            result.notes.append("kernel_gaps: " + run.error.one_line())
+            return _finish(result)
+    checks.check_error(result, run.error)
+    if run.generation is not None:
+        checks.check_output(result, case.scenario, tinymodel.EOS_ID)
+        checks.check_transfers(result, case.scenario, run.ledger)
+        if wants_parity:
+            assert oracles is not None
+            _parity(case, result, oracles, run)
+    checks.apply_expectations(result, case.scenario, run.error)
+    return _finish(result)
+
+
+def _parity(case: Case, result: CaseResult, oracles: OracleCache, run: Execution) -> None:
+    oracle = oracles.get(case)
+    engine_cls = get_engine(case.engine)
+    can_score = engine_cls.capabilities.teacher_forcing
+    if result.tokens == oracle.tokens or not can_score:
+        checks.check_parity(result, oracle, case.scenario.checks.parity, None, None, run.prompt_ids)
+        return
+
+    def score_device(ids: list[int]) -> torch.Tensor:
+        engine = engine_cls()
+        request = build_request(case, lambda phase: None)
+        with device_context(case.target, Ledger()):
+            engine.load(request, case.target.placement())
+            try:
+                return engine.teacher_forced_logits(ids).float().cpu()
+            finally:
+                engine.close()
+
+    checks.check_parity(result, oracle, case.scenario.checks.parity, score_device, cpu_scorer(case), run.prompt_ids)
+
+
+def _finish(result: CaseResult) -> CaseResult:
+    result.duration_s = round(time.time() - result.started, 4)
+    return result
+
+
+def results_root_default() -> Path:
+    return Path(os.environ.get("SAMEDEVICE_RESULTS", "results"))

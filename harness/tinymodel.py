@@ -1,0 +1,212 @@
+"""Tiny models generated locally and deterministically: nothing is downloaded.
+
+`model_dir(spec)` returns a transformers-format directory (config.json, model.safetensors,
+tokenizer.json) built from the spec's seed, cached under `cache_root()`. Every engine loads
+the same directory, so the reference and transformers run the *same* weights.
+
+Random weights give near-flat logits (top-1/top-2 gaps of 1e-3) and greedy parity would
+flip on any rounding change; the lm_head is scaled up (`lm_head_scale`, x50 by default)
+so top-1 margins are clear.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import zlib
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from harness.scenario import ModelSpec
+
+FACTORY_VERSION = 1  # bump when the weights or tokenizer a spec produces change
+VOCAB_SIZE = 512
+SPECIAL_TOKENS = ("<s>", "</s>", "<unk>")
+BOS_ID, EOS_ID = 0, 1
+CORPUS = Path(__file__).parent / "data" / "corpus.txt"
+
+
+@dataclass(frozen=True)
+class Dims:
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    intermediate_size: int
+    num_experts: int = 0
+    experts_per_token: int = 0
+
+
+PRESETS = {
+    "tiny": Dims(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128),
+    "parity": Dims(hidden_size=256, num_layers=2, num_heads=8, num_kv_heads=4, intermediate_size=512),
+    "bench": Dims(hidden_size=512, num_layers=4, num_heads=8, num_kv_heads=4, intermediate_size=1024),
+}
+
+
+def resolve_dims(spec: ModelSpec) -> Dims:
+    """The preset's dimensions with the spec's explicit fields laid over them."""
+    base = asdict(PRESETS[spec.size])
+    if spec.family == "mixtral":
+        base.update(num_experts=4, experts_per_token=2)
+    for name in base:
+        value = getattr(spec, name, None)
+        if value is not None:
+            base[name] = value
+    dims = Dims(**base)
+    if dims.hidden_size % dims.num_heads:
+        raise ValueError(f"hidden_size {dims.hidden_size} is not divisible by num_heads {dims.num_heads}")
+    if dims.num_heads % dims.num_kv_heads:
+        raise ValueError(f"num_heads {dims.num_heads} is not divisible by num_kv_heads {dims.num_kv_heads}")
+    if dims.experts_per_token > dims.num_experts:
+        raise ValueError("experts_per_token exceeds num_experts")
+    return dims
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SAMEDEVICE_CACHE", Path.home() / ".cache" / "samedevice"))
+
+
+def model_dir(spec: ModelSpec) -> Path:
+    """The model directory for `spec`, generating it on first use (safe across processes)."""
+    dims = resolve_dims(spec)
+    key = json.dumps(
+        {"v": FACTORY_VERSION, "family": spec.family, "seed": spec.seed, "scale": spec.lm_head_scale,
+         "max_seq_len": spec.max_seq_len, **asdict(dims)},
+        sort_keys=True,
+    )
+    target = cache_root() / "models" / f"{spec.family}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    if (target / "model.safetensors").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".build-", dir=target.parent))
+    try:
+        _write_model(staging, spec, dims)
+        try:
+            staging.rename(target)  # atomic: concurrent builders race, one wins
+        except OSError:
+            if not (target / "model.safetensors").exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _write_model(directory: Path, spec: ModelSpec, dims: Dims) -> None:
+    from safetensors.torch import save_file
+
+    tokenizer_path(directory)
+    save_file(_weights(spec, dims), str(directory / "model.safetensors"), metadata={"format": "pt"})
+    (directory / "config.json").write_text(json.dumps(_config(spec, dims), indent=2))
+    (directory / "generation_config.json").write_text(
+        json.dumps({"bos_token_id": BOS_ID, "eos_token_id": EOS_ID, "do_sample": False})
+    )
+
+
+def _config(spec: ModelSpec, dims: Dims) -> dict:
+    config = {
+        "architectures": ["MixtralForCausalLM" if spec.family == "mixtral" else "LlamaForCausalLM"],
+        "model_type": spec.family,
+        "hidden_size": dims.hidden_size,
+        "intermediate_size": dims.intermediate_size,
+        "num_hidden_layers": dims.num_layers,
+        "num_attention_heads": dims.num_heads,
+        "num_key_value_heads": dims.num_kv_heads,
+        "head_dim": dims.hidden_size // dims.num_heads,
+        "vocab_size": VOCAB_SIZE,
+        "max_position_embeddings": spec.max_seq_len,
+        "rms_norm_eps": 1e-5,
+        # transformers 5 writes rope_parameters only; other engines (mistral.rs) need rope_theta.
+        "rope_theta": 10000.0,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
+        "tie_word_embeddings": False,
+        "bos_token_id": BOS_ID,
+        "eos_token_id": EOS_ID,
+        "torch_dtype": "float32",
+    }
+    if spec.family == "mixtral":
+        config.update(num_local_experts=dims.num_experts, num_experts_per_tok=dims.experts_per_token,
+                      router_aux_loss_coef=0.0, output_router_logits=False)
+    return config
+
+
+def _shapes(spec: ModelSpec, dims: Dims) -> dict[str, tuple[int, ...]]:
+    """Parameter names and shapes in transformers' checkpoint layout."""
+    h, i, head = dims.hidden_size, dims.intermediate_size, dims.hidden_size // dims.num_heads
+    kv = dims.num_kv_heads * head
+    shapes: dict[str, tuple[int, ...]] = {
+        "model.embed_tokens.weight": (VOCAB_SIZE, h),
+        "model.norm.weight": (h,),
+        "lm_head.weight": (VOCAB_SIZE, h),
+    }
+    for layer in range(dims.num_layers):
+        p = f"model.layers.{layer}."
+        shapes |= {
+            p + "input_layernorm.weight": (h,),
+            p + "post_attention_layernorm.weight": (h,),
+            p + "self_attn.q_proj.weight": (h, h),
+            p + "self_attn.k_proj.weight": (kv, h),
+            p + "self_attn.v_proj.weight": (kv, h),
+            p + "self_attn.o_proj.weight": (h, h),
+        }
+        if spec.family == "mixtral":
+            shapes[p + "block_sparse_moe.gate.weight"] = (dims.num_experts, h)
+            for e in range(dims.num_experts):
+                q = f"{p}block_sparse_moe.experts.{e}."
+                shapes |= {q + "w1.weight": (i, h), q + "w2.weight": (h, i), q + "w3.weight": (i, h)}
+        else:
+            shapes |= {p + "mlp.gate_proj.weight": (i, h), p + "mlp.up_proj.weight": (i, h),
+                       p + "mlp.down_proj.weight": (h, i)}
+    return shapes
+
+
+def _weights(spec: ModelSpec, dims: Dims) -> dict[str, torch.Tensor]:
+    weights = {}
+    for name, shape in _shapes(spec, dims).items():
+        if name.endswith("norm.weight"):
+            weights[name] = torch.ones(shape)
+            continue
+        # One generator per tensor, seeded from its name: adding a tensor never shifts others.
+        generator = torch.Generator().manual_seed(spec.seed * 1_000_003 + zlib.crc32(name.encode()))
+        std = 1.0 if name == "model.embed_tokens.weight" else shape[-1] ** -0.5
+        weights[name] = torch.randn(shape, generator=generator) * std
+    weights["lm_head.weight"] *= spec.lm_head_scale
+    return weights
+
+
+def tokenizer_path(directory: Path) -> Path:
+    """Write tokenizer.json and tokenizer_config.json into `directory`."""
+    (directory / "tokenizer.json").write_text(_trained_tokenizer_json())
+    (directory / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": SPECIAL_TOKENS[0], "eos_token": SPECIAL_TOKENS[1], "unk_token": SPECIAL_TOKENS[2],
+        "add_bos_token": False, "add_eos_token": False, "model_max_length": 8192,
+    }))
+    return directory / "tokenizer.json"
+
+
+@lru_cache(maxsize=1)
+def _trained_tokenizer_json() -> str:
+    """A byte-level BPE (vocab 512) trained on the corpus shipped with the harness (<1 s)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(CORPUS.read_text().splitlines(), trainer)
+    return tokenizer.to_str()
