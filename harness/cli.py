@@ -103,6 +103,7 @@ def _on_sigterm(signum, frame):  # pragma: no cover - exercised through a subpro
 
 def cmd_run(args: argparse.Namespace) -> int:
     from rich.console import Console
+    from rich.markup import escape
 
     from harness import report
     from harness.results import RunDirectory, environment_info
@@ -145,7 +146,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     console.print(report.console_table(results))
     for r in results:
         if r.status in ("failed", "error"):
-            console.print(f"[bold red]{r.status.upper()}[/] {r.id} ({r.file}:{r.line})")
+            console.print(f"[bold red]{r.status.upper()}[/] {escape(r.id)} ({r.file}:{r.line})")
             for f in r.failures:
                 console.print(f"    {f.check}: {f.message}", markup=False, highlight=False)
             if r.status == "error" and r.error:

@@ -68,6 +68,7 @@ def markdown(results: list[CaseResult], run_info: dict[str, Any], problems: list
 
 
 def console_table(results: list[CaseResult]):
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="samedevice", show_lines=False, expand=False)
@@ -76,7 +77,7 @@ def console_table(results: list[CaseResult]):
     style = {"passed": "green", "failed": "bold red", "error": "bold magenta", "skipped": "yellow"}
     for r in results:
         table.add_row(
-            r.id, f"[{style[r.status]}]{_ICON[r.status]}[/]", _tps(r), _per_token(r, "d2h"), _per_token(r, "h2d"),
-            _per_token(r, "d2d"), _per_token(r, "sync"), r.summary_line()[:120],
+            escape(r.id), f"[{style[r.status]}]{_ICON[r.status]}[/]", _tps(r), _per_token(r, "d2h"), _per_token(r, "h2d"),
+            _per_token(r, "d2d"), _per_token(r, "sync"), escape(r.summary_line()[:120]),
         )
     return table

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from harness import checks, tinymodel
+from harness import checks, feature_checks, tinymodel
 from harness.cases import Case, DeviceTarget, skip_reason
 from harness.engines import get_engine
 from harness.engines.base import Engine, Generation, Request
@@ -39,6 +39,7 @@ class Execution:
     timings: dict[str, float] = field(default_factory=dict)
     peak_memory_bytes: int | None = None
     prompt_ids: list[list[int]] = field(default_factory=list)
+    encode: Callable[[str], list[int]] = lambda text: []
 
 
 class _PhaseClock:
@@ -107,7 +108,7 @@ def execute(case: Case) -> Execution:
     engine: Engine | None = None
     try:
         request = build_request(case, clock)
-        run.prompt_ids = request.prompt_ids
+        run.prompt_ids, run.encode = request.prompt_ids, request.encode
         with device_context(case.target, run.ledger):
             engine = get_engine(case.engine)()
             if torch.cuda.is_available() and not case.target.simulated:
@@ -214,6 +215,7 @@ def run_case(case: Case, options: RunOptions, oracles: OracleCache | None) -> Ca
     if run.generation is not None:
         checks.check_output(result, case.scenario, tinymodel.EOS_ID)
         checks.check_transfers(result, case.scenario, run.ledger)
+        feature_checks.check_features(result, case.scenario, run.generation, run.encode)
         if wants_parity:
             assert oracles is not None
             _parity(case, result, oracles, run)
