@@ -119,8 +119,25 @@ def load_file(path: Path) -> LoadResult:
         except ValidationError as exc:
             result.errors.extend(_validation_errors(display, item, exc, prefix))
             continue
+        engine_errors = _unknown_engines(display, item, scenario, prefix)
+        if engine_errors:
+            result.errors.extend(engine_errors)
+            continue
         result.scenarios.append(LoadedScenario(scenario, display, item.start_mark.line + 1))
     return result
+
+
+def _unknown_engines(display: str, root: yaml.MappingNode, scenario: Scenario, prefix: str) -> list[ScenarioError]:
+    from harness.engines import UnknownEngine, get_engine
+
+    errors = []
+    for index, name in enumerate(scenario.engines):
+        try:
+            get_engine(name)
+        except UnknownEngine as exc:
+            node, _, _ = _node_at(root, ("engines", index))
+            errors.append(_at(display, node, f"{prefix}engines[{index}]", str(exc)))
+    return errors
 
 
 class _Constructor(yaml.SafeLoader):
@@ -187,7 +204,7 @@ def _yaml_error(display: str, exc: yaml.YAMLError) -> ScenarioError:
 def _validation_errors(display: str, root: yaml.MappingNode, exc: ValidationError, prefix: str) -> list[ScenarioError]:
     errors = []
     for detail in exc.errors(include_url=False):
-        node, path, parent = _node_at(root, detail["loc"])
+        node, path, parent = _node_at(root, detail["loc"], want_key=detail["type"] == "extra_forbidden")
         field_name = prefix + ".".join(path)
         message = detail["msg"].removeprefix("Value error, ")
         if detail["type"] == "extra_forbidden":
@@ -200,7 +217,7 @@ def _validation_errors(display: str, root: yaml.MappingNode, exc: ValidationErro
     return errors
 
 
-def _node_at(root: yaml.Node, loc: tuple[Any, ...]) -> tuple[yaml.Node, list[str], type[BaseModel] | None]:
+def _node_at(root: yaml.Node, loc: tuple[Any, ...], want_key: bool = False) -> tuple[yaml.Node, list[str], type[BaseModel] | None]:
     """Follow a pydantic error location through the YAML node tree.
 
     Parts that name no node (union tags such as 'function-after[...]') are skipped.
@@ -211,11 +228,11 @@ def _node_at(root: yaml.Node, loc: tuple[Any, ...]) -> tuple[yaml.Node, list[str
     path: list[str] = []
     model: type[BaseModel] | None = Scenario
     owner: type[BaseModel] | None = Scenario
-    for part in loc:
+    for depth, part in enumerate(loc):
         if isinstance(node, yaml.MappingNode) and isinstance(part, str):
             for key, value in node.value:
                 if key.value == part:
-                    node = value
+                    node = key if want_key and depth == len(loc) - 1 else value
                     break
             else:
                 if part in (model.model_fields if model else {}):

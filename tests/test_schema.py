@@ -1,0 +1,44 @@
+"""`samedevice schema` is a JSON Schema that editors can use: it accepts every bundled
+scenario, rejects what the loader rejects, and the copy shipped for editors is current."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import jsonschema
+import pytest
+import yaml
+
+from harness.scenario import scenario_json_schema
+from tests.conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def schema() -> dict:
+    out = subprocess.run([sys.executable, "-m", "harness.cli", "schema"], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def test_schema_validates_every_bundled_scenario_file(schema: dict) -> None:
+    files = sorted((REPO / "scenarios").glob("*.yaml"))
+    assert files
+    for path in files:
+        jsonschema.validate(yaml.safe_load(path.read_text()), schema)
+
+
+@pytest.mark.parametrize("bad", [
+    {"name": "x", "description": "d", "prompt": "hi", "modle": {}},
+    {"name": "x", "description": "d", "prompt": "hi", "devices": ["cuda:x"]},
+    {"name": "x", "prompt": "hi"},
+    {"name": "x", "description": "d", "prompt": "hi", "max_new_tokens": 0},
+])
+def test_schema_rejects_what_the_loader_rejects(schema: dict, bad: dict) -> None:
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
+
+
+def test_shipped_schema_file_is_current() -> None:
+    shipped = json.loads((REPO / "harness" / "data" / "scenario.schema.json").read_text())
+    assert shipped == scenario_json_schema(), "regenerate: samedevice schema > harness/data/scenario.schema.json"
