@@ -93,8 +93,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
-class _Terminated(Exception):
-    pass
+class _Terminated(BaseException):
+    """SIGTERM, raised like KeyboardInterrupt so no `except Exception` swallows it."""
 
 
 def _on_sigterm(signum, frame):  # pragma: no cover - exercised through a subprocess test

@@ -1,0 +1,135 @@
+"""The CLI end to end in subprocesses: verdicts, exit codes, results files, bad input,
+an unusable results directory, and runs killed halfway (SIGINT, SIGTERM, SIGKILL)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY_GREEDY
+
+SLOW_CASES = "\n".join(
+    f"""\
+- name: slow-{i}
+  description: a case long enough to be interrupted
+  devices: [cpu]
+  prompt: "The cat"
+  max_new_tokens: 400
+  stop_at_eos: false
+  model: {{max_seq_len: 512}}
+"""
+    for i in range(24)
+)
+
+
+def samedevice(*args: str, cwd: Path, check: bool = False) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          check=check, timeout=300)
+
+
+def run_dirs(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir())
+
+
+def test_run_writes_one_line_per_case_and_a_report(tmp_path: Path, write_scenario) -> None:
+    write_scenario("tiny.yaml", TINY_GREEDY)
+    out = samedevice("run", "scenarios", "--results", "res", "--no-progress", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    [run_dir] = run_dirs(tmp_path / "res")
+    lines = (run_dir / "cases.jsonl").read_text().splitlines()
+    cases = [json.loads(line) for line in lines]
+    assert [c["id"] for c in cases] == ["tiny-greedy[reference-cpu]", "tiny-sampled[reference-cpu]"]
+    assert all(c["status"] == "passed" and len(c["tokens"][0]) <= 4 for c in cases)
+    info = json.loads((run_dir / "run.json").read_text())
+    assert {"python", "torch", "transformers", "samedevice", "git_commit", "host", "devices", "started", "finished"} <= set(info)
+    assert "tiny-greedy[reference-cpu]" in (run_dir / "report.md").read_text()
+    assert "2 passed" in out.stderr
+
+
+def test_report_command_rebuilds_the_markdown(tmp_path: Path, write_scenario) -> None:
+    write_scenario("tiny.yaml", TINY_GREEDY)
+    samedevice("run", "scenarios", "--results", "res", "--no-progress", cwd=tmp_path, check=True)
+    [run_dir] = run_dirs(tmp_path / "res")
+    out = samedevice("report", str(run_dir), cwd=tmp_path, check=True)
+    assert "| `tiny-sampled[reference-cpu]` | PASS |" in out.stdout
+
+
+def test_a_bad_file_is_one_line_and_the_others_still_run(tmp_path: Path, write_scenario) -> None:
+    write_scenario("tiny.yaml", TINY_GREEDY)
+    bad = write_scenario("bad.yaml", "name: x\ndescription: d\nprompt: hi\nmodel: {sed: 1}\n")
+    out = samedevice("run", "scenarios", "--results", "res", "--no-progress", cwd=tmp_path)
+    assert out.returncode == 1, "an invalid file makes the run fail"
+    bad_lines = [line for line in out.stderr.splitlines() if "invalid scenario:" in line]
+    assert bad_lines == [f"invalid scenario: {bad.relative_to(tmp_path)}:4:9: model.sed: unknown key 'sed' (did you mean 'seed'?)"]
+    assert "Traceback" not in out.stderr
+    [run_dir] = run_dirs(tmp_path / "res")
+    assert len((run_dir / "cases.jsonl").read_text().splitlines()) == 2
+
+
+def test_unwritable_results_directory_fails_before_any_case(tmp_path: Path, write_scenario) -> None:
+    write_scenario("tiny.yaml", TINY_GREEDY)
+    (tmp_path / "res").write_text("a file where the results root should be")
+    out = samedevice("run", "scenarios", "--results", "res/sub", "--no-progress", cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.startswith("samedevice: error: results directory res/sub is not writable")
+
+
+def test_list_shows_skip_reasons(tmp_path: Path, write_scenario) -> None:
+    write_scenario("one.yaml", "name: g\ndescription: d\nprompt: hi\ndevices: [cpu, auto]\n")
+    out = samedevice("list", "scenarios", cwd=tmp_path, check=True)
+    lines = dict(line.split("\t") for line in out.stdout.splitlines())
+    assert lines["g[reference-cpu]"] == "runs"
+    assert lines["g[reference-auto]"].startswith("skip: needs 2 CUDA devices")
+
+
+def test_strict_devices_turns_a_missing_gpu_into_a_failure(tmp_path: Path, write_scenario) -> None:
+    write_scenario("one.yaml", "name: g\ndescription: d\nprompt: hi\ndevices: [cuda:0]\n")
+    out = samedevice("run", "scenarios", "-d", "cuda:0", "--strict-devices", "--results", "res", "--no-progress", cwd=tmp_path)
+    assert out.returncode == 1
+    [run_dir] = run_dirs(tmp_path / "res")
+    [case] = [json.loads(line) for line in (run_dir / "cases.jsonl").read_text().splitlines()]
+    assert case["status"] == "failed" and "--strict-devices" in case["failures"][0]["message"]
+
+
+def _start_slow_run(tmp_path: Path, write_scenario) -> tuple[subprocess.Popen, Path]:
+    write_scenario("slow.yaml", SLOW_CASES)
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", "scenarios", "--results", "res", "--no-progress"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        dirs = run_dirs(tmp_path / "res") if (tmp_path / "res").exists() else []
+        if dirs and (dirs[0] / "cases.jsonl").exists() and len((dirs[0] / "cases.jsonl").read_text().splitlines()) >= 2:
+            return proc, dirs[0]
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail("the run never finished two cases")
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 130)])
+def test_interrupt_keeps_every_finished_case(tmp_path: Path, write_scenario, sig: int, code: int) -> None:
+    proc, run_dir = _start_slow_run(tmp_path, write_scenario)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    cases = [json.loads(line) for line in (run_dir / "cases.jsonl").read_text().splitlines()]
+    assert 2 <= len(cases) < 24 and all(c["status"] == "passed" for c in cases)
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["interrupted"] == signal.Signals(sig).name and info["cases_finished"] == len(cases)
+    assert "Traceback" not in err
+
+
+def test_sigkill_loses_at_most_the_case_in_flight(tmp_path: Path, write_scenario) -> None:
+    proc, run_dir = _start_slow_run(tmp_path, write_scenario)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    raw = (run_dir / "cases.jsonl").read_text()
+    assert raw.endswith("\n"), "no torn line: each case is one write"
+    cases = [json.loads(line) for line in raw.splitlines()]
+    assert len(cases) >= 2 and len({c["id"] for c in cases}) == len(cases)
