@@ -34,7 +34,8 @@ def _load_builtins_and_plugins() -> None:
     if _loaded_plugins:
         return
     _loaded_plugins = True
-    import harness.engines.reference  # noqa: F401  (registers itself)
+    import harness.engines.hf_transformers  # noqa: F401  (each registers itself)
+    import harness.engines.reference  # noqa: F401
 
     for point in entry_points(group=ENTRY_POINT_GROUP):
         try:

@@ -1,0 +1,136 @@
+"""transformers (+ accelerate for `auto`) as an engine: `generate()` as users call it.
+
+The model loads on the CPU from the tiny-model directory, then moves to its device, or for
+`auto` is dispatched by accelerate over the GPUs with a balanced layer map (the same split
+the reference uses), so real and simulated runs take the same path. Decoding phases are
+marked by a logits processor: its first call comes right after the prefill forward.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from harness.engines import register
+from harness.engines.base import Capabilities, Engine, Generation, Placement, Request
+from harness.engines.reference import resolve_logit_bias
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def balanced_device_map(num_layers: int, devices: tuple[str, ...]) -> dict[str, str]:
+    """Contiguous layer groups; embeddings with the first group, norm and head with the last."""
+    per_device, extra = divmod(num_layers, len(devices))
+    device_map = {"model.embed_tokens": devices[0], "model.rotary_emb": devices[0]}
+    layer = 0
+    for index, device in enumerate(devices):
+        for _ in range(per_device + (1 if index < extra else 0)):
+            device_map[f"model.layers.{layer}"] = device
+            layer += 1
+    device_map |= {"model.norm": devices[-1], "lm_head": devices[-1]}
+    return device_map
+
+
+class _PhaseMarker:
+    """A logits processor that tells the harness when decoding starts, and passes scores on."""
+
+    def __init__(self, request: Request) -> None:
+        self.request, self.calls = request, 0
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.calls == 0:
+            self.request.on_phase("decode")
+        self.calls += 1
+        return scores
+
+
+@register
+class TransformersEngine(Engine):
+    name = "transformers"
+    capabilities = Capabilities(
+        features=frozenset({"logit_bias", "beam_search"}),
+        devices=frozenset({"cpu", "cuda", "auto"}),
+        simulated=True,
+    )
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        try:
+            import accelerate  # noqa: F401
+            import transformers  # noqa: F401
+        except ImportError as exc:
+            return f"{exc.name} is not installed (pip install 'samedevice[engines]')"
+        return None
+
+    def load(self, request: Request, placement: Placement) -> None:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(request.model_dir, dtype=_DTYPES[request.scenario.model.dtype])
+        model.eval()
+        if placement.kind == "auto":
+            from accelerate import dispatch_model
+
+            device_map = balanced_device_map(model.config.num_hidden_layers, placement.devices)
+            model = dispatch_model(model, device_map=device_map)
+        elif placement.devices[0] != "cpu":
+            model = model.to(placement.devices[0])
+        self.model = model
+        self.input_device = model.get_input_embeddings().weight.device
+
+    def generate(self, request: Request) -> Generation:
+        from transformers import LogitsProcessorList
+
+        s = request.scenario
+        beams = s.features.beam_search
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": s.max_new_tokens,
+            "min_new_tokens": 0 if s.stop_at_eos else s.max_new_tokens,
+            "eos_token_id": request.eos_id,
+            "pad_token_id": request.eos_id,
+            "do_sample": s.sampling.mode == "sample",
+        }
+        if s.sampling.mode == "sample":
+            kwargs |= {"temperature": s.sampling.temperature or 1.0, "top_k": s.sampling.top_k or 0,
+                       "top_p": s.sampling.top_p or 1.0}
+        if s.sampling.repetition_penalty:
+            kwargs["repetition_penalty"] = s.sampling.repetition_penalty
+        bias = resolve_logit_bias(request)
+        if bias:
+            kwargs["sequence_bias"] = [[[token], value] for token, value in bias.items()]
+        if beams is not None:
+            kwargs |= {"num_beams": beams.num_beams, "length_penalty": beams.length_penalty,
+                       "num_return_sequences": beams.num_return, "output_scores": True,
+                       "return_dict_in_generate": True, "early_stopping": True}
+        tokens, notes, extra = [], [], {"beams": []}
+        for ids in request.prompt_ids:
+            request.on_phase("prefill")
+            torch.manual_seed(s.sampling.seed)
+            prompt = torch.tensor([ids], device=self.input_device)
+            marker = _PhaseMarker(request)
+            out = self.model.generate(prompt, logits_processor=LogitsProcessorList([marker]), **kwargs)
+            if beams is not None:
+                sequences = out.sequences[:, len(ids):].tolist()
+                scores = out.sequences_scores.tolist()
+                extra["beams"].append([{"tokens": _strip(t, request.eos_id), "score": sc} for t, sc in zip(sequences, scores)])
+                tokens.append(_strip(sequences[0], request.eos_id))
+            else:
+                tokens.append(_strip(out[0, len(ids):].tolist(), request.eos_id, keep_eos=True))
+        return Generation(tokens=tokens, texts=[request.decode(t) for t in tokens], notes=notes,
+                          extra=extra if beams is not None else {})
+
+    def teacher_forced_logits(self, ids: list[int]) -> torch.Tensor:
+        with torch.no_grad():
+            logits = self.model(torch.tensor([ids], device=self.input_device)).logits
+        return logits[0].float().cpu()
+
+    def close(self) -> None:
+        self.model = None
+
+
+def _strip(tokens: list[int], eos_id: int, keep_eos: bool = False) -> list[int]:
+    """Tokens up to EOS (kept when keep_eos) and without the padding generate() adds."""
+    if eos_id in tokens:
+        end = tokens.index(eos_id)
+        return tokens[: end + 1] if keep_eos else tokens[:end]
+    return tokens
