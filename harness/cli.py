@@ -17,6 +17,7 @@ from pathlib import Path
 from harness import __version__
 
 DEFAULT_SCENARIOS = Path("scenarios")
+DEFAULT_TIMEOUT = 600.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,6 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     selection(run)
     run.add_argument("--results", type=Path, default=None, help="results root (default: results/ or $SAMEDEVICE_RESULTS)")
     run.add_argument("--strict-devices", action="store_true", help="a case whose device is absent fails instead of skipping")
+    run.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+                     help=f"seconds per case where the scenario sets none (default {DEFAULT_TIMEOUT:g})")
+    run.add_argument("--isolation", choices=("process", "none"), default="process",
+                     help="process: cases run in a worker process, so a crash or hang is that case's error "
+                          "(default); none: in this process (debugging)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown on a terminal)")
     run.set_defaults(func=cmd_run)
 
@@ -107,7 +113,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from harness import report
     from harness.results import RunDirectory, environment_info
-    from harness.runner import OracleCache, RunOptions, results_root_default, run_case
+    from harness.runner import RunOptions, results_root_default
 
     console = Console(stderr=True)
     if not console.is_terminal:
@@ -126,18 +132,20 @@ def cmd_run(args: argparse.Namespace) -> int:
                                  "invalid_files": [str(e) for e in errors]}
     run_dir.write_run_info(info)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    oracles, options = OracleCache(), RunOptions(strict_devices=args.strict_devices)
+    options = RunOptions(strict_devices=args.strict_devices)
+    execute = _executor(args.isolation, args.timeout)
     results, interrupted = [], None
     try:
         with _progress(console, len(cases), enabled=not args.no_progress) as advance:
             for case in cases:
-                result = run_case(case, options, oracles)
+                result = execute(case, options)
                 run_dir.append(result)
                 results.append(result)
                 advance(case.id, result.status)
     except (KeyboardInterrupt, _Terminated) as exc:
         interrupted = "SIGINT" if isinstance(exc, KeyboardInterrupt) else "SIGTERM"
     finally:
+        getattr(execute, "stop", lambda: None)()
         signal.signal(signal.SIGTERM, previous)
         info |= {"finished": time.time(), "interrupted": interrupted, "cases_finished": len(results)}
         run_dir.write_run_info(info)
@@ -157,6 +165,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 130
     bad = any(r.status in ("failed", "error") for r in results)
     return 1 if bad or errors else 0
+
+
+def _executor(isolation: str, default_timeout: float):
+    """A callable (case, options) -> CaseResult: in a worker process or in this one."""
+    from harness.runner import OracleCache, run_case
+
+    if isolation == "none":
+        oracles = OracleCache()
+        return lambda case, options: run_case(case, options, oracles)
+    from harness.isolation import CaseWorker
+
+    worker = CaseWorker()
+
+    def execute(case, options):
+        return worker.run(case, options, timeout=case.scenario.timeout or default_timeout)
+
+    execute.stop = worker.stop  # type: ignore[attr-defined]
+    return execute
 
 
 class _progress:

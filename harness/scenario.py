@@ -220,7 +220,9 @@ class Scenario(_Strict):
     features: Features = Field(default_factory=Features)
     checks: Checks = Field(default_factory=Checks)
     faults: list[Literal[FAULTS]] = Field(default_factory=list)  # type: ignore[valid-type]
-    timeout: float = Field(300, gt=0, le=86400, description="Seconds for one case.")
+    timeout: float | None = Field(
+        None, gt=0, le=86400, description="Seconds for one case (default: the runner's --timeout, 600)."
+    )
     benchmark: bool = False
     tags: list[str] = Field(default_factory=list)
     metadata: Metadata = Field(default_factory=Metadata)

@@ -4,6 +4,8 @@ entry point group. A name is registered once; a miss lists the known names."""
 from __future__ import annotations
 
 import difflib
+import importlib
+import os
 from importlib.metadata import entry_points
 
 from harness.engines.base import Capabilities, Engine, Generation, Placement, Request
@@ -37,6 +39,12 @@ def _load_builtins_and_plugins() -> None:
     import harness.engines.hf_transformers  # noqa: F401  (each registers itself)
     import harness.engines.reference  # noqa: F401
 
+    # Modules named in $SAMEDEVICE_PLUGINS register engines on import: a plugin without packaging.
+    for module in filter(None, os.environ.get("SAMEDEVICE_PLUGINS", "").split(",")):
+        try:
+            importlib.import_module(module.strip())
+        except Exception as exc:
+            _BROKEN_PLUGINS[module] = f"{type(exc).__name__}: {exc}"
     for point in entry_points(group=ENTRY_POINT_GROUP):
         try:
             cls = point.load()
