@@ -130,5 +130,7 @@ def simulation_unavailable_reason() -> str | None:
         import harness.devices as devices
     except ImportError as exc:
         return f"cannot import harness.devices ({exc})"
+    if not hasattr(devices, "simulated_gpus"):
+        return "harness.devices has no simulated_gpus"
     check = getattr(devices, "unavailable_reason", None)
     return check() if check else None

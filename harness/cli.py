@@ -113,6 +113,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from harness import report
     from harness.results import RunDirectory, environment_info
+    from harness.isolation import make_executor
     from harness.runner import RunOptions, results_root_default
 
     console = Console(stderr=True)
@@ -133,7 +134,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     run_dir.write_run_info(info)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     options = RunOptions(strict_devices=args.strict_devices)
-    execute = _executor(args.isolation, args.timeout)
+    execute = make_executor(args.isolation, args.timeout)
     results, interrupted = [], None
     try:
         with _progress(console, len(cases), enabled=not args.no_progress) as advance:
@@ -165,24 +166,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 130
     bad = any(r.status in ("failed", "error") for r in results)
     return 1 if bad or errors else 0
-
-
-def _executor(isolation: str, default_timeout: float):
-    """A callable (case, options) -> CaseResult: in a worker process or in this one."""
-    from harness.runner import OracleCache, run_case
-
-    if isolation == "none":
-        oracles = OracleCache()
-        return lambda case, options: run_case(case, options, oracles)
-    from harness.isolation import CaseWorker
-
-    worker = CaseWorker()
-
-    def execute(case, options):
-        return worker.run(case, options, timeout=case.scenario.timeout or default_timeout)
-
-    execute.stop = worker.stop  # type: ignore[attr-defined]
-    return execute
 
 
 class _progress:

@@ -105,3 +105,17 @@ def _error_result(case: Case, started: float, kind: str, message: str) -> CaseRe
         error={"type": kind, "message": message, "mismatch": False, "kernel_gap": False, "op": None,
                "devices": [], "site": None, "source": None},
     )
+
+
+def make_executor(isolation: str, default_timeout: float):
+    """A callable (case, options) -> CaseResult: in a worker process or in this one."""
+    if isolation == "none":
+        oracles = OracleCache()
+        return lambda case, options: run_case(case, options, oracles)
+    worker = CaseWorker()
+
+    def execute(case, options):
+        return worker.run(case, options, timeout=case.scenario.timeout or default_timeout)
+
+    execute.stop = worker.stop  # type: ignore[attr-defined]
+    return execute

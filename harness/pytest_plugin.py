@@ -37,6 +37,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="only these devices (cpu, cuda:N, auto, sim:..., sim, gpu, all; default: all)")
     group.addoption("--samedevice-engine", action="append", default=[], metavar="ENGINE",
                     help="only these engines (default: every engine a scenario names)")
+    group.addoption("--samedevice-isolation", choices=("process", "none"), default="process",
+                    help="process: cases run in a worker process, so a crash or hang fails only that case "
+                         "(default: process)")
+    group.addoption("--samedevice-timeout", type=float, default=600.0, metavar="SECONDS",
+                    help="seconds per case where the scenario sets none (default: 600)")
     group.addoption("--strict-devices", action="store_true", default=False,
                     help="a case whose device is absent fails instead of skipping (default: skip)")
     parser.addini("samedevice_paths", type="paths", default=[],
@@ -133,13 +138,10 @@ class ScenarioItem(pytest.Item):
         self.case = case
 
     def runtest(self) -> None:
-        from harness.runner import OracleCache, RunOptions, run_case
+        from harness.runner import RunOptions
 
-        session = self.session
-        oracles = getattr(session, "_samedevice_oracles", None)
-        if oracles is None:
-            oracles = session._samedevice_oracles = OracleCache()  # type: ignore[attr-defined]
-        result = run_case(self.case, RunOptions(strict_devices=self.config.getoption("strict_devices")), oracles)
+        options = RunOptions(strict_devices=self.config.getoption("strict_devices"))
+        result = _executor(self.session)(self.case, options)
         run_dir = _ensure_run_dir(self.config)
         if run_dir is not None:
             run_dir.append(result)
@@ -164,6 +166,18 @@ class ScenarioItem(pytest.Item):
         return self.path, self.case.loaded.line - 1, self.case.id
 
 
+def _executor(session: pytest.Session):
+    """One per session (per xdist worker): a case worker process, or in-process."""
+    execute = getattr(session, "_samedevice_execute", None)
+    if execute is None:
+        from harness.isolation import make_executor
+
+        config = session.config
+        execute = make_executor(config.getoption("samedevice_isolation"), config.getoption("samedevice_timeout"))
+        session._samedevice_execute = execute  # type: ignore[attr-defined]
+    return execute
+
+
 class InvalidScenario(pytest.Item):
     """A scenario file problem, reported as one failing item with one line."""
 
@@ -182,6 +196,7 @@ class InvalidScenario(pytest.Item):
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    getattr(getattr(session, "_samedevice_execute", None), "stop", lambda: None)()
     config = session.config
     if getattr(config, "workerinput", None) is not None:
         return
