@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--isolation", choices=("process", "none"), default="process",
                      help="process: cases run in a worker process, so a crash or hang is that case's error "
                           "(default); none: in this process (debugging)")
+    run.add_argument("--shard", default=None, metavar="I/N",
+                     help="run only shard I of N (deterministic, balanced by expected cost)")
+    run.add_argument("--junit", type=Path, default=None, metavar="FILE", help="also write JUnit XML here")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown on a terminal)")
     run.set_defaults(func=cmd_run)
 
@@ -65,6 +68,23 @@ def _parser() -> argparse.ArgumentParser:
 
     sch = sub.add_parser("schema", help="print the JSON Schema of scenario files")
     sch.set_defaults(func=cmd_schema)
+
+    mat = sub.add_parser("matrix", help="the CI job matrix (device kind x engine x shard)")
+    mat.add_argument("paths", nargs="*", type=Path, help="scenario files or directories (default: scenarios/)")
+    mat.add_argument("--format", choices=("github", "json", "workflow"), default="json",
+                     help="github: for strategy.matrix fromJSON; workflow: a whole GitHub Actions workflow (default json)")
+    mat.add_argument("--gpus-per-runner", type=int, default=2, help="GPUs on a GPU runner (default 2)")
+    mat.add_argument("--cost-per-job", type=float, default=400.0, help="expected cost units per shard (default 400)")
+    mat.set_defaults(func=cmd_matrix)
+
+    mrg = sub.add_parser("merge", help="merge shard run directories into one run")
+    mrg.add_argument("run_dirs", nargs="+", type=Path)
+    mrg.add_argument("--results", type=Path, default=None, help="results root for the merged run (default results/)")
+    mrg.add_argument("--summary", type=Path, default=None, help="append the markdown report here (e.g. $GITHUB_STEP_SUMMARY)")
+    mrg.set_defaults(func=cmd_merge)
+
+    doc = sub.add_parser("doctor", help="versions, devices, simulation and engines available here")
+    doc.set_defaults(func=cmd_doctor)
     return parser
 
 
@@ -81,7 +101,7 @@ def _select(args: argparse.Namespace):
     if args.engine:
         cases = [c for c in cases if c.engine in args.engine]
     cases = [c for c in cases if matches_device_filter(c, args.device)]
-    if args.keyword:
+    if getattr(args, "keyword", None):
         cases = [c for c in cases if args.keyword in c.id]
     return loaded.errors, cases
 
@@ -120,6 +140,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not console.is_terminal:
         console = Console(stderr=True, width=200)  # CI logs: wide rows, not folded columns
     errors, cases = _select(args)
+    expected_ids = [c.id for c in cases]
+    if args.shard:
+        from harness.sharding import select_shard
+
+        try:
+            cases = select_shard(cases, args.shard)
+        except ValueError as exc:
+            print(f"samedevice: error: {exc}", file=sys.stderr)
+            return 2
     root = args.results or results_root_default()
     try:
         run_dir = RunDirectory.create(root)
@@ -130,6 +159,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"invalid scenario: {error}", file=sys.stderr)
 
     info = environment_info() | {"run_id": run_dir.path.name, "started": time.time(), "cases_selected": len(cases),
+                                 "shard": args.shard, "expected_ids": expected_ids,
                                  "invalid_files": [str(e) for e in errors]}
     run_dir.write_run_info(info)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
@@ -151,6 +181,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         info |= {"finished": time.time(), "interrupted": interrupted, "cases_finished": len(results)}
         run_dir.write_run_info(info)
         (run_dir.path / "report.md").write_text(report.markdown(results, info, [str(e) for e in errors]))
+        if args.junit:
+            from harness.junit import write_junit
+
+            write_junit(results, args.junit)
 
     console.print(report.console_table(results))
     for r in results:
@@ -219,6 +253,55 @@ def cmd_schema(args: argparse.Namespace) -> int:
     from harness.scenario import scenario_json_schema
 
     print(json.dumps(scenario_json_schema(), indent=2))
+    return 0
+
+
+def cmd_matrix(args: argparse.Namespace) -> int:
+    from harness.matrix import build_matrix, github_matrix, render_workflow
+
+    args.engine, args.device = [], []
+    errors, cases = _select(args)
+    for error in errors:
+        print(f"invalid scenario: {error}", file=sys.stderr)
+    jobs, unschedulable = build_matrix(cases, args.gpus_per_runner, args.cost_per_job)
+    for case_id in unschedulable:
+        print(f"unschedulable: {case_id} needs more than {args.gpus_per_runner} GPUs per runner", file=sys.stderr)
+    if args.format == "github":
+        print(github_matrix(jobs))
+    elif args.format == "workflow":
+        sys.stdout.write(render_workflow(jobs))
+    else:
+        from dataclasses import asdict
+
+        print(json.dumps({"jobs": [asdict(j) | {"command": j.command()} for j in jobs],
+                          "unschedulable": unschedulable, "cases": len(cases)}, indent=2))
+    return 1 if errors or unschedulable else 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from harness import report
+    from harness.merge import merge_runs
+    from harness.runner import results_root_default
+
+    outcome = merge_runs(args.run_dirs, args.results or results_root_default())
+    for label, items in (("duplicate", outcome.duplicates), ("gap", outcome.gaps),
+                         ("unexpected", outcome.unexpected), ("problem", outcome.problems)):
+        for item in items:
+            print(f"{label}: {item}", file=sys.stderr)
+    text = (outcome.run_dir.path / "report.md").read_text()
+    if args.summary:
+        with open(args.summary, "a") as summary:
+            summary.write(text)
+    bad = [r for r in outcome.results if r.status in ("failed", "error")]
+    print(f"merged {len(args.run_dirs)} runs: {report.counts_line(outcome.results)}; "
+          f"{len(outcome.gaps)} gaps, {len(outcome.duplicates)} duplicates -> {outcome.run_dir.path}", file=sys.stderr)
+    return 1 if bad or not outcome.complete else 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from harness.doctor import report_lines
+
+    print("\n".join(report_lines()))
     return 0
 
 

@@ -1,0 +1,297 @@
+"""`torch.cuda.*`, `torch.accelerator.*`, `torch.device` and `torch.Generator` answering as
+if GPUs existed, for the duration of a simulated run, restored exactly afterwards.
+
+`torch.device(0)` and `torch.Generator(device="cuda")` are types, not torch functions, so no
+mode sees them: they are replaced by look-alike classes whose isinstance/issubclass checks
+answer for the real type. `nn.Module.to(1)` parses its arguments in
+`torch._C._nn._parse_to`, also outside any mode.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+from harness.devices.sim_tensor import CUDA, check_index
+from harness.devices.state import STATE, record
+
+_RealDevice = torch.device
+_RealGenerator = torch.Generator
+_real_parse_to = torch._C._nn._parse_to
+SIM_MEMORY_BYTES = 80 * 2**30  # what mem_get_info reports per simulated GPU
+
+
+class SimGenerator(_RealGenerator):
+    """A CPU generator that reports `cuda:<i>` (a CPU-only torch cannot build a CUDA one).
+    Samples match a CPU run with the same seed."""
+
+    _sim_index: int = 0
+
+    @property
+    def device(self) -> torch.device:
+        return CUDA[self._sim_index]
+
+
+def _int_device(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return CUDA[check_index(value)]
+    return value
+
+
+class _DeviceMeta(type):
+    def __call__(cls, *args, **kwargs):
+        if len(args) == 1 and not kwargs and isinstance(args[0], int) and not isinstance(args[0], bool):
+            return _RealDevice("cuda", args[0])
+        return _RealDevice(*args, **kwargs)
+
+    def __instancecheck__(cls, obj):
+        return isinstance(obj, _RealDevice)
+
+    def __subclasscheck__(cls, sub):
+        return issubclass(sub, _RealDevice)
+
+
+class SimDevice(metaclass=_DeviceMeta):
+    """Stands in for `torch.device`: `torch.device(0)` is cuda:0, as on a GPU build."""
+
+
+class _GeneratorMeta(type):
+    def __call__(cls, device: Any = "cpu"):
+        device = _RealDevice(_int_device(device)) if not isinstance(device, _RealDevice) else device
+        if device.type != "cuda":
+            return _RealGenerator(device)
+        generator = SimGenerator()
+        generator._sim_index = check_index(device.index)
+        return generator
+
+    def __instancecheck__(cls, obj):
+        return isinstance(obj, _RealGenerator)
+
+    def __subclasscheck__(cls, sub):
+        return issubclass(sub, _RealGenerator)
+
+
+class SimGeneratorType(metaclass=_GeneratorMeta):
+    """Stands in for `torch.Generator`: `torch.Generator(device="cuda:0")` works."""
+
+
+def _parse_to(*args, **kwargs):
+    return _real_parse_to(*(_int_device(a) for a in args), **{k: _int_device(v) for k, v in kwargs.items()})
+
+
+# --- torch.cuda ---------------------------------------------------------------------------
+
+
+def _index_of(device: Any = None) -> int:
+    if device is None:
+        return STATE.current
+    if isinstance(device, (str, _RealDevice)):
+        device = _RealDevice(device)
+        return check_index(device.index) if device.type == "cuda" else STATE.current
+    return check_index(device)
+
+
+def _set_device(device: Any) -> None:
+    index = _index_of(device)
+    if index >= 0:
+        STATE.current = index
+
+
+def _synchronize(device: Any = None) -> None:
+    record("sync", 0, "synchronize")
+
+
+def _properties(device: Any = None) -> SimpleNamespace:
+    index = _index_of(device)
+    return SimpleNamespace(name=f"Simulated CUDA device {index}", major=9, minor=0, total_memory=SIM_MEMORY_BYTES,
+                           multi_processor_count=132, is_integrated=False, gcnArchName="", uuid=f"sim-{index}",
+                           L2_cache_size=50 * 2**20, warp_size=32)
+
+
+class _DeviceContext:
+    """torch.cuda.device(i) / torch.accelerator.device_index(i)."""
+
+    def __init__(self, device: Any):
+        self.index = -1 if device is None else _index_of(device)
+        self.previous = -1
+
+    def __enter__(self):
+        self.previous = STATE.current
+        if self.index >= 0:
+            STATE.current = self.index
+        return self
+
+    def __exit__(self, *exc):
+        STATE.current = self.previous
+        return False
+
+
+class _Event:
+    """torch.cuda.Event: host timestamps; synchronize counts as a host sync."""
+
+    def __init__(self, enable_timing: bool = False, blocking: bool = False, interprocess: bool = False):
+        self.time: float | None = None
+
+    def record(self, stream: Any = None) -> None:
+        self.time = time.perf_counter()
+
+    def synchronize(self) -> None:
+        record("sync", 0, "Event.synchronize")
+
+    def wait(self, stream: Any = None) -> None:
+        pass
+
+    def query(self) -> bool:
+        return True
+
+    def elapsed_time(self, end: _Event) -> float:
+        return ((end.time or 0.0) - (self.time or 0.0)) * 1000.0
+
+
+class _Stream:
+    """torch.cuda.Stream: everything already ran in order."""
+
+    def __init__(self, device: Any = None, priority: int = 0, **kwargs: Any):
+        self.device = CUDA[_index_of(device)]
+
+    def synchronize(self) -> None:
+        record("sync", 0, "Stream.synchronize")
+
+    def wait_stream(self, stream: Any) -> None:
+        pass
+
+    def wait_event(self, event: Any) -> None:
+        pass
+
+    def record_event(self, event: Any = None) -> _Event:
+        event = event or _Event()
+        event.record()
+        return event
+
+    def query(self) -> bool:
+        return True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _zero(*args: Any, **kwargs: Any) -> int:
+    return 0
+
+
+def _nothing(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+def _cuda_patches(count: int) -> dict[str, Any]:
+    return {
+        "is_available": lambda: True,
+        "is_initialized": lambda: True,
+        "device_count": lambda: count,
+        "current_device": lambda: STATE.current,
+        "set_device": _set_device,
+        "synchronize": _synchronize,
+        "get_device_name": lambda device=None: _properties(device).name,
+        "get_device_properties": _properties,
+        "get_device_capability": lambda device=None: (9, 0),
+        "get_arch_list": lambda: ["sm_90"],
+        "is_bf16_supported": lambda including_emulation=True: True,
+        "mem_get_info": lambda device=None: (SIM_MEMORY_BYTES, SIM_MEMORY_BYTES),
+        "memory_allocated": _zero,
+        "max_memory_allocated": _zero,
+        "memory_reserved": _zero,
+        "max_memory_reserved": _zero,
+        "empty_cache": _nothing,
+        "reset_peak_memory_stats": _nothing,
+        "reset_max_memory_allocated": _nothing,
+        "device": _DeviceContext,
+        "Event": _Event,
+        "Stream": _Stream,
+        "stream": lambda stream=None: stream if stream is not None else _Stream(),
+        "current_stream": lambda device=None: _Stream(device),
+        "default_stream": lambda device=None: _Stream(device),
+    }
+
+
+def _accelerator_patches(count: int) -> dict[str, Any]:
+    return {
+        "is_available": lambda check_fork=False: True,
+        "current_accelerator": lambda check_available=False: _RealDevice("cuda"),
+        "device_count": lambda: count,
+        "current_device_index": lambda: STATE.current,
+        "current_device_idx": lambda: STATE.current,
+        "set_device_index": _set_device,
+        "set_device_idx": _set_device,
+        "device_index": _DeviceContext,
+        "synchronize": _synchronize,
+        "empty_cache": _nothing,
+        "memory_allocated": _zero,
+        "max_memory_allocated": _zero,
+        "memory_reserved": _zero,
+        "max_memory_reserved": _zero,
+        "reset_peak_memory_stats": _nothing,
+        "get_memory_info": lambda device_index=None: (SIM_MEMORY_BYTES, SIM_MEMORY_BYTES),
+        "get_device_capability": lambda device=None: {"major": 9, "minor": 0},
+    }
+
+
+class Patches:
+    """setattr with the originals kept, undone in reverse order (absent attributes removed)."""
+
+    _MISSING = object()
+
+    def __init__(self) -> None:
+        self._saved: list[tuple[Any, str, Any]] = []
+
+    def set(self, owner: Any, name: str, value: Any) -> None:
+        self._saved.append((owner, name, owner.__dict__.get(name, self._MISSING) if hasattr(owner, "__dict__")
+                            else getattr(owner, name, self._MISSING)))
+        setattr(owner, name, value)
+
+    def set_env(self, name: str, value: str) -> None:
+        self._saved.append((os.environ, name, os.environ.get(name, self._MISSING)))
+        os.environ[name] = value
+
+    def undo(self) -> None:
+        while self._saved:
+            owner, name, value = self._saved.pop()
+            if owner is os.environ:
+                if value is self._MISSING:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+            elif value is self._MISSING:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, value)
+
+
+def patch_torch(count: int) -> Patches:
+    """Make torch answer as if `count` CUDA devices existed; `.undo()` restores it."""
+    patches = Patches()
+    for name, value in _cuda_patches(count).items():
+        patches.set(torch.cuda, name, value)
+    for name, value in _accelerator_patches(count).items():
+        if hasattr(torch.accelerator, name):
+            patches.set(torch.accelerator, name, value)
+    patches.set(torch, "device", SimDevice)
+    patches.set(torch, "Generator", SimGeneratorType)
+    patches.set(torch._C._nn, "_parse_to", _parse_to)
+    patches.set(torch.version, "cuda", torch.version.cuda or "12.8")
+    # transformers loads weights in a thread pool: modes are thread-local.
+    patches.set_env("HF_DEACTIVATE_ASYNC_LOAD", "1")
+    # torch.compile cannot trace simulated tensors (transformers compiles static-cache
+    # forwards on CUDA). Not importing dynamo if nobody has: the env var covers a later import.
+    patches.set_env("TORCHDYNAMO_DISABLE", "1")
+    dynamo_config = sys.modules.get("torch._dynamo.config")
+    if dynamo_config is not None:
+        patches.set(dynamo_config, "disable", True)
+    return patches

@@ -1,0 +1,298 @@
+"""Tensor methods rerouted on `SimTensor`, and the device moves they share with the mode layer.
+
+Some Tensor methods never reach `__torch_dispatch__` on a CPU-only build: their C++ binding
+takes a CUDA device guard first and fails with "PyTorch is not linked with support for cuda
+devices" (`__getitem__`, `item`, `nonzero`, ...), or parses a device it cannot resolve
+(`.to(1)`, `.cuda()`). Those are Python methods on the subclass (`REROUTED`), so they work
+in any thread, with or without the function mode; the probe test in
+tests/test_sim_probe.py tells which ones a torch version needs.
+Each one computes on the inner CPU tensor with torch-function handling off (our own mode
+need not see our own inner calls) and records the transfer or sync a GPU would make.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from harness.devices import errors
+from harness.devices.sim_tensor import CUDA, SimTensor, check_index, copy_between, wrap
+from harness.devices.state import record
+
+_no_tf = torch._C.DisableTorchFunction
+_parse_to = torch._C._nn._parse_to
+_BASE = torch.Tensor
+
+
+def parse_device(device: Any) -> int | torch.device:
+    """cuda index for a CUDA device (ints are cuda indices, as on a GPU build), -1 for the CPU,
+    else the `torch.device` itself (meta, ...), which passes through untouched."""
+    if isinstance(device, int) and not isinstance(device, bool):
+        return check_index(device)
+    if isinstance(device, str):
+        device = torch.device(device)
+    if device.type == "cuda":
+        return check_index(device.index)
+    if device.type == "cpu":
+        return -1
+    return device
+
+
+def map_int_device(value: Any) -> Any:
+    """`5` -> `cuda:5`: a CPU-only torch cannot resolve a bare int (no accelerator)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return CUDA[check_index(value)]
+    return value
+
+
+def move(t: Tensor, target: int, dtype=None, memory_format=None, copy: bool = False, op: str = "to") -> Tensor:
+    """`t` (CPU or simulated) on `target` (-1: CPU), converted to `dtype`, as `Tensor.to` does."""
+    source = t._dev if type(t) is SimTensor else -1
+    inner = t._inner if source != -1 else t
+    kwargs: dict[str, Any] = {"dtype": dtype or inner.dtype, "copy": copy or source != target}
+    if memory_format is not None:
+        kwargs["memory_format"] = memory_format
+    with _no_tf():
+        out = inner.to(**kwargs)
+    if source != target:
+        kind = "d2h" if target == -1 else "h2d" if source == -1 else "d2d"
+        record(kind, inner.nbytes, op)
+    elif out is inner:
+        return t
+    return out if target == -1 else wrap(out, target)
+
+
+def tensor_to(t: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+    """`Tensor.to` for a CPU or simulated receiver: ints are cuda indices, and cross-device
+    moves are counted."""
+    kwargs = dict(kwargs)
+    copy = kwargs.pop("copy", False)
+    args = tuple(map_int_device(a) for a in args)
+    if "device" in kwargs:
+        kwargs["device"] = map_int_device(kwargs["device"])
+    # positional `copy`: to(dtype|other, non_blocking, copy) or to(device, dtype, non_blocking, copy)
+    copy_position = 2 if args and isinstance(args[0], (torch.dtype, Tensor)) else 3
+    if len(args) > copy_position:
+        copy, args = args[copy_position], args[:copy_position]
+    device, dtype, _non_blocking, memory_format = _parse_to(*args, **kwargs)
+    current = t._dev if type(t) is SimTensor else -1
+    target = current if device is None else parse_device(device)
+    if isinstance(target, torch.device):  # meta and friends
+        inner = t._inner if type(t) is SimTensor else t
+        with _no_tf():
+            return inner.to(device=target, dtype=dtype, copy=copy)
+    if type(t) is not SimTensor and target == -1:
+        with _no_tf():
+            return _BASE.to(t, *args, copy=copy, **kwargs)
+    return move(t, target, dtype, memory_format, copy, "to")
+
+
+# --- the rerouted methods -----------------------------------------------------------------
+
+
+def _to(self, *args, **kwargs):
+    return tensor_to(self, *args, **kwargs)
+
+
+def _cuda(self, device=None, non_blocking=False, memory_format=torch.preserve_format):
+    return move(self, parse_device("cuda" if device is None else map_int_device(device)), op="cuda")
+
+
+def _cpu(self, memory_format=torch.preserve_format):
+    return move(self, -1, op="cpu")
+
+
+def index_arg(self_device: torch.device, self_index: int, index: Any, op: str) -> Any:
+    """An indexing key with simulated tensors replaced by their inner ones. CPU index tensors
+    and Python sequences are copied to the device on a GPU (H2D); boolean masks are a nonzero,
+    a host sync; index tensors on another device fail as in libtorch."""
+    if type(index) is tuple:
+        return tuple(index_arg(self_device, self_index, i, op) for i in index)
+    if type(index) is SimTensor:
+        if index._dev != self_index:
+            raise IndexError(errors.index_message(self_device))
+        if index._inner.dtype in (torch.bool, torch.uint8):
+            record("sync", 0, op)
+        return index._inner
+    if isinstance(index, Tensor):
+        if self_index != -1:
+            if index.device.type != "cpu":
+                raise IndexError(errors.index_message(self_device))
+            record("h2d", index.nbytes, op)
+            if index.dtype in (torch.bool, torch.uint8):
+                record("sync", 0, op)
+        return index
+    if type(index) is list and self_index != -1:
+        record("h2d", 8 * len(index), op)
+        return [index_arg(self_device, self_index, i, op) for i in index]
+    return index
+
+
+def _advanced(index: Any) -> bool:
+    keys = index if type(index) is tuple else (index,)
+    return any(isinstance(k, (Tensor, list)) for k in keys)
+
+
+def _getitem(self, index):
+    key = index_arg(CUDA[self._dev], self._dev, index, "__getitem__")
+    with _no_tf():
+        return wrap(self._inner[key], self._dev)
+
+
+def setitem(self: Tensor, index: Any, value: Any) -> None:
+    """`self[index] = value` for a CPU or simulated `self` (basic indexing copies across
+    devices; advanced indexing is an index_put_, which wants the value on self's device)."""
+    simulated = type(self) is SimTensor
+    self_index = self._dev if simulated else -1
+    self_device = CUDA[self_index] if simulated else self.device
+    key = index_arg(self_device, self_index, index, "__setitem__")
+    if isinstance(value, Tensor):
+        value_device = CUDA[value._dev] if type(value) is SimTensor else value.device
+        crossing = value_device != self_device and not (value.dim() == 0 and value_device.type == "cpu")
+        if crossing and _advanced(index):
+            raise IndexError(errors.index_put_values_message(self_device, value_device))
+        if crossing:
+            kind = "d2d" if simulated and value_device.type == "cuda" else "h2d" if simulated else "d2h"
+            record(kind, value.nbytes, "__setitem__")
+        value = value._inner if type(value) is SimTensor else value
+    inner = self._inner if simulated else self
+    with _no_tf():
+        inner[key] = value
+
+
+def _sync_read(name: str, read):
+    def method(self, *args, **kwargs):
+        record("sync", 0, name)
+        with _no_tf():
+            return read(self._inner, *args, **kwargs)
+
+    method.__name__ = name
+    return method
+
+
+def _format(self, format_spec):
+    if self.dim() == 0:
+        record("sync", 0, "__format__")
+        with _no_tf():
+            return self._inner.item().__format__(format_spec)
+    return object.__format__(self, format_spec)
+
+
+def _numpy(self, *, force=False):
+    if not force:
+        raise TypeError(errors.numpy_message(CUDA[self._dev]))
+    return move(self, -1, op="numpy").numpy()
+
+
+def _array(self, dtype=None):
+    raise TypeError(errors.numpy_message(CUDA[self._dev]))
+
+
+def _contiguous(self, memory_format=torch.contiguous_format):
+    with _no_tf():
+        out = self._inner.contiguous(memory_format=memory_format)
+    return self if out is self._inner else wrap(out, self._dev)
+
+
+def _nonzero(self, *, out=None, as_tuple=False):
+    record("sync", 0, "nonzero")
+    with _no_tf():
+        result = self._inner.nonzero(as_tuple=as_tuple)
+    if as_tuple:
+        return tuple(wrap(r, self._dev) for r in result)
+    result = wrap(result, self._dev)
+    return result if out is None else copy_between(out, result)
+
+
+def new_from_data(self: Tensor | None, data: Any, op: str, **kwargs: Any) -> Tensor:
+    """`torch.tensor(data, device=...)` / `x.new_tensor(data)` with a simulated target: host
+    data is an H2D copy on a GPU, data on another GPU a D2D one."""
+    device = kwargs.pop("device", None)
+    if device is not None:
+        target = parse_device(map_int_device(device))
+    elif type(self) is SimTensor or type(data) is SimTensor:
+        target = self._dev if type(self) is SimTensor else data._dev
+    else:
+        target = -1
+    source = data._inner if type(data) is SimTensor else data
+    with _no_tf():
+        out = torch.tensor(source, **kwargs)
+        if isinstance(target, torch.device):
+            return out.to(target)
+    if type(data) is SimTensor:
+        if data._dev != target:
+            record("d2h" if target == -1 else "d2d", out.nbytes, op)
+    elif target != -1:
+        record("h2d", out.nbytes, op)
+    return out if target == -1 else wrap(out, target)
+
+
+def _new_tensor(self, data, dtype=None, device=None, requires_grad=False, layout=None, pin_memory=False):
+    kwargs = {"dtype": dtype or self.dtype}
+    if device is not None:
+        kwargs["device"] = device
+    return new_from_data(self, data, "new_tensor", **kwargs)
+
+
+def _new(self, *args, **kwargs):
+    """The legacy constructor: `x.new(2, 3)`, `x.new([1, 2])`, `x.new(tensor)`, `x.new()`."""
+    device = kwargs.pop("device", None)
+    target = self._dev if device is None else parse_device(map_int_device(device))
+    args = tuple(a._inner if type(a) is SimTensor else a for a in args)
+    with _no_tf():
+        out = self._inner.new(*args, **kwargs)
+    if len(args) == 1 and isinstance(args[0], (list, tuple)) and not isinstance(args[0], torch.Size):
+        record("h2d", out.nbytes, "new")
+    return out if target == -1 else wrap(out, target)
+
+
+def _copy_(self, src, non_blocking=False):
+    return copy_between(self, src, non_blocking)
+
+
+def _data_ptr(self):
+    return self._inner.data_ptr()
+
+
+def _untyped_storage(self):
+    return self._inner.untyped_storage()
+
+
+# name -> (method, why). "fails before dispatch": the C++ binding fails on a wrapper (the
+# probe test checks these still do); the others parse devices, read the host or count.
+REROUTED: dict[str, tuple[Any, str]] = {
+    "__getitem__": (_getitem, "fails before dispatch"),
+    "__setitem__": (setitem, "fails before dispatch"),
+    "item": (_sync_read("item", Tensor.item), "fails before dispatch"),
+    "tolist": (_sync_read("tolist", Tensor.tolist), "fails before dispatch"),
+    "__bool__": (_sync_read("__bool__", Tensor.__bool__), "fails before dispatch"),
+    "__int__": (_sync_read("__int__", Tensor.__int__), "fails before dispatch"),
+    "__float__": (_sync_read("__float__", Tensor.__float__), "fails before dispatch"),
+    "__index__": (_sync_read("__index__", Tensor.__index__), "fails before dispatch"),
+    "__complex__": (_sync_read("__complex__", Tensor.__complex__), "fails before dispatch"),
+    "__format__": (_format, "fails before dispatch"),
+    "nonzero": (_nonzero, "fails before dispatch"),
+    "new_tensor": (_new_tensor, "fails before dispatch"),
+    "new": (_new, "fails before dispatch"),
+    "copy_": (_copy_, "fails before dispatch"),
+    "to": (_to, "parses devices"),
+    "cuda": (_cuda, "parses devices"),
+    "cpu": (_cpu, "counts a transfer"),
+    "contiguous": (_contiguous, "fails before dispatch"),
+    "numpy": (_numpy, "PyTorch's message for a CUDA tensor"),
+    "__array__": (_array, "PyTorch's message for a CUDA tensor"),
+    "data_ptr": (_data_ptr, "a wrapper has no storage"),
+    "untyped_storage": (_untyped_storage, "a wrapper has no storage"),
+}
+
+for _name, (_method, _why) in REROUTED.items():
+    setattr(SimTensor, _name, _method)
+
+
+def unavailable_reason() -> str | None:
+    """None when simulated GPUs can run here."""
+    if not hasattr(Tensor, "_make_wrapper_subclass"):
+        return f"torch {torch.__version__} has no wrapper tensor subclasses"
+    return None

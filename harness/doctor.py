@@ -1,0 +1,42 @@
+"""`samedevice doctor`: what this machine can run, and why not where it can't."""
+
+from __future__ import annotations
+
+import platform
+import sys
+
+
+def report_lines() -> list[str]:
+    import torch
+
+    from harness import __version__
+    from harness.cases import simulation_unavailable_reason
+    from harness.engines import all_engines, broken_plugins
+
+    lines = [
+        f"samedevice {__version__}",
+        f"python     {platform.python_version()} ({sys.executable})",
+        f"torch      {torch.__version__} (CUDA build: {torch.version.cuda or 'no'})",
+    ]
+    try:
+        import transformers
+
+        lines.append(f"transformers {transformers.__version__}")
+    except ImportError:
+        lines.append("transformers not installed")
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            lines.append(f"device     cuda:{index} {torch.cuda.get_device_name(index)}")
+    else:
+        lines.append("device     no CUDA device visible: cuda:N and auto cases skip (fail with --strict-devices)")
+    reason = simulation_unavailable_reason()
+    lines.append(f"simulation {'available: sim:cuda:N and sim:auto cases run' if reason is None else 'unavailable: ' + reason}")
+    for name, engine in sorted(all_engines().items()):
+        why = engine.unavailable_reason()
+        caps = engine.capabilities
+        state = "ok" if why is None else f"unavailable: {why}"
+        lines.append(f"engine     {name}: {state}; features {', '.join(sorted(caps.features)) or '-'}; "
+                     f"devices {', '.join(sorted(caps.devices))}{', sim' if caps.simulated else ''}")
+    for name, why in sorted(broken_plugins().items()):
+        lines.append(f"engine     {name}: plugin failed to load: {why}")
+    return lines
