@@ -1,37 +1,106 @@
 """The generation loop: prefill, then one token per decode step.
 
-Transfer profile (what the harness budgets): the prompt goes to the device once in prefill;
-each decode step reads back only the chosen token (one device-to-host copy, for stopping)
-and makes no other host sync and no host-to-device copy. Under `auto`, activations hop
-once per device boundary and the token hops back to the first device.
+Transfer profile (what the harness budgets, per decode step):
+- device-to-host: one, the chosen token (needed on the host to stop at EOS and to feed a
+  grammar). No other host sync.
+- host-to-device: none, except the JSON-schema mask (one packed bitmask per step, see
+  `constrained`) and the offloaded cache (one fetch per layer, see `cache`).
+- device-to-device, under `auto`: one per device boundary crossed by the activations, and
+  the chosen token's hop back from the last device to the embedding's.
+The prompt, the bias row and the first mask go to the device once, in prefill.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from reference_impl.constrained import JsonConstraint
 from reference_impl.model import Transformer
-from reference_impl.sampling import apply_repetition_penalty, next_token
+from reference_impl.sampling import LogitsPipeline, next_token
+
+
+@dataclass
+class JsonSpec:
+    schema: dict[str, Any]
+    tokenizer_json: str  # the text of tokenizer.json, for llguidance
+    eos_id: int  # ends the output once the grammar is complete
 
 
 @dataclass
 class GenerateConfig:
     max_new_tokens: int = 16
-    eos_id: int | None = None  # None: never stop early
+    eos_id: int | None = None  # None: never stop early (a JSON grammar still stops at its EOS)
     temperature: float = 0.0  # 0: greedy
     top_k: int | None = None
     top_p: float | None = None
     repetition_penalty: float | None = None
     seed: int = 0
     logit_bias: dict[int, float] = field(default_factory=dict)
+    kv_cache: str = "static"  # static | offloaded | external
+    json: JsonSpec | None = None
+    num_beams: int = 1  # > 1: beam search (see `beam`)
+    length_penalty: float = 1.0
+    num_return: int = 1
+
+    @property
+    def stop_id(self) -> int | None:
+        if self.eos_id is not None:
+            return self.eos_id
+        return self.json.eos_id if self.json is not None else None
 
 
 def _noop(phase: str) -> None:
     pass
+
+
+def prompt_tensor(model: Transformer, rows: list[list[int]]) -> Tensor:
+    """Prompt ids [B, S] on the embedding's device: one host-to-device copy."""
+    device = model.input_device
+    if "input_on_first_device" in model.faults and device.type != "cpu":
+        device = torch.device(device.type, 0)  # lm-eval-harness #1575: `self.device`, not the embedding's
+    return torch.tensor(rows, device=device)
+
+
+def prefill(model: Transformer, ids: Tensor, kind: str) -> Tensor:
+    """Fill the caches with the prompt [B, S]; logits [B, V] of its last position.
+
+    `external`: the caller's side of the Petals path. A first prefill of all but the last
+    prompt token builds the past, which goes to the host in float32 (what a server sends
+    back) and is handed to the model as its external past; the last token runs on top.
+    """
+    if kind != "external":
+        model.setup_caches(ids.shape[0], kind)
+        return model(ids, 0, last_only=True)[:, -1]
+    model.setup_caches(ids.shape[0], "static")
+    length = ids.shape[1] - 1
+    if length:
+        model(ids[:, :length], 0, last_only=True)
+    model.use_past(model.export_past(length))
+    return model(ids[:, length:], length, last_only=True)[:, -1]
+
+
+def build_pipeline(model: Transformer, ids: Tensor, config: GenerateConfig) -> LogitsPipeline:
+    device = model.output_device
+    constraint = None
+    if config.json is not None:
+        spec = config.json
+        constraint = JsonConstraint(spec.schema, spec.tokenizer_json, ids.shape[0], model.args.vocab_size,
+                                    spec.eos_id, device, model.faults)
+    return LogitsPipeline.build(ids, model.args.vocab_size, device, config.logit_bias,
+                                config.repetition_penalty, constraint, model.faults)
+
+
+def to_input_device(model: Transformer, tokens: Tensor) -> Tensor:
+    """Chosen tokens [B] as next input [B, 1]; under auto they hop from the last device."""
+    step = tokens.view(-1, 1)
+    if step.device != model.input_device:
+        step = step.to(model.input_device)
+    return step
 
 
 @torch.inference_mode()
@@ -41,44 +110,34 @@ def generate(
     config: GenerateConfig,
     on_phase: Callable[[str], None] = _noop,
 ) -> list[int]:
-    """Generated token ids for one prompt (batch 1)."""
+    """Generated token ids for one prompt (batch 1): greedy or sampled."""
+    if config.num_beams > 1:
+        raise ValueError("generate() is batch 1; use beam.beam_search for num_beams > 1")
     on_phase("prefill")
-    model.setup_caches(batch=1)
-    logits_device = model.output_device
-    ids = torch.tensor([prompt_ids], device=model.input_device)  # [1, S]
-    bias = _dense_bias(config.logit_bias, model.args.vocab_size, logits_device)
-    seen = None
-    if config.repetition_penalty is not None:
-        seen = torch.zeros(1, model.args.vocab_size, dtype=torch.bool, device=logits_device)
-        seen[0, ids[0].to(logits_device)] = True
+    ids = prompt_tensor(model, [prompt_ids])  # [1, S]
+    pipeline = build_pipeline(model, ids, config)
     generator = None
     if config.temperature > 0:
-        generator = torch.Generator(device=logits_device).manual_seed(config.seed)
+        generator = torch.Generator(device=model.output_device).manual_seed(config.seed)
 
     def choose(logits: Tensor) -> Tensor:
-        if bias is not None:
-            logits = logits + bias
-        if seen is not None:
-            logits = apply_repetition_penalty(logits, seen, config.repetition_penalty or 1.0)
-        token = next_token(logits, config.temperature, config.top_k, config.top_p, generator)
-        if seen is not None:
-            seen.scatter_(1, token[:, None], True)
+        token = next_token(pipeline(logits), config.temperature, config.top_k, config.top_p, generator)
+        pipeline.observe(token)
         return token  # [1], on the logits' device
 
-    token = choose(model(ids, 0)[:, -1])
+    token = choose(prefill(model, ids, config.kv_cache))
     position = len(prompt_ids)
     out: list[int] = []
     while True:
-        value = token.cpu().tolist()[0]  # the one read-back per step: needed to stop at EOS
+        value = token.cpu().tolist()[0]  # the one read-back per step
         out.append(value)
-        if len(out) >= config.max_new_tokens or value == config.eos_id:
+        if pipeline.constraint is not None:
+            pipeline.constraint.advance([value])
+        if len(out) >= config.max_new_tokens or value == config.stop_id:
             return out
         if len(out) == 1:
             on_phase("decode")
-        step_input = token.view(1, 1)
-        if step_input.device != model.input_device:
-            step_input = step_input.to(model.input_device)  # auto: the last device hands back
-        token = choose(model(step_input, position)[:, -1])
+        token = choose(model(to_input_device(model, token), position, last_only=True)[:, -1])
         position += 1
 
 
@@ -88,13 +147,3 @@ def teacher_forced_logits(model: Transformer, ids: list[int]) -> Tensor:
     model.setup_caches(batch=1)
     tokens = torch.tensor([ids], device=model.input_device)
     return model(tokens, 0)[0].cpu()
-
-
-def _dense_bias(bias: dict[int, float], vocab: int, device: torch.device) -> Tensor | None:
-    """The bias as a [V] row built once on the logits' device (mistral.rs #398's fix)."""
-    if not bias:
-        return None
-    row = torch.zeros(vocab)
-    for token_id, value in bias.items():
-        row[token_id] += value
-    return row.to(device)

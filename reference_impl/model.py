@@ -1,11 +1,16 @@
-"""A llama-style decoder in the style of gpt-fast: device-clean by construction.
+"""Llama and Mixtral-style MoE decoders in the style of gpt-fast: device-clean by construction.
 
-The model never takes a device argument: `place()` puts each block on its device once, and
-caches and RoPE tables are buffers allocated beside the weights that use them, so nothing
-in `forward` moves a tensor except the one hand-over of activations at a device boundary
-(`auto` placement), which the transfer ledger counts and budgets.
+The model never takes a device argument: `placement.load_model` puts each block on its
+device once, and caches and RoPE tables are allocated beside the weights that use them, so
+nothing in `forward` moves a tensor except the hand-over of activations at a device
+boundary (`auto` placement), which the transfer ledger counts and budgets.
 
-Axes: B batch, S sequence, H heads, K kv heads, D head dim, C hidden (channels), V vocab.
+Projections are fused (q, k and v in `wqkv`; gate and up in `w13`) and stored transposed
+(`quantize.Linear`); activations are [B, S, C] and the head runs on the last position only
+when generating.
+
+Axes: B batch (beams), S sequence, H heads, K kv heads, D head dim, C hidden (channels),
+V vocab, I intermediate, T tokens (B * S), E experts, A active experts per token.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from reference_impl.cache import KVCache, OffloadedKVCache, Past, import_past
+from reference_impl.quantize import DenseWeight, Linear
 
 
 @dataclass
@@ -60,39 +68,24 @@ class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.weight = nn.Parameter(torch.ones(dim), requires_grad=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * normed.to(x.dtype)
+        # transformers' order: normalise in float32, cast back, then scale by the weight.
+        return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
 
 
-class KVCache(nn.Module):
-    """Preallocated keys and values of one layer: [B, K, S_max, D], on the layer's device."""
-
-    def __init__(self, batch: int, args: ModelArgs, dtype: torch.dtype) -> None:
-        super().__init__()
-        shape = (batch, args.num_kv_heads, args.max_seq_len, args.head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype), persistent=False)
-
-    def update(self, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        end = start + k.shape[2]
-        self.k[:, :, start:end] = k
-        self.v[:, :, start:end] = v
-        return self.k[:, :, :end], self.v[:, :, :end]
-
-
-def rope_tables(args: ModelArgs) -> tuple[Tensor, Tensor]:
-    """cos and sin, [S_max, D], in transformers' half-rotation layout."""
-    inv_freq = 1.0 / (args.rope_theta ** (torch.arange(0, args.head_dim, 2).float() / args.head_dim))
-    freqs = torch.outer(torch.arange(args.max_seq_len).float(), inv_freq)
+def rope_tables(args: ModelArgs, device: torch.device) -> tuple[Tensor, Tensor]:
+    """cos and sin, [S_max, D], in transformers' half-rotation layout, built on `device`."""
+    inv_freq = 1.0 / (args.rope_theta ** (torch.arange(0, args.head_dim, 2, device=device).float() / args.head_dim))
+    freqs = torch.outer(torch.arange(args.max_seq_len, device=device).float(), inv_freq)
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos(), emb.sin()
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x [B, S, heads, D] rotated by the tables [S, D] (in x's dtype)."""
+    cos, sin = cos[:, None].to(x.dtype), sin[:, None].to(x.dtype)
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin
@@ -102,31 +95,28 @@ class Attention(nn.Module):
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
         self.args = args
-        kv_dim = args.num_kv_heads * args.head_dim
-        self.q_proj = nn.Linear(args.hidden_size, args.hidden_size, bias=False)
-        self.k_proj = nn.Linear(args.hidden_size, kv_dim, bias=False)
-        self.v_proj = nn.Linear(args.hidden_size, kv_dim, bias=False)
-        self.o_proj = nn.Linear(args.hidden_size, args.hidden_size, bias=False)
-        cos, sin = rope_tables(args)
-        self.register_buffer("cos", cos, persistent=False)
-        self.register_buffer("sin", sin, persistent=False)
-        self.cache: KVCache | None = None
+        d = args.head_dim
+        self.wqkv = Linear(args.hidden_size, (args.num_heads + 2 * args.num_kv_heads) * d)  # q, k, v
+        self.wo = Linear(args.num_heads * d, args.hidden_size)
+        self.register_buffer("cos", torch.empty(args.max_seq_len, d), persistent=False)
+        self.register_buffer("sin", torch.empty(args.max_seq_len, d), persistent=False)
+        self.cache: nn.Module | None = None
 
     def forward(self, x: Tensor, start: int) -> Tensor:
         a = self.args
         B, S, _ = x.shape
-        q = self.q_proj(x).view(B, S, a.num_heads, a.head_dim).transpose(1, 2)  # [B, H, S, D]
-        k = self.k_proj(x).view(B, S, a.num_kv_heads, a.head_dim).transpose(1, 2)  # [B, K, S, D]
-        v = self.v_proj(x).view(B, S, a.num_kv_heads, a.head_dim).transpose(1, 2)
-        cos, sin = self.cos[start : start + S].to(x.dtype), self.sin[start : start + S].to(x.dtype)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        qkv = self.wqkv(x).view(B, S, a.num_heads + 2 * a.num_kv_heads, a.head_dim)
+        qk = apply_rope(qkv[:, :, : a.num_heads + a.num_kv_heads], self.cos[start : start + S], self.sin[start : start + S])
+        q = qk[:, :, : a.num_heads].transpose(1, 2)  # [B, H, S, D]
+        k = qk[:, :, a.num_heads :].transpose(1, 2)  # [B, K, S, D]
+        v = qkv[:, :, a.num_heads + a.num_kv_heads :].transpose(1, 2)
         if self.cache is not None:
             k, v = self.cache.update(start, k, v)  # [B, K, start+S, D]
         out = F.scaled_dot_product_attention(
             q, k, v, is_causal=S > 1 and start == 0, enable_gqa=a.num_kv_heads != a.num_heads,
             attn_mask=None if S == 1 or start == 0 else _chunk_mask(start, S, x.device),
-        )
-        return self.o_proj(out.transpose(1, 2).reshape(B, S, a.hidden_size))
+        )  # [B, H, S, D]
+        return self.wo(out.transpose(1, 2).reshape(B, S, -1))
 
 
 def _chunk_mask(start: int, length: int, device: torch.device) -> Tensor:
@@ -139,59 +129,147 @@ def _chunk_mask(start: int, length: int, device: torch.device) -> Tensor:
 class FeedForward(nn.Module):
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(args.hidden_size, args.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(args.hidden_size, args.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(args.intermediate_size, args.hidden_size, bias=False)
+        self.w13 = Linear(args.hidden_size, 2 * args.intermediate_size)  # gate and up, fused
+        self.w2 = Linear(args.intermediate_size, args.hidden_size)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.w13(x).chunk(2, dim=-1)
+        return self.w2(F.silu(gate) * up)
+
+
+class MoEFeedForward(nn.Module):
+    """Mixtral's sparse MoE: the router (`gate`) picks A of E experts per token, and their
+    outputs are mixed by the router's probabilities renormalised over the A picked.
+    Sync-free: no nonzero, no per-expert token lists. Decode gathers only the picked
+    experts' weights; prefill runs every expert and zeroes the unpicked ones' weights."""
+
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.active = args.experts_per_token
+        E, C, I = args.num_experts, args.hidden_size, args.intermediate_size
+        self.gate = Linear(C, E)
+        self.w13 = DenseWeight((E, 2 * I, C))  # per expert: gate (w1) and up (w3), stacked
+        self.w2 = DenseWeight((E, C, I))  # per expert: down
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, S, C = x.shape
+        x = x.view(-1, C)  # [T, C]
+        probs = self.gate(x).float().softmax(dim=-1)  # [T, E]
+        weights, experts = probs.topk(self.active, dim=-1)  # [T, A]
+        weights = (weights / weights.sum(dim=-1, keepdim=True)).to(x.dtype)
+        if experts.numel() <= probs.shape[-1]:  # decode: T * A <= E, gather the picked experts
+            gate, up = torch.einsum("tc,taoc->tao", x, self.w13.dequantize(x.dtype, experts)).chunk(2, dim=-1)
+            y = torch.einsum("tai,taci->tac", F.silu(gate) * up, self.w2.dequantize(x.dtype, experts))  # [T, A, C]
+            out = torch.einsum("tac,ta->tc", y, weights)
+        else:  # prefill: every expert, weighted by a dense [T, E] routing matrix
+            routing = torch.zeros_like(probs, dtype=x.dtype).scatter_(1, experts, weights)  # [T, E]
+            gate, up = torch.einsum("tc,eoc->teo", x, self.w13.dequantize(x.dtype)).chunk(2, dim=-1)
+            y = torch.einsum("tei,eci->tec", F.silu(gate) * up, self.w2.dequantize(x.dtype))  # [T, E, C]
+            out = torch.einsum("tec,te->tc", y, routing)
+        return out.view(B, S, C)
 
 
 class Block(nn.Module):
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
-        self.input_layernorm = RMSNorm(args.hidden_size, args.norm_eps)
-        self.self_attn = Attention(args)
-        self.post_attention_layernorm = RMSNorm(args.hidden_size, args.norm_eps)
-        self.mlp: nn.Module = FeedForward(args)
+        self.attention_norm = RMSNorm(args.hidden_size, args.norm_eps)
+        self.attention = Attention(args)
+        self.ffn_norm = RMSNorm(args.hidden_size, args.norm_eps)
+        self.feed_forward: nn.Module = MoEFeedForward(args) if args.num_experts else FeedForward(args)
 
     def forward(self, x: Tensor, start: int) -> Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), start)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        x = x + self.attention(self.attention_norm(x), start)
+        return x + self.feed_forward(self.ffn_norm(x))
 
 
 class Transformer(nn.Module):
+    faults: frozenset[str] = frozenset()
+
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
         self.args = args
-        self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.hidden_size)
+        self.tok_embeddings.weight.requires_grad_(False)
         self.layers = nn.ModuleList(Block(args) for _ in range(args.num_layers))
         self.norm = RMSNorm(args.hidden_size, args.norm_eps)
-        self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
-        # Where each block lives; set by place(). Boundaries are where activations hop.
+        self.output = Linear(args.hidden_size, args.vocab_size)
+        # Where each block lives; set by placement. Boundaries are where activations hop.
         self.block_devices: list[torch.device] = [torch.device("cpu")] * args.num_layers
 
     @property
     def input_device(self) -> torch.device:
-        return self.embed_tokens.weight.device
+        return self.tok_embeddings.weight.device
 
     @property
     def output_device(self) -> torch.device:
-        return self.lm_head.weight.device
+        return self.output.weight.device
 
-    def setup_caches(self, batch: int) -> None:
-        """Allocate each layer's KV cache on that layer's device, once per generation."""
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.tok_embeddings.weight.dtype
+
+    def set_faults(self, faults: frozenset[str]) -> None:
+        """Hand the fault switches to every module that has some."""
+        for module in self.modules():
+            if hasattr(module, "faults"):
+                module.faults = faults
+
+    def setup_caches(self, batch: int, kind: str = "static") -> None:
+        """A KV cache per layer, beside it: on its device, or on the host when offloaded.
+        A static cache of the same shape is kept from the previous generation."""
+        a = self.args
+        shape = (batch, a.num_kv_heads, a.max_seq_len, a.head_dim)
         for block, device in zip(self.layers, self.block_devices):
-            with torch.device(device):
-                block.self_attn.cache = KVCache(batch, self.args, self.embed_tokens.weight.dtype)
+            attention = block.attention
+            old = attention.cache
+            if kind == "static":
+                if not (isinstance(old, KVCache) and old.k.shape == shape and old.k.device == device):
+                    attention.cache = KVCache(shape, self.dtype, device)
+            elif kind == "offloaded":
+                attention.cache = OffloadedKVCache(shape, self.dtype)
+                attention.cache.faults = self.faults
+            else:
+                raise ValueError(f"setup_caches: kind must be static or offloaded, got {kind!r} (external pasts come from use_past)")
 
-    def forward(self, ids: Tensor, start: int) -> Tensor:
-        """Logits [B, S, V] for token ids [B, S] at positions start..start+S-1."""
-        x = self.embed_tokens(ids)
+    def export_past(self, length: int) -> Past:
+        """Each layer's first `length` cached positions, copied to the host in float32: what a
+        Petals server hands back to its client."""
+        return [tuple(t.to("cpu", torch.float32) for t in b.attention.cache.past(length)) for b in self.layers]  # type: ignore[misc]
+
+    def use_past(self, past: Past) -> None:
+        """Install a caller's past (host tensors, any dtype) as each layer's external cache."""
+        for block, device, (k, v) in zip(self.layers, self.block_devices, past):
+            block.attention.cache = import_past(k, v, self.dtype, device, self.faults)
+
+    def reorder_caches(self, ancestors: Tensor, host_ancestors: Tensor, length: int) -> None:
+        """Beam search: row i of every cache becomes row ancestors[i]. The index goes to each
+        layer's own device, once per device (Outlines #660's fix); a host cache takes the
+        host copy of the index."""
+        per_device: dict[torch.device, Tensor] = {}
+        for block, device in zip(self.layers, self.block_devices):
+            cache = block.attention.cache
+            if cache.on_host:
+                index = host_ancestors
+            elif "ancestors_on_cpu" in self.faults:
+                index = ancestors  # Outlines #651: a host-built index, used as it came
+            elif "ancestors_on_first_device" in self.faults:
+                index = ancestors.to(self.input_device)  # Outlines #660: one device for every layer
+            else:
+                if device not in per_device:
+                    per_device[device] = ancestors.to(device)  # a no-op on the logits' device
+                index = per_device[device]
+            cache.reorder(index, length)
+
+    def forward(self, ids: Tensor, start: int, last_only: bool = False) -> Tensor:
+        """Logits [B, S, V] float32 for token ids [B, S] at positions start..start+S-1
+        ([B, 1, V] for the last position only when `last_only`)."""
+        x = self.tok_embeddings(ids)  # [B, S, C]
         for block, device in zip(self.layers, self.block_devices):
             if x.device != device:
                 x = x.to(device)  # the one legal hop: a device boundary under `auto`
             x = block(x, start)
+        if last_only:
+            x = x[:, -1:]
         if x.device != self.output_device:
             x = x.to(self.output_device)
-        return self.lm_head(self.norm(x)).float()
+        return self.output(self.norm(x)).float()
