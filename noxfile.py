@@ -19,6 +19,8 @@ CONSTRAINTS = ("-c", "constraints.txt")
 def install(session: nox.Session, extras: str = "dev,engines") -> None:
     """The project and its extras, torch pinned by constraints.txt."""
     session.install(*CONSTRAINTS, "-e", f".[{extras}]")
+    # The example engine plugin, so its entry point is exercised (no deps: they are ours).
+    session.install("--no-deps", "-e", "examples/plugin-engine")
 
 
 @nox.session

@@ -1,0 +1,71 @@
+"""Engines on the same locally generated weights agree on CPU, and a user engine plugs in
+through the `samedevice.engines` entry point."""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+
+import pytest
+
+from harness.cases import Case, DeviceTarget
+from harness.engines import all_engines, get_engine, register
+from harness.engines.base import Capabilities, Engine
+from harness.loader import LoadedScenario
+from harness.runner import RunOptions, run_case
+from harness.scenario import DeviceSpec, Scenario
+
+
+def _cpu_case(engine: str, **fields) -> Case:
+    scenario = Scenario.model_validate({"name": "x", "description": "d", "prompt": "The quick brown fox",
+                                        "max_new_tokens": 12, "engines": [engine], **fields})
+    return Case(LoadedScenario(scenario, "inline.yaml", 1), engine, DeviceTarget(DeviceSpec(device="cpu"), False))
+
+
+def test_reference_and_transformers_agree_on_greedy_ids_on_cpu() -> None:
+    reference = run_case(_cpu_case("reference"), RunOptions(), None)
+    transformers = run_case(_cpu_case("transformers"), RunOptions(), None)
+    assert reference.status == transformers.status == "passed", (reference.summary_line(), transformers.summary_line())
+    assert reference.tokens == transformers.tokens and len(reference.tokens[0]) == 12
+
+
+def test_reference_and_transformers_agree_on_greedy_ids_at_hidden_256() -> None:
+    model = {"size": "parity"}
+    reference = run_case(_cpu_case("reference", model=model), RunOptions(), None)
+    transformers = run_case(_cpu_case("transformers", model=model), RunOptions(), None)
+    assert reference.tokens == transformers.tokens
+
+
+def test_the_registry_refuses_a_second_engine_with_a_taken_name() -> None:
+    class Impostor(Engine):
+        name = "reference"
+        capabilities = Capabilities()
+
+        def load(self, request, placement): ...
+        def generate(self, request): ...
+
+    with pytest.raises(ValueError, match="engine name 'reference' is already registered"):
+        register(Impostor)
+    assert get_engine("reference") is not Impostor
+
+
+def test_an_unknown_engine_name_suggests_the_closest() -> None:
+    with pytest.raises(KeyError, match="did you mean 'transformers'"):
+        get_engine("transformer")
+
+
+def test_an_engine_without_a_feature_is_skipped_naming_it() -> None:
+    case = _cpu_case("example-greedy" if "example-greedy" in all_engines() else "reference",
+                     features={"json_schema": {"schema": {"type": "object"}}})
+    result = run_case(case, RunOptions(), None)
+    assert result.status == "skipped" and "lacks feature json_schema" in result.reason
+
+
+def test_the_example_plugin_runs_from_its_entry_point() -> None:
+    points = {p.name: p for p in entry_points(group="samedevice.engines")}
+    if "example-greedy" not in points:
+        pytest.skip("examples/plugin-engine is not installed (nox installs it: pip install -e examples/plugin-engine)")
+    assert get_engine("example-greedy") is points["example-greedy"].load()
+    plugin = run_case(_cpu_case("example-greedy"), RunOptions(), None)
+    reference = run_case(_cpu_case("reference"), RunOptions(), None)
+    assert plugin.status == "passed", plugin.summary_line()
+    assert plugin.tokens == reference.tokens
