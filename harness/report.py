@@ -61,6 +61,9 @@ def markdown(results: list[CaseResult], run_info: dict[str, Any], problems: list
             if r.error and r.status == "error":
                 lines += ["", "```", str(r.error.get("message", ""))[-1500:], "```"]
             lines.append("")
+    findings = [(r.id, f) for r in results for f in r.findings]
+    if findings:
+        lines += ["", "## Findings (known engine behaviour, not failures)", ""] + [f"- `{cid}`: {f}" for cid, f in findings]
     notes = [(r.id, n) for r in results for n in r.notes]
     if notes:
         lines += ["", "## Notes", ""] + [f"- `{cid}`: {n}" for cid, n in notes]

@@ -42,6 +42,7 @@ class CaseResult:
     failures: list[Failure] = field(default_factory=list)
     error: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    findings: list[str] = field(default_factory=list)  # known engine properties, not failures
     tokens: list[list[int]] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)

@@ -76,7 +76,8 @@ def tensor_to(t: Tensor, *args: Any, **kwargs: Any) -> Tensor:
     copy_position = 2 if args and isinstance(args[0], (torch.dtype, Tensor)) else 3
     if len(args) > copy_position:
         copy, args = args[copy_position], args[:copy_position]
-    device, dtype, _non_blocking, memory_format = _parse_to(*args, **kwargs)
+    with _no_tf():
+        device, dtype, _non_blocking, memory_format = _parse_to(*args, **kwargs)
     current = t._dev if type(t) is SimTensor else -1
     target = current if device is None else parse_device(device)
     if isinstance(target, torch.device):  # meta and friends

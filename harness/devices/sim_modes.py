@@ -262,6 +262,7 @@ _SPECIAL = {
     torch.asarray: _from_data("asarray"),
     F.scaled_dot_product_attention: _sdpa,
     torch._C._nn.scaled_dot_product_attention: _sdpa,
+    torch._C._nn._parse_to: _passthrough,  # parses a device, creates nothing
 }
 
 _HANDLERS: dict[Any, Any] = {}

@@ -23,6 +23,9 @@ class Capabilities:
     deterministic: bool = True  # same seed, same tokens
     teacher_forcing: bool = True  # can score given tokens (logit parity)
     faults: frozenset[str] = frozenset()  # fault switches it honours
+    # Checks whose failures are known properties of the engine, reported as findings
+    # (a section of their own in the report) rather than failing the case.
+    findings: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,8 @@ class Generation:
     texts: list[str]
     notes: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    # Forward passes after the prefill; None: one per generated token after the first.
+    decode_steps: int | None = None
 
 
 class Engine(ABC):

@@ -32,17 +32,29 @@ def balanced_device_map(num_layers: int, devices: tuple[str, ...]) -> dict[str, 
     return device_map
 
 
-class _PhaseMarker:
-    """A logits processor that tells the harness when decoding starts, and passes scores on."""
+class PhaseMarker:
+    """A forward pre-hook on the model: the first forward of a generation is the prefill,
+    every later one a decode step. Works for any engine built on a transformers model."""
 
-    def __init__(self, request: Request) -> None:
-        self.request, self.calls = request, 0
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.forwards = 0
+        self.request: Request | None = None
+        self.handle = model.register_forward_pre_hook(self._before_forward)
 
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        if self.calls == 0:
+    def start(self, request: Request) -> None:
+        """Call before each prompt's generation."""
+        self.request, self.forwards = request, 0
+        request.on_phase("prefill")
+
+    def stop(self) -> int:
+        """Decode steps of the generation just finished."""
+        self.request = None
+        return max(self.forwards - 1, 0)
+
+    def _before_forward(self, module: torch.nn.Module, args: object) -> None:
+        if self.request is not None and self.forwards == 1:
             self.request.on_phase("decode")
-        self.calls += 1
-        return scores
+        self.forwards += 1
 
 
 @register
@@ -77,10 +89,9 @@ class TransformersEngine(Engine):
             model = model.to(placement.devices[0])
         self.model = model
         self.input_device = model.get_input_embeddings().weight.device
+        self.phases = PhaseMarker(model)
 
     def generate(self, request: Request) -> Generation:
-        from transformers import LogitsProcessorList
-
         s = request.scenario
         beams = s.features.beam_search
         kwargs: dict[str, Any] = {
@@ -103,12 +114,13 @@ class TransformersEngine(Engine):
                        "num_return_sequences": beams.num_return, "output_scores": True,
                        "return_dict_in_generate": True, "early_stopping": True}
         tokens, notes, extra = [], [], {"beams": []}
+        decode_steps = 0
         for ids in request.prompt_ids:
-            request.on_phase("prefill")
+            self.phases.start(request)
             torch.manual_seed(s.sampling.seed)
             prompt = torch.tensor([ids], device=self.input_device)
-            marker = _PhaseMarker(request)
-            out = self.model.generate(prompt, logits_processor=LogitsProcessorList([marker]), **kwargs)
+            out = self.model.generate(prompt, **kwargs)
+            decode_steps += self.phases.stop()
             if beams is not None:
                 sequences = out.sequences[:, len(ids):].tolist()
                 scores = out.sequences_scores.tolist()
@@ -117,7 +129,7 @@ class TransformersEngine(Engine):
             else:
                 tokens.append(_strip(out[0, len(ids):].tolist(), request.eos_id, keep_eos=True))
         return Generation(tokens=tokens, texts=[request.decode(t) for t in tokens], notes=notes,
-                          extra=extra if beams is not None else {})
+                          extra=extra if beams is not None else {}, decode_steps=decode_steps)
 
     def teacher_forced_logits(self, ids: list[int]) -> torch.Tensor:
         with torch.no_grad():

@@ -1,4 +1,5 @@
-"""The bundled reference implementation as an engine."""
+"""The bundled reference implementation as an engine: every scenario feature, both model
+families, every fault switch."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import torch
 
 from harness.engines import register
 from harness.engines.base import Capabilities, Engine, Generation, Placement, Request
+from harness.scenario import FAULTS, FEATURES
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -14,36 +16,40 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 class ReferenceEngine(Engine):
     name = "reference"
     capabilities = Capabilities(
-        features=frozenset({"logit_bias"}),
+        features=frozenset(FEATURES),
         devices=frozenset({"cpu", "cuda", "auto"}),
         simulated=True,
+        faults=frozenset(FAULTS),
     )
 
     def load(self, request: Request, placement: Placement) -> None:
         from reference_impl import load_model
 
-        spec = request.scenario.model
-        if spec.family != "llama":
-            raise NotImplementedError(f"reference engine: family {spec.family} is not implemented yet")
-        self.model = load_model(request.model_dir, list(placement.devices), _DTYPES[spec.dtype])
+        s = request.scenario
+        quantization = s.features.quantization
+        self.model = load_model(
+            request.model_dir,
+            list(placement.devices),
+            _DTYPES[s.model.dtype],
+            quantization=quantization.format if quantization else None,
+            quantize_router=quantization.router if quantization else False,
+            faults=s.faults,
+        )
 
     def generate(self, request: Request) -> Generation:
-        from reference_impl import GenerateConfig, generate
+        from reference_impl import beam_search, generate
 
-        s = request.scenario
-        sampled = s.sampling.mode == "sample"
-        config = GenerateConfig(
-            max_new_tokens=s.max_new_tokens,
-            eos_id=request.eos_id if s.stop_at_eos else None,
-            temperature=(s.sampling.temperature or 1.0) if sampled else 0.0,
-            top_k=s.sampling.top_k,
-            top_p=s.sampling.top_p,
-            repetition_penalty=s.sampling.repetition_penalty,
-            seed=s.sampling.seed,
-            logit_bias=resolve_logit_bias(request),
+        config = build_config(request)
+        if config.num_beams == 1:
+            tokens = [generate(self.model, ids, config, request.on_phase) for ids in request.prompt_ids]
+            return Generation(tokens=tokens, texts=[request.decode(t) for t in tokens])
+        beams = [beam_search(self.model, ids, config, request.on_phase) for ids in request.prompt_ids]
+        tokens = [found[0].tokens for found in beams]
+        return Generation(
+            tokens=tokens,
+            texts=[request.decode(t) for t in tokens],
+            extra={"beams": [[{"tokens": b.tokens, "score": b.score} for b in found] for found in beams]},
         )
-        tokens = [generate(self.model, ids, config, request.on_phase) for ids in request.prompt_ids]
-        return Generation(tokens=tokens, texts=[request.decode(t) for t in tokens])
 
     def teacher_forced_logits(self, ids: list[int]) -> torch.Tensor:
         from reference_impl import teacher_forced_logits
@@ -52,6 +58,33 @@ class ReferenceEngine(Engine):
 
     def close(self) -> None:
         self.model = None
+
+
+def build_config(request: Request):
+    """The scenario's sampling and features as a reference_impl GenerateConfig."""
+    from reference_impl import GenerateConfig, JsonSpec
+
+    s = request.scenario
+    f = s.features
+    sampled = s.sampling.mode == "sample"
+    json_spec = None
+    if f.json_schema is not None:
+        json_spec = JsonSpec(f.json_schema.schema_, (request.model_dir / "tokenizer.json").read_text(), request.eos_id)
+    return GenerateConfig(
+        max_new_tokens=s.max_new_tokens,
+        eos_id=request.eos_id if s.stop_at_eos else None,
+        temperature=(s.sampling.temperature or 1.0) if sampled else 0.0,
+        top_k=s.sampling.top_k,
+        top_p=s.sampling.top_p,
+        repetition_penalty=s.sampling.repetition_penalty,
+        seed=s.sampling.seed,
+        logit_bias=resolve_logit_bias(request),
+        kv_cache=f.kv_cache.kind if f.kv_cache else "static",
+        json=json_spec,
+        num_beams=f.beam_search.num_beams if f.beam_search else 1,
+        length_penalty=f.beam_search.length_penalty if f.beam_search else 1.0,
+        num_return=f.beam_search.num_return if f.beam_search else 1,
+    )
 
 
 def resolve_logit_bias(request: Request) -> dict[int, float]:

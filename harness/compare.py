@@ -1,0 +1,348 @@
+"""`samedevice compare BASE HEAD`: the benchmark gate on two run directories, without asv.
+
+For CI jobs that keep only artifacts: each side is a `results/<run-id>/` directory
+(`cases.jsonl`), written by `samedevice run` or by the benchmark runner
+(`nox -s bench_compare`), which repeats every case and pools several rounds into one
+directory. For every case id present on both sides:
+
+- transfers per generated token, per kind (h2d, d2h, d2d, syncs), and the prefill's
+  total copies: deterministic, so **any** increase fails, naming the case, its scenario,
+  the kind and `before -> after`;
+- decode throughput: the best run of each side (the least disturbed by a noisy machine);
+  head below base / factor fails (default factor 1.1);
+- a case that errored on head but ran on base fails (it has no figures to compare).
+
+Cases present on one side only, or skipped on either, are listed and not judged.
+Exit codes: 0 no regression, 1 regression, 2 unusable input (not a run directory, nothing
+in common to compare).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.results import CaseResult, RunDirectory
+
+KINDS = ("h2d", "d2h", "d2d", "sync")
+LABELS = {"h2d": "h2d", "d2h": "d2h", "d2d": "d2d", "sync": "syncs"}
+DEFAULT_FACTOR = 1.1
+_EPS = 1e-9
+
+
+@dataclass
+class CaseFigures:
+    """One case's figures on one side, pooled over its repeated runs."""
+
+    id: str
+    scenario: str
+    runs: int = 0  # runs that produced figures
+    statuses: Counter[str] = field(default_factory=Counter)
+    per_token: dict[str, float] = field(default_factory=dict)  # largest over the runs
+    prefill: dict[str, int] = field(default_factory=dict)  # copies in prefill, largest
+    nondeterministic: set[str] = field(default_factory=set)  # kinds whose counts varied
+    decode_tps: list[float] = field(default_factory=list)
+    prefill_s: list[float] = field(default_factory=list)
+    skipped: str = ""
+    error: str = ""
+
+    @property
+    def best_tps(self) -> float | None:
+        return max(self.decode_tps) if self.decode_tps else None
+
+    @property
+    def best_prefill_s(self) -> float | None:
+        return min(self.prefill_s) if self.prefill_s else None
+
+
+def _ledger_figures(ledger: dict | None) -> tuple[dict[str, float], dict[str, int]]:
+    """Exact per-token counts (from the raw counts, not the rounded per_token)."""
+    ledger = ledger or {}
+    counts = ledger.get("counts", {})
+    tokens = ledger.get("decode_tokens", 0) or 0
+    per_token = {k: (counts.get(f"decode.{k}", 0) / tokens if tokens else 0.0) for k in KINDS}
+    prefill = {k: int(counts.get(f"prefill.{k}", 0)) for k in KINDS}
+    return per_token, prefill
+
+
+def summarise(results: list[CaseResult]) -> dict[str, CaseFigures]:
+    figures: dict[str, CaseFigures] = {}
+    for result in results:
+        one = figures.setdefault(result.id, CaseFigures(result.id, result.scenario))
+        one.statuses[result.status] += 1
+        if result.status == "skipped":
+            one.skipped = one.skipped or result.reason
+            continue
+        if result.error and result.status == "error":
+            if not one.error:
+                message = str(result.error.get("message", "")).strip().splitlines()
+                one.error = f"{result.error.get('type', 'error')}: {message[0] if message else ''}"
+            continue
+        per_token, prefill = _ledger_figures(result.ledger)
+        for kind in KINDS:
+            if one.runs and (abs(one.per_token[kind] - per_token[kind]) > _EPS or one.prefill[kind] != prefill[kind]):
+                one.nondeterministic.add(kind)
+            one.per_token[kind] = max(one.per_token.get(kind, 0.0), per_token[kind])
+            one.prefill[kind] = max(one.prefill.get(kind, 0), prefill[kind])
+        one.runs += 1
+        tps = result.timings.get("decode_tokens_per_s")
+        if tps and math.isfinite(tps):
+            one.decode_tps.append(float(tps))
+        if "prefill_s" in result.timings:
+            one.prefill_s.append(float(result.timings["prefill_s"]))
+    return figures
+
+
+@dataclass
+class Finding:
+    case_id: str
+    scenario: str
+    what: str  # "d2h per token", "prefill h2d copies", "decode throughput", "error"
+    before: str
+    after: str
+
+    def __str__(self) -> str:
+        return f"{self.case_id} (scenario {self.scenario}): {self.what} {self.before} -> {self.after}"
+
+
+@dataclass
+class Row:
+    case_id: str
+    base: CaseFigures
+    head: CaseFigures
+    regressions: list[Finding] = field(default_factory=list)
+    improvements: list[Finding] = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float | None:
+        b, h = self.base.best_tps, self.head.best_tps
+        return h / b if b and h else None
+
+
+@dataclass
+class Comparison:
+    factor: float | None  # None: throughput not judged
+    rows: list[Row] = field(default_factory=list)
+    not_compared: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def regressions(self) -> list[Finding]:
+        return [f for row in self.rows for f in row.regressions]
+
+    @property
+    def ok(self) -> bool:
+        return not self.regressions
+
+
+def _count(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def compare(base: dict[str, CaseFigures], head: dict[str, CaseFigures], factor: float | None = DEFAULT_FACTOR) -> Comparison:
+    result = Comparison(factor)
+    for case_id in sorted(set(base) | set(head)):
+        b, h = base.get(case_id), head.get(case_id)
+        if b is None or h is None:
+            result.not_compared.append(f"`{case_id}`: only in {'base' if h is None else 'head'}")
+            continue
+        if b.runs == 0:
+            why = f"errored on base ({b.error})" if b.error else f"skipped on base ({b.skipped or 'no figures'})"
+            result.not_compared.append(f"`{case_id}`: {why}")
+            continue
+        row = Row(case_id, b, h)
+        if h.error and not b.error:
+            errored = h.statuses["error"]
+            row.regressions.append(Finding(case_id, h.scenario, "status", "ran",
+                                           f"errored in {errored} of {sum(h.statuses.values())} runs ({h.error})"))
+        if h.runs == 0:
+            if h.error:
+                result.rows.append(row)
+            else:
+                result.not_compared.append(f"`{case_id}`: skipped on head ({h.skipped or 'no figures'})")
+            continue
+        _judge_transfers(row)
+        _judge_throughput(row, factor)
+        for side, figures in (("base", b), ("head", h)):
+            if figures.nondeterministic:
+                result.notes.append(f"`{case_id}`: transfer counts varied between runs on {side} "
+                                    f"({', '.join(sorted(figures.nondeterministic))}); the largest is compared")
+        result.rows.append(row)
+    return result
+
+
+def _judge_transfers(row: Row) -> None:
+    b, h = row.base, row.head
+    for kind in KINDS:
+        before, after = b.per_token[kind], h.per_token[kind]
+        finding = Finding(row.case_id, h.scenario, f"{LABELS[kind]} per token", _count(before), _count(after))
+        if after > before + _EPS:
+            row.regressions.append(finding)
+        elif after < before - _EPS:
+            row.improvements.append(finding)
+        before_p, after_p = b.prefill[kind], h.prefill[kind]
+        finding = Finding(row.case_id, h.scenario, f"prefill {LABELS[kind]} (total)", str(before_p), str(after_p))
+        if after_p > before_p:
+            row.regressions.append(finding)
+        elif after_p < before_p:
+            row.improvements.append(finding)
+
+
+def _judge_throughput(row: Row, factor: float | None) -> None:
+    before, after = row.base.best_tps, row.head.best_tps
+    if factor is None or before is None or after is None:
+        return
+    finding = Finding(row.case_id, row.head.scenario, "decode tokens/s (best run)", f"{before:.5g}", f"{after:.5g}")
+    finding.after += f" ({after / before:.2f}x; fails below {1 / factor:.2f}x)"
+    if after * factor < before:
+        row.regressions.append(finding)
+    elif after > before * factor:
+        row.improvements.append(finding)
+
+
+def load_side(path: Path) -> dict[str, CaseFigures]:
+    """A run directory's figures; ValueError if it is not one."""
+    directory = RunDirectory(path)
+    if not directory.cases_path.exists():
+        raise ValueError(f"{path} is not a run directory (no cases.jsonl)")
+    return summarise(directory.read_cases())
+
+
+def compare_dirs(base: Path, head: Path, factor: float | None = DEFAULT_FACTOR) -> Comparison:
+    return compare(load_side(base), load_side(head), factor)
+
+
+# --- output ------------------------------------------------------------------------------------
+
+def _side_label(path: Path) -> str:
+    info = RunDirectory(path).read_run_info()
+    parts = [f"`{path}`"]
+    if info.get("label"):
+        parts.append(str(info["label"]))
+    if info.get("git_commit"):
+        parts.append(f"commit {str(info['git_commit'])[:10]}")
+    if info.get("rounds"):
+        parts.append(f"{info['rounds']} round(s)")
+    return ", ".join(parts)
+
+
+def _cell(row: Row, kind: str) -> str:
+    before, after = row.base.per_token[kind], row.head.per_token[kind] if row.head.runs else None
+    if after is None:
+        return _count(before)
+    if abs(before - after) <= _EPS:
+        return _count(before)
+    text = f"{_count(before)} -> {_count(after)}"
+    return f"**{text}**" if after > before else text
+
+
+def _tps_cell(row: Row) -> str:
+    b, h = row.base.best_tps, row.head.best_tps
+    if b is None or h is None:
+        return "n/a"
+    return f"{b:.0f} -> {h:.0f} ({h / b:.2f}x; {row.base.runs}/{row.head.runs} runs)"
+
+
+def markdown(comparison: Comparison, base_label: str = "base", head_label: str = "head") -> str:
+    verdict = "REGRESSION" if comparison.regressions else "no regression"
+    lines = [f"## samedevice compare: {verdict}", ""]
+    lines.append(f"- base: {base_label}")
+    lines.append(f"- head: {head_label}")
+    if comparison.factor is None:
+        lines.append("- decode throughput: not judged (--no-throughput)")
+    else:
+        lines.append(f"- decode throughput: best run per side; head below base / {comparison.factor:g} fails")
+    lines.append("- transfers per generated token (and prefill totals): any increase fails")
+    lines += ["", "| case | h2d/tok | d2h/tok | d2d/tok | syncs/tok | prefill copies | decode tok/s best (base -> head) | verdict |",
+              "|---|---:|---:|---:|---:|---:|---|---|"]
+    for row in comparison.rows:
+        prefill_b = sum(row.base.prefill.values())
+        prefill_h = sum(row.head.prefill.values()) if row.head.runs else prefill_b
+        prefill = str(prefill_b) if prefill_b == prefill_h else f"{prefill_b} -> {prefill_h}"
+        verdict = "**REGRESSION**" if row.regressions else ("improved" if row.improvements else "ok")
+        lines.append(f"| `{row.case_id}` | {_cell(row, 'h2d')} | {_cell(row, 'd2h')} | {_cell(row, 'd2d')} | "
+                     f"{_cell(row, 'sync')} | {prefill} | {_tps_cell(row)} | {verdict} |")
+    if not comparison.rows:
+        lines.append("| (no case ran on both sides) | | | | | | | |")
+    if comparison.regressions:
+        lines += ["", "### Regressions", ""] + [f"- `{f.case_id}` (scenario {f.scenario}): {f.what} {f.before} -> {f.after}"
+                                                for f in comparison.regressions]
+    improvements = [f for row in comparison.rows for f in row.improvements]
+    if improvements:
+        lines += ["", "### Improvements", ""] + [f"- `{f.case_id}`: {f.what} {f.before} -> {f.after}" for f in improvements]
+    if comparison.not_compared:
+        lines += ["", "### Not compared", ""] + [f"- {text}" for text in comparison.not_compared]
+    if comparison.notes:
+        lines += ["", "### Notes", ""] + [f"- {text}" for text in comparison.notes]
+    return "\n".join(lines) + "\n"
+
+
+# --- command line ------------------------------------------------------------------------------
+
+def _factor(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number >= 1, but got {text!r}") from None
+    if not math.isfinite(value) or value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 1, but got {text!r}")
+    return value
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register `compare` on the `samedevice` subcommands (harness/cli.py calls this)."""
+    parser = subparsers.add_parser(
+        "compare", help="compare two run directories: transfer-count and throughput regressions",
+        description="The benchmark gate on two run directories: any increase of transfers per "
+                    "token fails, and decode tokens/s below base / factor fails.",
+    )
+    parser.add_argument("run_a", type=Path, metavar="RUN_A", help="base run directory (results/<run-id>/)")
+    parser.add_argument("run_b", type=Path, metavar="RUN_B", help="head run directory")
+    parser.add_argument("--throughput-factor", type=_factor, default=DEFAULT_FACTOR,
+                        help=f"fail when head decode tokens/s < base / FACTOR (default: {DEFAULT_FACTOR})")
+    parser.add_argument("--no-throughput", action="store_true",
+                        help="judge transfer counts only (runs from different machines; default: off)")
+    parser.add_argument("--markdown", type=Path, default=None, metavar="OUT",
+                        help="also write the markdown table here (default: stdout only)")
+    parser.set_defaults(func=cmd_compare)
+    return parser
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    try:
+        comparison = compare_dirs(args.run_a, args.run_b, None if args.no_throughput else args.throughput_factor)
+    except (ValueError, OSError) as exc:
+        print(f"samedevice compare: error: {exc}", file=sys.stderr)
+        return 2
+    text = markdown(comparison, _side_label(args.run_a), _side_label(args.run_b))
+    sys.stdout.write(text)
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(text)
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a") as handle:
+            handle.write(text)
+    for finding in comparison.regressions:
+        print(f"REGRESSION {finding}", file=sys.stderr)
+    if not comparison.rows:
+        print("samedevice compare: error: no case has figures on both sides; nothing was compared", file=sys.stderr)
+        return 2
+    return 1 if comparison.regressions else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m harness.compare RUN_A RUN_B ...` (until the CLI registers `compare`)."""
+    parser = argparse.ArgumentParser(prog="samedevice")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["compare", *(argv if argv is not None else sys.argv[1:])])
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Outlines 1.x as an engine: JSON-schema generation over a transformers model.
+
+Outlines returns text, not token ids, so parity is text-level. Its default backend
+(outlines_core) was seen ignoring integer bounds and emitting flexible whitespace; the
+`json_schema` check's failures on its output are reported as findings, not as failures of
+the case (they are Outlines' behaviour, not a device bug).
+
+Beam search is not declared: Outlines 1.3's logits processor keeps one guide per sequence
+and does not follow beam reordering, so `num_beams > 1` fails on CPU already with
+"ValueError: No next state found for the current state" (seen with outlines 1.3.3).
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from harness.engines import register
+from harness.engines.base import Capabilities, Engine, Generation, Placement, Request
+from harness.engines.hf_transformers import TransformersEngine
+
+
+@register
+class OutlinesEngine(Engine):
+    name = "outlines"
+    capabilities = Capabilities(
+        features=frozenset({"json_schema"}),
+        devices=frozenset({"cpu", "cuda", "auto"}),
+        simulated=True,
+        token_ids=False,
+        findings=frozenset({"json_schema"}),
+    )
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        try:
+            import outlines  # noqa: F401
+        except ImportError:
+            return "outlines is not installed (pip install 'samedevice[outlines]')"
+        return TransformersEngine.unavailable_reason()
+
+    def load(self, request: Request, placement: Placement) -> None:
+        import outlines
+        from transformers import AutoTokenizer
+
+        self.hf = TransformersEngine()
+        self.hf.load(request, placement)
+        tokenizer = AutoTokenizer.from_pretrained(request.model_dir)
+        self.model = outlines.from_transformers(self.hf.model, tokenizer)
+
+    def generate(self, request: Request) -> Generation:
+        import outlines
+        from outlines.types import JsonSchema
+
+        s = request.scenario
+        output_type = JsonSchema(json.dumps(s.features.json_schema.schema_)) if s.features.json_schema else None
+        generator = outlines.Generator(self.model, output_type)
+        kwargs: dict = {"max_new_tokens": s.max_new_tokens}
+        if s.sampling.mode == "sample":
+            kwargs |= {"do_sample": True, "temperature": s.sampling.temperature or 1.0}
+            if s.sampling.top_k:
+                kwargs["top_k"] = s.sampling.top_k
+            if s.sampling.top_p:
+                kwargs["top_p"] = s.sampling.top_p
+        if s.features.beam_search:
+            kwargs |= {"num_beams": s.features.beam_search.num_beams}
+        texts, steps = [], 0
+        for prompt in s.prompt_list:
+            self.hf.phases.start(request)
+            torch.manual_seed(s.sampling.seed)
+            texts.append(generator(prompt, **kwargs))
+            steps += self.hf.phases.stop()
+        return Generation(tokens=[[] for _ in texts], texts=texts, decode_steps=steps)
+
+    def teacher_forced_logits(self, ids: list[int]) -> torch.Tensor:
+        return self.hf.teacher_forced_logits(ids)
+
+    def close(self) -> None:
+        self.model = None
+        self.hf.close()
