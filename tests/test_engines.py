@@ -69,3 +69,19 @@ def test_the_example_plugin_runs_from_its_entry_point() -> None:
     reference = run_case(_cpu_case("reference"), RunOptions(), None)
     assert plugin.status == "passed", plugin.summary_line()
     assert plugin.tokens == reference.tokens
+
+
+def test_mistralrs_text_equals_the_reference_text_on_cpu() -> None:
+    pytest.importorskip("mistralrs", reason="mistralrs is not installed (engines extra)")
+    mistral = run_case(_cpu_case("mistralrs"), RunOptions(), None)
+    reference = run_case(_cpu_case("reference"), RunOptions(), None)
+    assert mistral.status == "passed", mistral.summary_line()
+    assert mistral.texts == reference.texts
+
+
+def test_outlines_json_output_runs_over_the_transformers_model() -> None:
+    pytest.importorskip("outlines", reason="outlines is not installed (engines extra)")
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    result = run_case(_cpu_case("outlines", features={"json_schema": {"schema": schema}}, max_new_tokens=24), RunOptions(), None)
+    assert result.status == "passed", result.summary_line()
+    assert result.texts[0].startswith("{")

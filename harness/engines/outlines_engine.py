@@ -37,7 +37,7 @@ class OutlinesEngine(Engine):
         try:
             import outlines  # noqa: F401
         except ImportError:
-            return "outlines is not installed (pip install 'samedevice[outlines]')"
+            return "outlines is not installed (pip install 'samedevice[engines]')"
         return TransformersEngine.unavailable_reason()
 
     def load(self, request: Request, placement: Placement) -> None:

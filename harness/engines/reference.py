@@ -43,12 +43,13 @@ class ReferenceEngine(Engine):
         if config.num_beams == 1:
             tokens = [generate(self.model, ids, config, request.on_phase) for ids in request.prompt_ids]
             return Generation(tokens=tokens, texts=[request.decode(t) for t in tokens])
-        beams = [beam_search(self.model, ids, config, request.on_phase) for ids in request.prompt_ids]
-        tokens = [found[0].tokens for found in beams]
+        results = [beam_search(self.model, ids, config, request.on_phase) for ids in request.prompt_ids]
+        tokens = [r.beams[0].tokens for r in results]
         return Generation(
             tokens=tokens,
             texts=[request.decode(t) for t in tokens],
-            extra={"beams": [[{"tokens": b.tokens, "score": b.score} for b in found] for found in beams]},
+            extra={"beams": [[{"tokens": b.tokens, "score": b.score} for b in r.beams] for r in results]},
+            decode_steps=sum(r.steps - 1 for r in results),  # a beam that ended early is shorter
         )
 
     def teacher_forced_logits(self, ids: list[int]) -> torch.Tensor:
