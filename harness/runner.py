@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 import socket
 import time
 import traceback
@@ -40,6 +41,7 @@ class Execution:
     peak_memory_bytes: int | None = None
     prompt_ids: list[list[int]] = field(default_factory=list)
     encode: Callable[[str], list[int]] = lambda text: []
+    warnings: list[str] = field(default_factory=list)
 
 
 class _PhaseClock:
@@ -106,6 +108,11 @@ def execute(case: Case) -> Execution:
     run = Execution()
     clock = _PhaseClock(run.ledger)
     engine: Engine | None = None
+    # An engine's warnings are the engine's business: recorded as notes, never raised
+    # (pytest's filterwarnings=error must not turn a deprecation inside outlines into a failure).
+    caught = warnings.catch_warnings(record=True)
+    recorded = caught.__enter__()
+    warnings.simplefilter("always")
     try:
         request = build_request(case, clock)
         run.prompt_ids, run.encode = request.prompt_ids, request.encode
@@ -129,6 +136,8 @@ def execute(case: Case) -> Execution:
         if engine is not None:
             with contextlib.suppress(Exception):
                 engine.close()
+        caught.__exit__(None, None, None)
+    run.warnings = list(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in recorded))[:5]
     if run.generation is not None:
         steps = run.generation.decode_steps
         run.ledger.decode_tokens = steps if steps is not None else sum(max(len(t) - 1, 0) for t in run.generation.tokens)
@@ -202,6 +211,7 @@ def run_case(case: Case, options: RunOptions, oracles: OracleCache | None) -> Ca
     result.timings = run.timings
     result.peak_memory_bytes = run.peak_memory_bytes
     result.ledger = None if run.ledger.is_empty() and not run.ledger.decode_tokens else run.ledger.to_json()
+    result.notes += [f"warning: {w}" for w in run.warnings]
     if run.generation is not None:
         result.tokens, result.texts = run.generation.tokens, run.generation.texts
         result.notes += run.generation.notes

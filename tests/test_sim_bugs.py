@@ -39,8 +39,9 @@ def test_logit_bias_added_across_devices_fails_like_a_gpu():
     with simulated_gpus(), pytest.raises(RuntimeError) as excinfo:
         user.apply_logit_bias(logits.to("cuda:0"), bias.to("cuda:0"))
     assert_fails_at(excinfo, "BUG 1",
-                    "Expected all tensors to be on the same device, but found at least two devices, cuda:0 and cpu!",
-                    None, ["cuda:0", "cpu"])
+                    "Expected all tensors to be on the same device, but found at least two devices, cuda:0 and cpu! "
+                    "(when checking argument in method wrapper_CUDA_add_Tensor)",
+                    "add", ["cuda:0", "cpu"])
     assert type(excinfo.value) is RuntimeError
 
 

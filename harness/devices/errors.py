@@ -29,8 +29,11 @@ import torch
 SAME_DEVICE = "Expected all tensors to be on the same device, but "
 
 
-def iter_message(common: object, other: object) -> str:
-    return f"{SAME_DEVICE}found at least two devices, {common} and {other}!"
+def iter_message(common: object, other: object, method: str | None = None) -> str:
+    """TensorIterator's wording. libtorch names no op here; the simulation adds the
+    wrapper's name in the form the wrapper check uses, so the op is always in the message."""
+    op = f" (when checking argument in method {method})" if method else ""
+    return f"{SAME_DEVICE}found at least two devices, {common} and {other}!{op}"
 
 
 def wrapper_message(method: str, arg: str, device: object, common: object) -> str:
@@ -56,8 +59,9 @@ def sdpa_message(query: object, key: object, value: object) -> str:
             f"query.device: {query} key.device: {key} and value.device: {value} instead.")
 
 
-def generator_message(expected_type: str, found_type: str) -> str:
-    return f"Expected a '{expected_type}' device type for generator but found '{found_type}'"
+def generator_message(expected_type: str, found_type: str, op: str | None = None) -> str:
+    where = f" (in {op})" if op else ""
+    return f"Expected a '{expected_type}' device type for generator but found '{found_type}'{where}"
 
 
 def numpy_message(device: object) -> str:
@@ -132,63 +136,63 @@ def op_info(func: torch._ops.OpOverload) -> OpInfo:
 
 # --- reading errors back --------------------------------------------------------------------
 
-_DEVICE = r"(cuda:\d+|cpu|meta|cuda|mps|xpu:\d+|Cpu|Cuda ?\{ ?gpu_id: ?\d+ ?\}|Cuda\(\w*\(?\d*\)?\))"
+_DEV = r"cuda:\d+|cpu|meta|cuda|mps|xpu:\d+|Cpu|Cuda ?\{ ?gpu_id: ?\d+ ?\}|Cuda\(\w*\(?\d*\)?\)"
+_METHOD = r"(?: \(when checking ar\w+ (?:for argument \w+ )?in method (?P<method>\w+)\))?"
+# (pattern, op when the text names none); device groups a, b, c in the order reported
 _PATTERNS = [
     # torch >= 2.6 wrapper check: "... but got index is on cpu, different from other tensors
     # on cuda:0 (when checking argument in method wrapper_CUDA__index_select)"
-    re.compile(rf"but got (?P<arg>\w+) is on {_DEVICE}, different from other tensors on {_DEVICE}"
-               r"(?: \(when checking argument in method (?P<method>\w+)\))?"),
-    # older wrapper check and TensorIterator: "... found at least two devices, cuda:0 and cpu!
-    # (when checking argument for argument tensors in method wrapper_CUDA_cat)"
-    re.compile(rf"found at least two devices, {_DEVICE} and {_DEVICE}!"
-               r"(?: \(when checking ar\w+ for argument (?P<arg>\w+) in method (?P<method>\w+)\))?"),
-    re.compile(rf"indices should be either on cpu or on the same device as the indexed tensor \({_DEVICE}\)"),
-    re.compile(rf"expected device {_DEVICE} but got device {_DEVICE} for value tensor"),
-    re.compile(rf"but got mask on {_DEVICE} and self on {_DEVICE}"),
-    re.compile(rf"query\.device: {_DEVICE} key\.device: {_DEVICE} and value\.device: {_DEVICE}"),
-    re.compile(r"Expected a '(\w+)' device type for generator but found '(\w+)'"),
-    # Rust engines (mistral.rs: "device mismatch in add, lhs: Cpu, rhs: Cuda { gpu_id: 0 }")
-    re.compile(rf"device mismatch in (?P<op>\w+), lhs: {_DEVICE}, rhs: {_DEVICE}"),
-    # candle: DeviceMismatchBinaryOp { lhs: Cpu, rhs: Cuda(..), op: "matmul" }
-    re.compile(rf"DeviceMismatchBinaryOp \{{ lhs: {_DEVICE}, rhs: {_DEVICE}, op: \"(?P<op>\w+)\""),
+    (re.compile(rf"but got \w+ is on (?P<b>{_DEV}), different from other tensors on (?P<a>{_DEV}){_METHOD}"), None),
+    # TensorIterator, and the wrapper check before 2.6: "... found at least two devices,
+    # cpu and cuda:0! (when checking argument for argument tensors in method wrapper_CUDA_cat)"
+    (re.compile(rf"found at least two devices, (?P<a>{_DEV}) and (?P<b>{_DEV})!{_METHOD}"), None),
+    (re.compile(rf"on the same device as the indexed tensor \((?P<a>{_DEV})\)"), "index"),
+    (re.compile(rf"expected device (?P<a>{_DEV}) but got device (?P<b>{_DEV}) for value tensor"), "index_put_"),
+    (re.compile(rf"but got mask on (?P<b>{_DEV}) and self on (?P<a>{_DEV})"), "masked_fill_"),
+    (re.compile(rf"query\.device: (?P<a>{_DEV}) key\.device: (?P<b>{_DEV}) and value\.device: (?P<c>{_DEV})"),
+     "scaled_dot_product_attention"),
+    (re.compile(r"Expected a '(?P<a>\w+)' device type for generator but found '(?P<b>\w+)'(?: \(in (?P<op>\w+)\))?"),
+     None),
+    # Rust engines: mistral.rs "device mismatch in add, lhs: Cpu, rhs: Cuda { gpu_id: 0 }",
+    # candle "DeviceMismatchBinaryOp { lhs: Cpu, rhs: Cuda(..), op: "matmul" }"
+    (re.compile(rf"device mismatch in (?P<op>\w+), lhs: (?P<a>{_DEV}), rhs: (?P<b>{_DEV})"), None),
+    (re.compile(rf"DeviceMismatchBinaryOp \{{ lhs: (?P<a>{_DEV}), rhs: (?P<b>{_DEV}), op: \"(?P<op>\w+)\""), None),
 ]
-_FIXED_OPS = {2: "index", 3: "index_put_", 4: "masked_fill_", 5: "scaled_dot_product_attention"}
-_OP_IN_TEXT = re.compile(r"(?:in method |in |^)(\w+)\(?\)?:? ")
 
 
 def _normal_device(text: str) -> str:
     if text in ("Cpu", "cpu"):
         return "cpu"
-    digits = re.search(r"\d+", text)
     if text.lower().startswith("cuda"):
+        digits = re.search(r"\d+", text)
         return f"cuda:{digits.group(0)}" if digits else "cuda"
     return text
 
 
 def op_from_method(method: str) -> str:
-    """'wrapper_CUDA__index_select' -> 'index_select', 'wrapper_CUDA_cat' -> 'cat'."""
-    op = re.sub(r"^wrapper_[A-Za-z0-9]+?_", "", method)
-    return op[1:] if op.startswith("_") and not op.startswith("__") else op
+    """'wrapper_CUDA__index_select' -> 'index_select', 'wrapper_CUDA_add_Tensor' -> 'add'."""
+    name = re.sub(r"^wrapper_[A-Za-z0-9]+?_", "", method)
+    parts = name.split("_")
+    for end in range(len(parts), 0, -1):  # drop overload segments until an aten op is named
+        for start in range(0, len(parts) - end + 1):
+            candidate = "_".join(parts[start : start + end])
+            if candidate and hasattr(torch.ops.aten, candidate):
+                return candidate
+    return name.lstrip("_")
 
 
 def classify_device_error(exc: BaseException) -> dict | None:
     """{"op", "devices", "message"} when `exc` is a device mismatch in PyTorch's (or a Rust
-    engine's) wording, else None. `op` is None when the message does not name one."""
+    engine's) wording, else None. `op` is None when the message names none."""
     message = str(exc)
-    for number, pattern in enumerate(_PATTERNS):
+    for pattern, fixed_op in _PATTERNS:
         found = pattern.search(message)
-        if not found:
+        if found is None:
             continue
         groups = found.groupdict()
-        if number == 6:  # generator: device types only
-            devices = [found.group(1), found.group(2)]
-        else:
-            named = {v for k, v in groups.items() if v}
-            devices = [_normal_device(g) for g in found.groups() if g and g not in named]
-            if number == 0:
-                devices.reverse()  # "<arg> is on X, different from ... on Y": report Y, X
+        devices = [_normal_device(groups[k]) for k in ("a", "b", "c") if groups.get(k)]
         method = groups.get("method")
-        op = groups.get("op") or (op_from_method(method) if method else _FIXED_OPS.get(number))
+        op = groups.get("op") or (op_from_method(method) if method else fixed_op)
         return {"op": op, "devices": list(dict.fromkeys(devices)), "message": message}
     return None
 

@@ -56,12 +56,16 @@ def _wrap_out(out: Any, index: int, first_inner: Any, first: Any) -> Any:
     return out
 
 
+def _name(func) -> str:
+    return getattr(func, "__name__", str(func))
+
+
 def _call_inner(func, args, kwargs):
     try:
         return func(*args, **kwargs)
     except (RuntimeError, NotImplementedError) as exc:
         if errors.is_kernel_gap(exc):
-            note_kernel_gap(getattr(func, "__name__", str(func)), exc)
+            note_kernel_gap(_name(func), exc)
         raise
 
 
@@ -129,7 +133,7 @@ def _with_kwargs(func, args, kwargs, inner, index, plain):
         inner_kwargs[key] = value
     if target is None and index == -1:
         if generator is not None and getattr(generator, "_sim_index", None) is not None:
-            raise RuntimeError(errors.generator_message("cpu", "cuda"))
+            raise RuntimeError(errors.generator_message("cpu", "cuda", _name(func)))
         return func(*args, **kwargs)
     if isinstance(target, torch.device):  # meta & co: computed from the inner tensors
         return func(*inner, **inner_kwargs)
@@ -140,7 +144,8 @@ def _with_kwargs(func, args, kwargs, inner, index, plain):
     if generator is not None:
         on_gpu = getattr(generator, "_sim_index", None) is not None
         if on_gpu != (target != -1):
-            raise RuntimeError(errors.generator_message(*(("cuda", "cpu") if target != -1 else ("cpu", "cuda"))))
+            expected, found = ("cuda", "cpu") if target != -1 else ("cpu", "cuda")
+            raise RuntimeError(errors.generator_message(expected, found, _name(func)))
     out = _call_inner(func, inner, inner_kwargs)
     if target == -1:
         return out
@@ -235,7 +240,7 @@ def _sdpa(func, args, kwargs):
     mask = args[3] if len(args) > 3 else kwargs.get("attn_mask")
     if isinstance(mask, Tensor) and device_of(mask) != devices[0]:
         # the math kernel adds the mask to the scores: a TensorIterator check
-        raise RuntimeError(errors.iter_message(devices[0], device_of(mask)))
+        raise RuntimeError(errors.iter_message(devices[0], device_of(mask), "wrapper_CUDA_add_Tensor"))
     return _fast(func, args, kwargs)
 
 

@@ -201,7 +201,7 @@ def _alias_returns(func) -> str:
 def _check_generators(func, args, kwargs, index: int) -> None:
     for a in (*args, *kwargs.values()):
         if isinstance(a, torch.Generator) and getattr(a, "_sim_index", None) is None and index != -1:
-            raise RuntimeError(errors.generator_message("cuda", a.device.type))
+            raise RuntimeError(errors.generator_message("cuda", a.device.type, func._schema.name.split("::")[-1]))
 
 
 def _sync(handler: Handler, op: str) -> Handler:
@@ -295,7 +295,7 @@ def _iterator_check(func, tensors, args, kwargs):
             if scalars > 1:
                 raise RuntimeError("Trying to pass too many CPU scalars to non-CPU kernel!")
         elif device != common:
-            raise RuntimeError(errors.iter_message(common, device))
+            raise RuntimeError(errors.iter_message(common, device, errors.op_info(func).method))
     return _run_on_common(func, args, kwargs, common)
 
 
