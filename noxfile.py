@@ -52,3 +52,60 @@ def typecheck(session: nox.Session) -> None:
     """mypy over the harness and the reference implementation."""
     install(session)
     session.run("mypy", *session.posargs)
+
+
+# ---- benchmarks: asv, dashboard, base-vs-head gate ------------------------------------------
+# (benchmarks/ owns this block: bench, bench_compare, dashboard; none of them is a default
+# session. asv measures the Python that runs it (asv.conf.json: environment_type existing),
+# here the session's venv with the project installed.)
+
+
+def _bench_install(session: nox.Session) -> None:
+    install(session, "dev,engines,bench")
+
+
+def _asv_machine(session: nox.Session) -> list[str]:
+    """`asv machine --yes`, plus torch/CUDA/GPU facts merged into asv's machine entry (so
+    every result file records them in its params). $SAMEDEVICE_ASV_MACHINE names the machine."""
+    import os
+
+    name = os.environ.get("SAMEDEVICE_ASV_MACHINE")
+    flag = ["--machine", name] if name else []
+    session.run("asv", "machine", "--yes", *flag)
+    session.run("python", "benchmarks/common.py", "asv-machine", *flag)
+    return flag
+
+
+@nox.session(default=False)
+def bench(session: nox.Session) -> None:
+    """asv run on this checkout (or on the refs given: `-- REF [REF...] [-- ASV_ARGS]`), tagged by commit."""
+    _bench_install(session)
+    flag = _asv_machine(session)
+    session.run("python", "benchmarks/refs.py", "asv", *flag, *session.posargs)
+    session.log("results: results/asv/ (nox -s dashboard publishes them)")
+
+
+@nox.session(default=False)
+def bench_compare(session: nox.Session) -> None:
+    """Benchmark base and head alternately and fail on regressions: `-- --base REF --head REF|DIR`."""
+    _bench_install(session)
+    session.run("python", "benchmarks/refs.py", "compare", *session.posargs)
+
+
+@nox.session(default=False)
+def dashboard(session: nox.Session) -> None:
+    """asv publish into results/html, check it in headless Chromium; `-- --serve` then serves it."""
+    _bench_install(session)
+    session.run("asv", "publish")
+    session.run("pytest", "tests/test_dashboard.py", env={"SAMEDEVICE_DASHBOARD_TESTS": "1"})
+    session.log("dashboard: results/html/index.html (nox -s dashboard -- --serve: http://127.0.0.1:8080)")
+    if "--serve" in session.posargs:
+        session.run("asv", "preview", "--port", "8080")
+
+
+@nox.session(name="llamacpp")
+def llamacpp(session: nox.Session) -> None:
+    """llama.cpp engine: builds llama-cpp-python from source (about 8 minutes), then its tests."""
+    install(session, extras="dev,engines,llamacpp")
+    session.run("pytest", "tests/test_llamacpp.py", "-p", "no:cacheprovider", *session.posargs)
+    session.run("samedevice", "run", "-e", "llamacpp", "-d", "cpu", "--no-progress")

@@ -224,7 +224,7 @@ def _side_label(path: Path) -> str:
     parts = [f"`{path}`"]
     if info.get("label"):
         parts.append(str(info["label"]))
-    if info.get("git_commit"):
+    elif info.get("git_commit"):
         parts.append(f"commit {str(info['git_commit'])[:10]}")
     if info.get("rounds"):
         parts.append(f"{info['rounds']} round(s)")
@@ -258,7 +258,7 @@ def markdown(comparison: Comparison, base_label: str = "base", head_label: str =
     else:
         lines.append(f"- decode throughput: best run per side; head below base / {comparison.factor:g} fails")
     lines.append("- transfers per generated token (and prefill totals): any increase fails")
-    lines += ["", "| case | h2d/tok | d2h/tok | d2d/tok | syncs/tok | prefill copies | decode tok/s best (base -> head) | verdict |",
+    lines += ["", "| case | h2d/tok | d2h/tok | d2d/tok | syncs/tok | prefill copies+syncs | decode tok/s best (base -> head) | verdict |",
               "|---|---:|---:|---:|---:|---:|---|---|"]
     for row in comparison.rows:
         prefill_b = sum(row.base.prefill.values())

@@ -7,10 +7,10 @@ import os
 import traceback
 
 import pytest
-import sim_user_bugs as user
 import torch
 
 from harness.devices import classify_device_error, simulated_gpus
+from tests import sim_user_bugs as user
 
 TORCH_DIR = os.path.dirname(torch.__file__)
 HARNESS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "harness")

@@ -37,6 +37,7 @@ def _load_builtins_and_plugins() -> None:
         return
     _loaded_plugins = True
     import harness.engines.hf_transformers  # noqa: F401  (each registers itself)
+    import harness.engines.llamacpp_engine  # noqa: F401
     import harness.engines.mistralrs_engine  # noqa: F401
     import harness.engines.outlines_engine  # noqa: F401
     import harness.engines.reference  # noqa: F401

@@ -1,0 +1,93 @@
+"""llama.cpp (`llama-cpp-python`) as an engine, on GGUF files written from the same weights.
+
+Optional: the wheel builds from source (about 8 minutes), so it lives in the `llamacpp`
+extra and its own nox session, and is skipped with a reason where it is not installed.
+Token ids are compared, not text. `quantization.format: q8_0` loads the Q8_0 file; every
+other scenario loads the f32 file. `cuda:0` offloads every layer (needs a CUDA build).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+from harness.engines import register
+from harness.engines.base import Capabilities, Engine, Generation, Placement, Request
+from harness.engines.reference import resolve_logit_bias
+
+
+@register
+class LlamaCppEngine(Engine):
+    name = "llamacpp"
+    capabilities = Capabilities(
+        features=frozenset({"logit_bias", "json_schema", "quantization"}),
+        devices=frozenset({"cpu", "cuda"}),
+    )
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        try:
+            import llama_cpp  # noqa: F401
+        except ImportError:
+            return "llama-cpp-python is not installed (nox -s llamacpp builds it, about 8 minutes)"
+        return None
+
+    def load(self, request: Request, placement: Placement) -> None:
+        from llama_cpp import Llama
+
+        from harness.gguf_export import gguf_file
+
+        quant = request.scenario.features.quantization
+        if quant is not None and quant.format != "q8_0":
+            raise NotImplementedError(f"the llamacpp adapter writes f32 and q8_0 GGUF files, not {quant.format}")
+        path = gguf_file(request.model_dir, "q8_0" if quant is not None else "f32")
+        self.llm = Llama(
+            model_path=str(path), n_ctx=request.scenario.model.max_seq_len, logits_all=True, verbose=False,
+            n_gpu_layers=0 if placement.kind == "cpu" else -1, seed=request.scenario.sampling.seed, n_threads=2,
+        )
+
+    def generate(self, request: Request) -> Generation:
+        s = request.scenario
+        bias = resolve_logit_bias(request)
+        processors = None
+        if bias:
+            ids, values = np.array(list(bias)), np.array(list(bias.values()), dtype=np.float32)
+
+            def add_bias(input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+                scores[ids] += values
+                return scores
+
+            processors = [add_bias]
+        grammar = None
+        if s.features.json_schema is not None:
+            from llama_cpp import LlamaGrammar
+
+            grammar = LlamaGrammar.from_json_schema(json.dumps(s.features.json_schema.schema_), verbose=False)
+        sampled = s.sampling.mode == "sample"
+        tokens = []
+        for prompt in request.prompt_ids:
+            request.on_phase("prefill")
+            self.llm.reset()
+            out: list[int] = []
+            for token in self.llm.generate(
+                prompt, temp=(s.sampling.temperature or 1.0) if sampled else 0.0, top_k=(s.sampling.top_k or 0) if sampled else 1,
+                top_p=s.sampling.top_p or 1.0, repeat_penalty=s.sampling.repetition_penalty or 1.0,
+                logits_processor=processors, grammar=grammar, reset=True,
+            ):
+                out.append(int(token))
+                if len(out) == 1:
+                    request.on_phase("decode")
+                if len(out) >= s.max_new_tokens or (s.stop_at_eos and token == request.eos_id):
+                    break
+            tokens.append(out)
+        return Generation(tokens=tokens, texts=[request.decode(t) for t in tokens])
+
+    def teacher_forced_logits(self, ids: list[int]) -> torch.Tensor:
+        self.llm.reset()
+        self.llm.eval(ids)
+        return torch.from_numpy(np.array(self.llm.scores[: len(ids)], dtype=np.float32))
+
+    def close(self) -> None:
+        self.llm = None
