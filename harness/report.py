@@ -31,6 +31,29 @@ def _tps(result: CaseResult) -> str:
     return f"{value:.0f}" if value else ""
 
 
+def matrix(results: list[CaseResult]) -> list[str]:
+    """engine x feature rows, device columns: counts of passed / failed+error / skipped."""
+    devices = sorted({r.device for r in results}, key=lambda d: (d.startswith("sim:"), d != "cpu", d))
+    cells: dict[tuple[str, str], Counter[str]] = {}
+    for r in results:
+        for feature in r.features or ["(plain)"]:
+            cells.setdefault((f"{r.engine} / {feature}", r.device), Counter())[r.status] += 1
+    rows = sorted({row for row, _ in cells})
+    lines = ["| engine / feature | " + " | ".join(devices) + " |", "|---|" + "---|" * len(devices)]
+    for row in rows:
+        out = []
+        for device in devices:
+            c = cells.get((row, device))
+            if not c:
+                out.append("")
+                continue
+            parts = [f"{c['passed']} pass" if c["passed"] else "", f"{c['failed'] + c['error']} FAIL" if c["failed"] + c["error"] else "",
+                     f"{c['skipped']} skip" if c["skipped"] else ""]
+            out.append(", ".join(p for p in parts if p))
+        lines.append(f"| {row} | " + " | ".join(out) + " |")
+    return lines
+
+
 def markdown(results: list[CaseResult], run_info: dict[str, Any], problems: list[str] | None = None) -> str:
     lines = [f"# samedevice run {run_info.get('run_id', '')}", ""]
     lines.append(f"**{counts_line(results)}** - samedevice {run_info.get('samedevice')}, torch {run_info.get('torch')}, "
@@ -38,6 +61,11 @@ def markdown(results: list[CaseResult], run_info: dict[str, Any], problems: list
     lines.append("")
     if problems:
         lines += ["## Invalid scenario files", ""] + [f"- `{p}`" for p in problems] + [""]
+    if results:
+        lines += ["## Matrix", ""] + matrix(results) + [""]
+        skips = Counter(r.reason for r in results if r.status == "skipped")
+        if skips:
+            lines += ["## Skipped, by reason", ""] + [f"- {n} x {reason}" for reason, n in skips.most_common()] + [""]
     lines += [
         "## Cases", "",
         "| case | status | decode tok/s | D2H/tok | H2D/tok | D2D/tok | syncs/tok | details |",

@@ -37,6 +37,7 @@ class CaseResult:
     device: str
     file: str
     line: int
+    features: list[str] = field(default_factory=list)
     status: str = "passed"
     reason: str = ""  # why skipped
     failures: list[Failure] = field(default_factory=list)

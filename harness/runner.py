@@ -191,6 +191,7 @@ def run_case(case: Case, options: RunOptions, oracles: OracleCache | None) -> Ca
     result = CaseResult(
         id=case.id, scenario=case.scenario.name, engine=case.engine, device=case.target.label,
         file=case.loaded.path, line=case.loaded.line, started=time.time(),
+        features=list(case.scenario.features.names()),
         worker=os.environ.get("PYTEST_XDIST_WORKER", f"{socket.gethostname()}:{os.getpid()}"),
     )
     skip = skip_reason(case)

@@ -261,30 +261,37 @@ def _untyped_storage(self):
     return self._inner.untyped_storage()
 
 
-# name -> (method, why). "fails before dispatch": the C++ binding fails on a wrapper (the
-# probe test checks these still do); the others parse devices, read the host or count.
+def _pin_memory(self, device=None):
+    raise RuntimeError(f"cannot pin '{self.type()}' only dense CPU tensors can be pinned")
+
+
+BEFORE_DISPATCH = "fails before dispatch"
+# name -> (method, why). BEFORE_DISPATCH: the C++ binding fails on a bare wrapper (the probe
+# test checks that these, and only these, still do); the others name a sync or a transfer,
+# parse devices, give PyTorch's message for a CUDA tensor, or reach past the wrapper.
 REROUTED: dict[str, tuple[Any, str]] = {
-    "__getitem__": (_getitem, "fails before dispatch"),
-    "__setitem__": (setitem, "fails before dispatch"),
-    "item": (_sync_read("item", Tensor.item), "fails before dispatch"),
-    "tolist": (_sync_read("tolist", Tensor.tolist), "fails before dispatch"),
-    "__bool__": (_sync_read("__bool__", Tensor.__bool__), "fails before dispatch"),
-    "__int__": (_sync_read("__int__", Tensor.__int__), "fails before dispatch"),
-    "__float__": (_sync_read("__float__", Tensor.__float__), "fails before dispatch"),
-    "__index__": (_sync_read("__index__", Tensor.__index__), "fails before dispatch"),
-    "__complex__": (_sync_read("__complex__", Tensor.__complex__), "fails before dispatch"),
-    "__format__": (_format, "fails before dispatch"),
-    "nonzero": (_nonzero, "fails before dispatch"),
-    "new_tensor": (_new_tensor, "fails before dispatch"),
-    "new": (_new, "fails before dispatch"),
-    "copy_": (_copy_, "fails before dispatch"),
-    "to": (_to, "parses devices"),
-    "cuda": (_cuda, "parses devices"),
-    "cpu": (_cpu, "counts a transfer"),
-    "contiguous": (_contiguous, "fails before dispatch"),
-    "numpy": (_numpy, "PyTorch's message for a CUDA tensor"),
+    "__getitem__": (_getitem, BEFORE_DISPATCH),
+    "__setitem__": (setitem, BEFORE_DISPATCH),
+    "tolist": (_sync_read("tolist", Tensor.tolist), BEFORE_DISPATCH),
+    "__int__": (_sync_read("__int__", Tensor.__int__), BEFORE_DISPATCH),
+    "__float__": (_sync_read("__float__", Tensor.__float__), BEFORE_DISPATCH),
+    "__index__": (_sync_read("__index__", Tensor.__index__), BEFORE_DISPATCH),
+    "__complex__": (_sync_read("__complex__", Tensor.__complex__), BEFORE_DISPATCH),
+    "nonzero": (_nonzero, BEFORE_DISPATCH),
+    "new_tensor": (_new_tensor, BEFORE_DISPATCH),
+    "new": (_new, BEFORE_DISPATCH),
+    "copy_": (_copy_, BEFORE_DISPATCH),
+    "contiguous": (_contiguous, BEFORE_DISPATCH),
+    "cuda": (_cuda, BEFORE_DISPATCH),
+    "numpy": (_numpy, BEFORE_DISPATCH),
+    "pin_memory": (_pin_memory, BEFORE_DISPATCH),
+    "item": (_sync_read("item", Tensor.item), "names the sync"),
+    "__bool__": (_sync_read("__bool__", Tensor.__bool__), "names the sync"),
+    "__format__": (_format, "reads the value, as for a CPU tensor"),
+    "to": (_to, "ints are cuda indices; counts the transfer"),
+    "cpu": (_cpu, "counts the transfer"),
     "__array__": (_array, "PyTorch's message for a CUDA tensor"),
-    "data_ptr": (_data_ptr, "a wrapper has no storage"),
+    "data_ptr": (_data_ptr, "a wrapper has no storage (accelerate finds tied weights by pointer)"),
     "untyped_storage": (_untyped_storage, "a wrapper has no storage"),
 }
 

@@ -30,7 +30,7 @@ from harness.devices.sim_methods import (
     setitem,
     tensor_to,
 )
-from harness.devices.sim_tensor import CUDA, SimTensor, copy_between, device_of, wrap
+from harness.devices.sim_tensor import CUDA, SimDispatchMode, SimTensor, copy_between, device_of, wrap
 from harness.devices.state import note_kernel_gap
 
 class SimFunctionMode(TorchFunctionMode):
@@ -69,6 +69,12 @@ def _call_inner(func, args, kwargs):
         raise
 
 
+def _slow(func, args, kwargs):
+    """Down to `__torch_dispatch__`, which knows libtorch's rule for each aten op."""
+    with SimDispatchMode():
+        return func(*args, **kwargs)
+
+
 def _fast(func, args, kwargs):
     """Unwrap when every tensor is simulated on one device; otherwise let dispatch decide."""
     index = -1
@@ -80,7 +86,7 @@ def _fast(func, args, kwargs):
             d = a._dev
             if d != index:
                 if index != -1:
-                    return func(*args, **kwargs)  # two devices: dispatch raises libtorch's error
+                    return _slow(func, args, kwargs)  # two devices: dispatch raises libtorch's error
                 index = d
             inner.append(a._inner)
         elif (kind is list or kind is tuple) and a and isinstance(a[0], Tensor):
@@ -89,7 +95,7 @@ def _fast(func, args, kwargs):
                 if type(t) is SimTensor:
                     if t._dev != index:
                         if index != -1:
-                            return func(*args, **kwargs)
+                            return _slow(func, args, kwargs)
                         index = t._dev
                     seq.append(t._inner)
                 else:
@@ -105,7 +111,7 @@ def _fast(func, args, kwargs):
     if index == -1:
         return func(*args)
     if plain:
-        return func(*args)  # a CPU tensor among simulated ones: dispatch decides
+        return _slow(func, args, kwargs)  # a CPU tensor among simulated ones: dispatch decides
     return _wrap_out(_call_inner(func, inner, kwargs), index, inner[0], args[0])
 
 
@@ -117,7 +123,7 @@ def _with_kwargs(func, args, kwargs, inner, index, plain):
         if type(value) is SimTensor:
             if value._dev != index:
                 if index != -1:
-                    return func(*args, **kwargs)
+                    return _slow(func, args, kwargs)
                 index = value._dev
             value = value._inner
         elif key == "device" and value is not None:
@@ -139,7 +145,7 @@ def _with_kwargs(func, args, kwargs, inner, index, plain):
         return func(*inner, **inner_kwargs)
     if target is None:
         if plain:
-            return func(*args, **kwargs)
+            return _slow(func, args, kwargs)
         target = index
     if generator is not None:
         on_gpu = getattr(generator, "_sim_index", None) is not None
@@ -244,6 +250,25 @@ def _sdpa(func, args, kwargs):
     return _fast(func, args, kwargs)
 
 
+def _metadata_inplace(func, args, kwargs):
+    """t_, unsqueeze_, resize_, set_...: compute on the inner tensor, then swap a wrapper with
+    the new sizes into the receiver (a wrapper's metadata is fixed at creation)."""
+    self_ = args[0]
+    if type(self_) is not SimTensor:
+        return _fast(func, args, kwargs)
+    out = _fast(func, args, kwargs)
+    if out is self_:
+        fresh = wrap(self_._inner, self_._dev)
+        fresh.__dict__.update({k: v for k, v in self_.__dict__.items() if k not in ("_inner", "_dev")})
+        torch.utils.swap_tensors(self_, fresh)
+    return self_
+
+
+_METADATA_INPLACE = (
+    Tensor.t_, Tensor.transpose_, Tensor.unsqueeze_, Tensor.squeeze_, Tensor.swapdims_, Tensor.swapaxes_,
+    Tensor.resize_, Tensor.resize_as_, Tensor.as_strided_, Tensor.set_,
+)
+
 _DEVICE_QUERIES = {
     Tensor.get_device, Tensor.is_pinned, Tensor.type, Tensor.__repr__, Tensor.__str__,
     Tensor.__format__, Tensor.dim, Tensor.size, Tensor.stride, Tensor.numel, Tensor.is_contiguous,
@@ -270,6 +295,7 @@ _SPECIAL = {
     torch._C._nn._parse_to: _passthrough,  # parses a device, creates nothing
 }
 
+_SPECIAL.update(dict.fromkeys(_METADATA_INPLACE, _metadata_inplace))
 _HANDLERS: dict[Any, Any] = {}
 
 

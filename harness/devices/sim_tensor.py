@@ -12,11 +12,13 @@ loop for `_mismatch`, which works out libtorch's answer.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from harness.devices import errors
 from harness.devices.state import STATE, note_kernel_gap, record
@@ -63,6 +65,17 @@ class SimTensor(Tensor):
     def requires_grad_(self, requires_grad: bool = True) -> SimTensor:
         return self
 
+    def __deepcopy__(self, memo: dict) -> SimTensor:
+        if id(self) in memo:
+            return memo[id(self)]
+        with torch._C.DisableTorchFunction():
+            copied = wrap(copy.deepcopy(self._inner, memo), self._dev)
+        for key, value in self.__dict__.items():
+            if key not in ("_inner", "_dev"):
+                setattr(copied, key, copy.deepcopy(value, memo))
+        memo[id(self)] = copied
+        return copied
+
 
 def wrap(t: Tensor, index: int) -> SimTensor:
     """`t` (a CPU tensor) as a tensor on simulated cuda:`index`."""
@@ -79,14 +92,18 @@ def device_of(t: Tensor) -> torch.device:
 
 
 def _repr(t: SimTensor) -> str:
-    """PyTorch's repr of the data with the simulated device, e.g. `tensor([1.], device='cuda:0')`."""
+    """PyTorch's repr with the simulated device, e.g. `tensor([1.], device='cuda:0')`: the
+    device comes first among the suffixes, right after the data (printing reads the device)."""
+    record("d2h", t._inner.nbytes, "__repr__")
+    prefix = "tensor("
     with torch._C.DisableTorchFunction():
         text = repr(t._inner)
-    suffix = f"device='{CUDA[t._dev]}'"
-    if text.endswith(")"):
-        head, sep, tail = text.rpartition(", dtype=") if ", dtype=" in text else (text[:-1], "", ")")
-        return f"{head}, {suffix}{sep}{tail}" if sep else f"{head}, {suffix})"
-    return text
+        data = torch._tensor_str._tensor_str(t._inner, len(prefix)) if t._inner.numel() else "[]"
+    device = f", device='{CUDA[t._dev]}'"
+    head = prefix + data
+    if text.startswith(head):
+        return head + device + text[len(head):]
+    return text[:-1] + device + ")"  # an unusual layout: the device last
 
 
 # --- handlers ---------------------------------------------------------------------------------
@@ -264,9 +281,11 @@ def _run_mixed(func, args, kwargs, index: int):
 def _mismatch(func, args, kwargs):
     info = errors.op_info(func)
     if info.backend == "implicit" and func._can_decompose():
-        return func.decompose(*args, **kwargs)  # its ops report, as on a GPU
+        with SimDispatchMode():
+            return func.decompose(*args, **kwargs)  # its ops report, as on a GPU
     if info.backend == "explicit" and func.has_kernel_for_dispatch_key(torch._C.DispatchKey.CompositeExplicitAutograd):
-        return func._op_dk(torch._C.DispatchKey.CompositeExplicitAutograd, *args, **kwargs)
+        with SimDispatchMode():
+            return func._op_dk(torch._C.DispatchKey.CompositeExplicitAutograd, *args, **kwargs)
     tensors = _tensor_args(func, args, kwargs)
     if info.checked and info.backend != "unknown" or info.backend == "unknown" and any(t[3] for t in tensors):
         return _wrapper_check(func, info, tensors, args, kwargs)
@@ -403,14 +422,12 @@ def _masked_fill(func, args, kwargs):
 
 def _metadata_inplace(func, args, kwargs):
     """In-place ops that change sizes or strides (t_, unsqueeze_, resize_, set_, ...): the
-    wrapper's metadata is fixed at creation, so swap in a fresh wrapper."""
-    self_ = args[0]
-    inner, inner_kwargs, index, odd = _unwrap_all(args, kwargs)
-    if odd:
-        return _mismatch(func, args, kwargs)
-    func(*inner, **inner_kwargs)
-    torch.utils.swap_tensors(self_, wrap(inner[0], self_._dev))
-    return self_
+    wrapper's metadata is fixed at creation. The function mode swaps in a fresh wrapper
+    before dispatch (`swap_tensors` refuses here, where the dispatcher holds references)."""
+    raise RuntimeError(
+        f"simulated devices: {func} changes a tensor's metadata in place, which a simulated tensor "
+        "supports only through the Tensor method inside simulated_gpus()"
+    )
 
 
 def _no_op(func, args, kwargs):
@@ -465,3 +482,21 @@ def check_index(index: int | None) -> int:
             "at some other API call, so the stacktrace below might be incorrect."
         )
     return index
+
+
+class SimDispatchMode(TorchDispatchMode):
+    """Active only around calls that go down to dispatch with simulated tensors: composite
+    kernels create tensors with a simulated tensor's options inside C++ (`where`,
+    `one_hot`, ...), which no argument of theirs carries; such a factory becomes a CPU
+    tensor on the simulated device. Ops on simulated tensors follow SimTensor's rules."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if SimTensor in types:
+            return SimTensor.__torch_dispatch__(func, types, args, kwargs)
+        device = kwargs.get("device")
+        if device is not None and device.type == "cuda":
+            kwargs = {**kwargs, "device": CPU}
+            kwargs.pop("pin_memory", None)
+            return _wrap_result(func(*args, **kwargs), check_index(device.index))
+        return func(*args, **kwargs)
