@@ -7,13 +7,14 @@ llguidance), `generate` (the prefill/decode loop), `beam` (beam search) and `fau
 switches that put each known device bug back).
 """
 
-from reference_impl.beam import Beam, beam_search
+from reference_impl.beam import Beam, BeamSearchResult, beam_search
 from reference_impl.generate import GenerateConfig, JsonSpec, generate, teacher_forced_logits
 from reference_impl.model import ModelArgs, Transformer
 from reference_impl.placement import load_model
 
 __all__ = [
     "Beam",
+    "BeamSearchResult",
     "GenerateConfig",
     "JsonSpec",
     "ModelArgs",

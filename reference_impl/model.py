@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from reference_impl.cache import KVCache, OffloadedKVCache, Past, import_past
+from reference_impl.cache import Cache, KVCache, OffloadedKVCache, Past, import_past
 from reference_impl.quantize import DenseWeight, Linear
 
 
@@ -71,27 +71,30 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim), requires_grad=False)
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dtype == torch.float32:  # one fused op; the same numbers as the line below
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         # transformers' order: normalise in float32, cast back, then scale by the weight.
-        return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
+        return self.weight * F.rms_norm(x.float(), self.weight.shape, eps=self.eps).to(x.dtype)
 
 
 def rope_tables(args: ModelArgs, device: torch.device) -> tuple[Tensor, Tensor]:
-    """cos and sin, [S_max, D], in transformers' half-rotation layout, built on `device`."""
+    """cos and signed sin, [S_max, D], for transformers' half-rotation layout, on `device`.
+    The sin table's first half is negated so that rotate_half(x) * sin == roll(x) * table."""
     inv_freq = 1.0 / (args.rope_theta ** (torch.arange(0, args.head_dim, 2, device=device).float() / args.head_dim))
-    freqs = torch.outer(torch.arange(args.max_seq_len, device=device).float(), inv_freq)
-    emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos(), emb.sin()
+    freqs = torch.outer(torch.arange(args.max_seq_len, device=device).float(), inv_freq)  # [S_max, D/2]
+    return torch.cat((freqs, freqs), dim=-1).cos(), torch.cat((-freqs.sin(), freqs.sin()), dim=-1)
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """x [B, S, heads, D] rotated by the tables [S, D] (in x's dtype)."""
+    """x [B, S, heads, D] rotated by the tables [S, D]: x * cos + rotate_half(x) * sin."""
     cos, sin = cos[:, None].to(x.dtype), sin[:, None].to(x.dtype)
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin
 
 
 class Attention(nn.Module):
+    cos: Tensor  # [S_max, D]
+    sin: Tensor
+
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
         self.args = args
@@ -100,7 +103,7 @@ class Attention(nn.Module):
         self.wo = Linear(args.num_heads * d, args.hidden_size)
         self.register_buffer("cos", torch.empty(args.max_seq_len, d), persistent=False)
         self.register_buffer("sin", torch.empty(args.max_seq_len, d), persistent=False)
-        self.cache: nn.Module | None = None
+        self.cache: Cache | None = None
 
     def forward(self, x: Tensor, start: int) -> Tensor:
         a = self.args
@@ -146,10 +149,10 @@ class MoEFeedForward(nn.Module):
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
         self.active = args.experts_per_token
-        E, C, I = args.num_experts, args.hidden_size, args.intermediate_size
-        self.gate = Linear(C, E)
-        self.w13 = DenseWeight((E, 2 * I, C))  # per expert: gate (w1) and up (w3), stacked
-        self.w2 = DenseWeight((E, C, I))  # per expert: down
+        experts, hidden, inter = args.num_experts, args.hidden_size, args.intermediate_size
+        self.gate = Linear(hidden, experts)  # the router
+        self.w13 = DenseWeight((experts, 2 * inter, hidden))  # [E, 2I, C]: gate (w1) and up (w3)
+        self.w2 = DenseWeight((experts, hidden, inter))  # [E, C, I]: down
 
     def forward(self, x: Tensor) -> Tensor:
         B, S, C = x.shape
@@ -190,7 +193,7 @@ class Transformer(nn.Module):
         self.args = args
         self.tok_embeddings = nn.Embedding(args.vocab_size, args.hidden_size)
         self.tok_embeddings.weight.requires_grad_(False)
-        self.layers = nn.ModuleList(Block(args) for _ in range(args.num_layers))
+        self.layers: list[Block] = nn.ModuleList(Block(args) for _ in range(args.num_layers))  # type: ignore[assignment]
         self.norm = RMSNorm(args.hidden_size, args.norm_eps)
         self.output = Linear(args.hidden_size, args.vocab_size)
         # Where each block lives; set by placement. Boundaries are where activations hop.
@@ -212,33 +215,39 @@ class Transformer(nn.Module):
         """Hand the fault switches to every module that has some."""
         for module in self.modules():
             if hasattr(module, "faults"):
-                module.faults = faults
+                setattr(module, "faults", faults)  # noqa: B010
 
     def setup_caches(self, batch: int, kind: str = "static") -> None:
         """A KV cache per layer, beside it: on its device, or on the host when offloaded.
         A static cache of the same shape is kept from the previous generation."""
         a = self.args
         shape = (batch, a.num_kv_heads, a.max_seq_len, a.head_dim)
-        for block, device in zip(self.layers, self.block_devices):
+        for block, device in zip(self.layers, self.block_devices, strict=True):
             attention = block.attention
             old = attention.cache
-            if kind == "static":
+            if kind == "static":  # kept from the previous generation if the shape fits
                 if not (isinstance(old, KVCache) and old.k.shape == shape and old.k.device == device):
                     attention.cache = KVCache(shape, self.dtype, device)
             elif kind == "offloaded":
-                attention.cache = OffloadedKVCache(shape, self.dtype)
-                attention.cache.faults = self.faults
+                offloaded = OffloadedKVCache(shape, self.dtype)
+                offloaded.faults = self.faults
+                attention.cache = offloaded
             else:
                 raise ValueError(f"setup_caches: kind must be static or offloaded, got {kind!r} (external pasts come from use_past)")
 
     def export_past(self, length: int) -> Past:
         """Each layer's first `length` cached positions, copied to the host in float32: what a
         Petals server hands back to its client."""
-        return [tuple(t.to("cpu", torch.float32) for t in b.attention.cache.past(length)) for b in self.layers]  # type: ignore[misc]
+        past = []
+        for block in self.layers:
+            assert block.attention.cache is not None
+            k, v = block.attention.cache.past(length)
+            past.append((k.to("cpu", torch.float32), v.to("cpu", torch.float32)))
+        return past
 
     def use_past(self, past: Past) -> None:
         """Install a caller's past (host tensors, any dtype) as each layer's external cache."""
-        for block, device, (k, v) in zip(self.layers, self.block_devices, past):
+        for block, device, (k, v) in zip(self.layers, self.block_devices, past, strict=True):
             block.attention.cache = import_past(k, v, self.dtype, device, self.faults)
 
     def reorder_caches(self, ancestors: Tensor, host_ancestors: Tensor, length: int) -> None:
@@ -246,8 +255,9 @@ class Transformer(nn.Module):
         layer's own device, once per device (Outlines #660's fix); a host cache takes the
         host copy of the index."""
         per_device: dict[torch.device, Tensor] = {}
-        for block, device in zip(self.layers, self.block_devices):
+        for block, device in zip(self.layers, self.block_devices, strict=True):
             cache = block.attention.cache
+            assert cache is not None, "reorder_caches() before setup_caches()"
             if cache.on_host:
                 index = host_ancestors
             elif "ancestors_on_cpu" in self.faults:
@@ -264,7 +274,7 @@ class Transformer(nn.Module):
         """Logits [B, S, V] float32 for token ids [B, S] at positions start..start+S-1
         ([B, 1, V] for the last position only when `last_only`)."""
         x = self.tok_embeddings(ids)  # [B, S, C]
-        for block, device in zip(self.layers, self.block_devices):
+        for block, device in zip(self.layers, self.block_devices, strict=True):
             if x.device != device:
                 x = x.to(device)  # the one legal hop: a device boundary under `auto`
             x = block(x, start)

@@ -105,6 +105,6 @@ def load_model(
         state[name] = tensor.to(device=_device_for(name, model, first, last), dtype=cast)
     model.load_state_dict(state, assign=True, strict=True)
 
-    for block, device in zip(model.layers, model.block_devices):
+    for block, device in zip(model.layers, model.block_devices, strict=True):
         block.attention.cos, block.attention.sin = rope_tables(args, device)
     return model.eval()

@@ -39,8 +39,8 @@ def hf_model(model_dir):
     from transformers import AutoModelForCausalLM
 
     model, info = AutoModelForCausalLM.from_pretrained(model_dir, output_loading_info=True)
-    assert not info["missing_keys"] and not info["unexpected_keys"], (
-        f"transformers did not load the generated checkpoint cleanly: {info}")
+    assert not info["missing_keys"], f"transformers found keys missing from the generated checkpoint: {info}"
+    assert not info["unexpected_keys"], f"transformers ignored keys of the generated checkpoint: {info}"
     return model.eval()
 
 
@@ -78,7 +78,7 @@ def test_beam_search_returns_transformers_beams_and_scores(model_dir, hf_model, 
                                 output_scores=True, return_dict_in_generate=True)
     result = beam_search(ours, prompt, GenerateConfig(max_new_tokens=12, eos_id=tinymodel.EOS_ID, num_beams=3, num_return=3))
     got = [b.tokens for b in result.beams]
-    expected = [seq[len(prompt):].tolist()[: len(b.tokens)] for seq, b in zip(out.sequences, result.beams)]
+    expected = [seq[len(prompt):].tolist()[: len(b.tokens)] for seq, b in zip(out.sequences, result.beams, strict=True)]
     assert got == expected, f"{family}: beams differ from transformers' num_beams=3 search"
     assert [b.score for b in result.beams] == pytest.approx(out.sequences_scores.tolist(), abs=1e-4), (
         "beam scores differ from transformers' sequences_scores (sum of log-probs / length ** length_penalty)")

@@ -44,8 +44,9 @@ def test_blocks_are_the_bytes_gguf_writes(fmt):
     w = weights(3, 64, 96)  # [E, O, I]: stacked experts quantize row by row
     blocks = quantize_blocks(w, fmt)
     expected = gguf.quants.quantize(w.numpy(), GGML[fmt])
-    assert blocks.dtype == torch.uint8 and tuple(blocks.shape) == (3, 64, 96 // 32 * BLOCK_BYTES[fmt]), (
-        f"{fmt} blocks must be uint8 rows of {BLOCK_BYTES[fmt]}-byte blocks, got {blocks.dtype} {tuple(blocks.shape)}")
+    assert blocks.dtype == torch.uint8, f"{fmt} blocks are raw bytes, got {blocks.dtype}"
+    assert tuple(blocks.shape) == (3, 64, 96 // 32 * BLOCK_BYTES[fmt]), (
+        f"{fmt} rows must hold {BLOCK_BYTES[fmt]}-byte blocks of 32 weights, got shape {tuple(blocks.shape)}")
     assert np.array_equal(blocks.numpy(), expected), f"{fmt} bytes differ from gguf.quants.quantize"
 
 
@@ -71,7 +72,8 @@ def test_block_round_trip_error_is_within_one_quantization_step(fmt, step):
 def test_int8_round_trip_error_is_within_half_a_step_per_channel():
     w = weights(64, 96, seed=3)
     q, scales = quantize_int8(w)
-    assert q.dtype == torch.int8 and scales.shape == (64,), "int8: one scale per output channel"
+    assert q.dtype == torch.int8, f"int8 weights are int8, got {q.dtype}"
+    assert scales.shape == (64,), f"int8: one scale per output channel, got {tuple(scales.shape)}"
     error = (dequantize_int8(q, scales, torch.float32) - w).abs()
     assert bool((error <= scales[:, None] * 0.5 + 1e-6).all()), "int8 round trip error beyond half a step"
 

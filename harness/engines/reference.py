@@ -3,11 +3,16 @@ families, every fault switch."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from harness.engines import register
 from harness.engines.base import Capabilities, Engine, Generation, Placement, Request
 from harness.scenario import FAULTS, FEATURES
+
+if TYPE_CHECKING:
+    from reference_impl import GenerateConfig, Transformer
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -21,6 +26,8 @@ class ReferenceEngine(Engine):
         simulated=True,
         faults=frozenset(FAULTS),
     )
+
+    model: Transformer | None = None
 
     def load(self, request: Request, placement: Placement) -> None:
         from reference_impl import load_model
@@ -39,6 +46,7 @@ class ReferenceEngine(Engine):
     def generate(self, request: Request) -> Generation:
         from reference_impl import beam_search, generate
 
+        assert self.model is not None, "generate() before load()"
         config = build_config(request)
         if config.num_beams == 1:
             tokens = [generate(self.model, ids, config, request.on_phase) for ids in request.prompt_ids]
@@ -55,13 +63,14 @@ class ReferenceEngine(Engine):
     def teacher_forced_logits(self, ids: list[int]) -> torch.Tensor:
         from reference_impl import teacher_forced_logits
 
+        assert self.model is not None, "teacher_forced_logits() before load()"
         return teacher_forced_logits(self.model, ids)
 
     def close(self) -> None:
         self.model = None
 
 
-def build_config(request: Request):
+def build_config(request: Request) -> GenerateConfig:
     """The scenario's sampling and features as a reference_impl GenerateConfig."""
     from reference_impl import GenerateConfig, JsonSpec
 

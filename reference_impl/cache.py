@@ -1,0 +1,130 @@
+"""KV caches, one per layer, chosen by the scenario's `features.kv_cache.kind`.
+
+    static     preallocated [B, K, S_max, D] buffers on the layer's device (gpt-fast).
+    offloaded  kept in host memory between steps; each step brings the layer's past to the
+               device in one explicit host-to-device copy and writes the new entries back in
+               one device-to-host copy. Those are its only transfers, counted in `copies`.
+    external   a past built by the caller and handed in (the Petals path): converted with
+               `.to(dtype=..., device=...)` onto the layer's device, then grown by `torch.cat`
+               as Petals' llama block does (`torch.cat([past_key_value[0], key_states])`).
+
+Every cache answers `update(start, k, v) -> (k, v)` for positions [0, start + S) and
+`reorder(index, length)` for beam search (row i becomes row index[i]). `on_host` says
+which index a reorder needs: a host index for the offloaded cache, else one on the layer's
+device.
+
+Axes: B batch (beams), K kv heads, S sequence, D head dim.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Protocol
+
+import torch
+from torch import Tensor, nn
+
+KINDS = ("static", "offloaded", "external")
+Past = list[tuple[Tensor, Tensor]]  # per layer: keys and values [B, K, S, D]
+
+
+class Cache(Protocol):
+    on_host: bool
+
+    def update(self, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]: ...
+
+    def reorder(self, index: Tensor, length: int) -> None: ...
+
+    def past(self, length: int) -> tuple[Tensor, Tensor]: ...
+
+
+class KVCache(nn.Module):
+    """Static: keys and values preallocated on the layer's device, written in place."""
+
+    on_host = False
+    k: Tensor
+    v: Tensor
+
+    def __init__(self, shape: tuple[int, int, int, int], dtype: torch.dtype, device: torch.device) -> None:
+        super().__init__()
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        end = start + k.shape[2]
+        self.k[:, :, start:end] = k
+        self.v[:, :, start:end] = v
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+    def reorder(self, index: Tensor, length: int) -> None:
+        self.k[:, :, :length] = self.k[:, :, :length].index_select(0, index)
+        self.v[:, :, :length] = self.v[:, :, :length].index_select(0, index)
+
+    def past(self, length: int) -> tuple[Tensor, Tensor]:
+        return self.k[:, :, :length], self.v[:, :, :length]
+
+
+class OffloadedKVCache(nn.Module):
+    """Keys and values in host memory ([2, B, K, S_max, D] on the CPU) between steps.
+
+    Not a buffer on purpose: `model.to(device)` must not pull it onto the device.
+    """
+
+    on_host = True
+    faults: frozenset[str] = frozenset()
+
+    def __init__(self, shape: tuple[int, int, int, int], dtype: torch.dtype) -> None:
+        super().__init__()
+        self.kv = torch.zeros((2, *shape), dtype=dtype, device="cpu")
+        self.copies: Counter[str] = Counter()  # "h2d" / "d2h": the explicit transfers made
+
+    def update(self, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        new = torch.stack((k, v))  # [2, B, K, S, D] on the layer's device
+        end = start + k.shape[2]
+        if start:
+            past = self.kv[:, :, :, :start]
+            if "kv_cache_on_cpu" not in self.faults:  # Petals #570 left it on the host
+                past = past.to(k.device, non_blocking=True)  # the one H2D of this layer's step
+                self.copies["h2d"] += 1
+            new_full = torch.cat((past, new), dim=3)
+        else:
+            new_full = new
+        self.kv[:, :, :, start:end].copy_(new)  # the one D2H of this layer's step
+        self.copies["d2h"] += 1
+        return new_full[0], new_full[1]
+
+    def reorder(self, index: Tensor, length: int) -> None:
+        self.kv[:, :, :, :length] = self.kv[:, :, :, :length].index_select(1, index)
+
+    def past(self, length: int) -> tuple[Tensor, Tensor]:
+        return self.kv[0, :, :, :length], self.kv[1, :, :, :length]
+
+
+class ExternalKVCache(nn.Module):
+    """A past supplied by the caller, grown by concatenation."""
+
+    on_host = False
+
+    def __init__(self, k: Tensor, v: Tensor) -> None:
+        super().__init__()
+        self.k, self.v = k, v
+
+    def update(self, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        if start != self.k.shape[2]:
+            raise ValueError(f"external past holds {self.k.shape[2]} positions, update starts at {start}")
+        self.k = torch.cat((self.k, k), dim=2)  # Petals: torch.cat([past_key_value[0], key_states])
+        self.v = torch.cat((self.v, v), dim=2)
+        return self.k, self.v
+
+    def reorder(self, index: Tensor, length: int) -> None:
+        self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
+
+    def past(self, length: int) -> tuple[Tensor, Tensor]:
+        return self.k[:, :, :length], self.v[:, :, :length]
+
+
+def import_past(k: Tensor, v: Tensor, dtype: torch.dtype, device: torch.device, faults: frozenset[str]) -> ExternalKVCache:
+    """Hand a caller's past to a layer on `device` (Petals #574's fix: dtype *and* device)."""
+    if "kv_cache_on_cpu" in faults:
+        return ExternalKVCache(k.to(dtype), v.to(dtype))  # Petals #570: .to(dtype) only
+    return ExternalKVCache(k.to(dtype=dtype, device=device), v.to(dtype=dtype, device=device))
