@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 _MISMATCH = re.compile(
-    r"Expected all tensors to be on the same device"
+    r"(?i:expected all tensors to be on the same device)"
+    r"|(?i:expected \w+ and \w+ to be on the same device)"
     r"|device mismatch|DeviceMismatch"
     r"|Expected .* to be on .*device"
     r"|Expected a '\w+' device type for generator"

@@ -9,6 +9,7 @@ next case starts in a fresh one.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 import time
 from multiprocessing.connection import Connection
@@ -20,6 +21,7 @@ from harness.runner import OracleCache, RunOptions, run_case
 
 def _worker_main(conn: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what an interrupt means
+    set_threads()
     oracles = OracleCache()
     while True:
         try:
@@ -107,9 +109,18 @@ def _error_result(case: Case, started: float, kind: str, message: str) -> CaseRe
     )
 
 
+def set_threads() -> None:
+    """One intra-op thread by default ($SAMEDEVICE_THREADS): decode of tiny models gains
+    nothing from more, and on a loaded machine a second thread makes it up to 40x slower."""
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("SAMEDEVICE_THREADS", "1")))
+
+
 def make_executor(isolation: str, default_timeout: float):
     """A callable (case, options) -> CaseResult: in a worker process or in this one."""
     if isolation == "none":
+        set_threads()
         oracles = OracleCache()
         return lambda case, options: run_case(case, options, oracles)
     worker = CaseWorker()

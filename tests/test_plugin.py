@@ -34,7 +34,7 @@ def _cases(root: Path) -> list[dict]:
 
 def test_pytest_and_the_cli_report_the_same_cases_and_verdicts(project: pytest.Pytester) -> None:
     result = project.runpytest_subprocess("scenarios", "-p", "no:cacheprovider", "-rs")
-    result.assert_outcomes(passed=2, skipped=2)
+    result.assert_outcomes(passed=3, skipped=1)  # the real cuda:0 case skips; sim:cuda:0 runs
     from_pytest = {c["id"]: c["status"] for c in _cases(project.path)}
     cli = subprocess.run([sys.executable, "-m", "harness.cli", "run", "scenarios", "--results", "cli", "--no-progress"],
                          cwd=project.path, capture_output=True, text=True)
@@ -55,7 +55,7 @@ def test_xdist_loses_no_case(project: pytest.Pytester) -> None:
         (project.path / "scenarios" / f"more{i}.yaml").write_text(
             f"name: more-{i}\ndescription: d\nprompt: hi {i}\ndevices: [cpu]\nmax_new_tokens: 3\n")
     result = project.runpytest_subprocess("scenarios", "-p", "no:cacheprovider", "-n", "2")
-    result.assert_outcomes(passed=8, skipped=2)
+    result.assert_outcomes(passed=9, skipped=1)
     cases = _cases(project.path)
     assert len(cases) == 10 and len({c["id"] for c in cases}) == 10
     assert {c["worker"] for c in cases if c["status"] == "passed"} == {"gw0", "gw1"}
@@ -74,7 +74,7 @@ def test_a_failing_case_reads_as_a_verdict_not_a_traceback(project: pytest.Pytes
 def test_invalid_scenario_is_one_failing_item_and_the_rest_run(project: pytest.Pytester) -> None:
     (project.path / "scenarios" / "bad.yaml").write_text("name: x\ndescription: d\nprompt: hi\nmodle: {}\n")
     result = project.runpytest_subprocess("scenarios", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=2, skipped=2, failed=1)
+    result.assert_outcomes(passed=3, skipped=1, failed=1)
     result.stdout.fnmatch_lines(["*invalid scenario: *bad.yaml:4:1: modle: unknown key 'modle' (did you mean 'model'?)"])
 
 
