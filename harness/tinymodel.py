@@ -46,7 +46,7 @@ class Dims:
 PRESETS = {
     "tiny": Dims(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128),
     "parity": Dims(hidden_size=256, num_layers=2, num_heads=8, num_kv_heads=4, intermediate_size=512),
-    "bench": Dims(hidden_size=512, num_layers=4, num_heads=8, num_kv_heads=4, intermediate_size=1024),
+    "bench": Dims(hidden_size=512, num_layers=2, num_heads=8, num_kv_heads=4, intermediate_size=1024),
 }
 
 
