@@ -94,11 +94,12 @@ def bench_compare(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def dashboard(session: nox.Session) -> None:
-    """asv publish into results/html, check it in headless Chromium; `-- --serve` then serves it."""
+    """asv publish into results/html (offline-ready), checked in headless Chromium; `-- --serve` serves it."""
     _bench_install(session)
     session.run("asv", "publish")
-    session.run("pytest", "tests/test_dashboard.py", env={"SAMEDEVICE_DASHBOARD_TESTS": "1"})
-    session.log("dashboard: results/html/index.html (nox -s dashboard -- --serve: http://127.0.0.1:8080)")
+    session.run("python", "benchmarks/dashboard.py", "vendor")  # CDN scripts -> results/html/vendor (npm)
+    session.run("pytest", "tests/test_dashboard.py", env={"SAMEDEVICE_DASHBOARD_SCREENSHOTS": "results/dashboard-screenshots"})
+    session.log("dashboard: results/html/index.html; screenshots: results/dashboard-screenshots/")
     if "--serve" in session.posargs:
         session.run("asv", "preview", "--port", "8080")
 

@@ -85,6 +85,10 @@ def _parser() -> argparse.ArgumentParser:
 
     doc = sub.add_parser("doctor", help="versions, devices, simulation and engines available here")
     doc.set_defaults(func=cmd_doctor)
+
+    from harness import compare
+
+    compare.add_parser(sub)
     return parser
 
 

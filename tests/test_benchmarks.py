@@ -1,0 +1,210 @@
+"""The asv suite and its fixtures (benchmarks/): generated from scenarios, skips, one run
+per case shared by every metric, machine metadata, and the runner behind bench_compare."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from benchmarks import common
+from benchmarks.bench_scenarios import Scenarios, SkipNotImplemented
+from harness.compare import compare_dirs
+from harness.loader import load_paths
+
+REPO = Path(__file__).resolve().parent.parent
+
+BENCH_SCENARIOS = """\
+- name: fast-bench
+  description: marked for benchmarks
+  devices: [cpu, cuda:0]
+  prompt: "The cat"
+  max_new_tokens: 5
+  benchmark: true
+- name: not-a-bench
+  description: not marked
+  devices: [cpu]
+  prompt: "The dog"
+  max_new_tokens: 3
+"""
+
+
+@pytest.fixture
+def bench_dir(write_scenario, monkeypatch) -> Path:
+    path = write_scenario("bench.yaml", BENCH_SCENARIOS)
+    monkeypatch.setenv("SAMEDEVICE_BENCH_SCENARIOS", str(path.parent))
+    return path.parent
+
+
+def figures(**overrides) -> dict:
+    base = {
+        "decode_tokens_per_s": 2000.0, "decode_ms_per_token": 0.5, "prefill_s": 0.001,
+        "per_token": {"h2d": 0.0, "d2h": 1.0, "d2d": 0.0, "sync": 0.0},
+        "bytes_per_token": {"h2d": 0.0, "d2h": 8.0, "d2d": 0.0, "sync": 0.0},
+        "prefill_counts": {"h2d": 1, "d2h": 1, "d2d": 0, "sync": 0},
+        "peak_memory_bytes": None, "decode_tokens": 23, "runs": 10, "threads": 1, "nondeterministic_transfers": [],
+    }
+    return base | overrides
+
+
+def test_params_come_from_the_scenarios_marked_benchmark(bench_dir):
+    scenarios, engines, devices = common.benchmark_params()
+    assert scenarios == ["fast-bench"], "only `benchmark: true` scenarios are benchmarked"
+    assert engines == ["reference"]
+    assert devices == ["cpu", "cuda:0", "sim:cuda:0"], "every GPU device also runs simulated, cpu first"
+
+
+def test_the_asv_class_is_parameterised_over_the_bundled_benchmark_scenarios():
+    marked = {s.scenario.name for s in load_paths([REPO / "scenarios"]).scenarios if s.scenario.benchmark}
+    assert set(Scenarios.params[0]) == marked
+    assert Scenarios.param_names == ["scenario", "engine", "device"]
+    assert "cpu" in Scenarios.params[2]
+
+
+def test_every_metric_reads_the_figures_measured_once():
+    suite = Scenarios()
+    cache = {"greedy[reference-sim:cuda:0]": figures()}
+    suite.setup(cache, "greedy", "reference", "sim:cuda:0")
+    params = ("greedy", "reference", "sim:cuda:0")
+    assert suite.track_decode_tokens_per_s(cache, *params) == 2000.0
+    assert suite.track_decode_ms_per_token(cache, *params) == 0.5
+    assert suite.track_d2h_per_token(cache, *params) == 1.0
+    assert suite.track_h2d_per_token(cache, *params) == 0.0
+    assert suite.track_syncs_per_token(cache, *params) == 0.0
+    assert suite.track_d2h_bytes_per_token(cache, *params) == 8.0
+    assert suite.track_prefill_s(cache, *params) == 0.001
+    units = {name: getattr(Scenarios, name).unit for name in dir(Scenarios) if name.startswith("track_")}
+    assert units["track_decode_tokens_per_s"] == "tokens/s"
+    assert units["track_d2h_per_token"] == "copies/token"
+    assert len(units) == 11, units
+
+
+def test_peak_memory_is_skipped_where_it_is_not_measured():
+    suite = Scenarios()
+    cache = {"greedy[reference-cpu]": figures()}
+    suite.setup(cache, "greedy", "reference", "cpu")
+    with pytest.raises(SkipNotImplemented):
+        suite.track_peak_memory_bytes(cache, "greedy", "reference", "cpu")
+    suite.figures = figures(peak_memory_bytes=1234)
+    assert suite.track_peak_memory_bytes(cache, "greedy", "reference", "cpu") == 1234
+
+
+def test_setup_skips_cases_that_cannot_run_here_and_fails_cases_that_broke():
+    cache = {
+        "greedy[reference-cuda:0]": {"skipped": "needs 1 CUDA device, 0 visible"},
+        "greedy[reference-sim:auto]": {"error": "RuntimeError: Expected all tensors to be on the same device"},
+    }
+    suite = Scenarios()
+    with pytest.raises(NotImplementedError, match="needs 1 CUDA device"):
+        suite.setup(cache, "greedy", "reference", "cuda:0")
+    with pytest.raises(NotImplementedError, match="has no case for engine reference on auto"):
+        suite.setup(cache, "greedy", "reference", "auto")  # not in the scenario's devices
+    with pytest.raises(RuntimeError, match="same device"):
+        suite.setup(cache, "greedy", "reference", "sim:auto")
+
+
+def test_merge_keeps_the_best_throughput_and_flags_counts_that_differ():
+    merged = common.merge(figures(decode_tokens_per_s=1500.0), figures(per_token={"h2d": 0.0, "d2h": 2.0, "d2d": 0.0, "sync": 0.0}))
+    assert merged["decode_tokens_per_s"] == 2000.0
+    assert merged["per_token"]["d2h"] == 2.0
+    assert merged["nondeterministic_transfers"] == ["d2h"]
+    assert merged["runs"] == 20
+
+
+def test_a_real_cpu_case_is_measured_with_repeats(bench_dir):
+    case = next(c for c in common.benchmark_cases() if c.target.label == "cpu")
+    result = common.measure_case(case, runs=3)
+    assert "error" not in result, result
+    assert result["runs"] == 3
+    assert result["decode_tokens"] == 4
+    assert result["decode_tokens_per_s"] > 0
+    assert math.isclose(result["decode_ms_per_token"], 1000 / result["decode_tokens_per_s"])
+    assert result["peak_memory_bytes"] is None, "no CUDA here"
+    assert set(result["per_token"]) == {"h2d", "d2h", "d2d", "sync"}
+
+
+def test_measure_all_runs_each_case_once_per_pass_and_never_runs_skipped_ones(bench_dir, monkeypatch):
+    calls: list[str] = []
+
+    def fake_measure(case, runs=None):
+        calls.append(case.id)
+        return figures()
+
+    monkeypatch.setattr(common, "measure_case", fake_measure)
+    monkeypatch.setattr("harness.cases.real_gpu_count", lambda: 0)
+    result = common.measure_all(passes=2, runs=1)
+    assert result["fast-bench[reference-cuda:0]"] == {"skipped": "needs 1 CUDA device, 0 visible"}
+    assert calls.count("fast-bench[reference-cpu]") == 2
+    assert "fast-bench[reference-cuda:0]" not in calls
+    assert result["fast-bench[reference-cpu]"]["runs"] == 20
+
+
+def test_the_bench_compare_runner_writes_run_directories_compare_accepts(bench_dir, tmp_path):
+    out = tmp_path / "run"
+    env = dict(os.environ, SAMEDEVICE_BENCH_SCENARIOS=str(bench_dir))
+    command = [sys.executable, str(REPO / "benchmarks" / "common.py"), "run-cases", "--results-dir", str(out), "--repeats", "2"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in (out / "cases.jsonl").read_text().splitlines()]
+    cpu = [line for line in lines if line["id"] == "fast-bench[reference-cpu]"]
+    assert len(cpu) == 2, "each case is repeated --repeats times"
+    assert [line["status"] for line in lines if line["id"] == "fast-bench[reference-cuda:0]"] == ["skipped"]
+    info = json.loads((out / "run.json").read_text())
+    assert info["rounds"] == 1
+    assert info["bench"]["torch"], "torch/CUDA/GPU facts are recorded with the run"
+    assert info["code"]["harness"] == str(REPO), "the code measured is named"
+    assert compare_dirs(out, out).ok
+
+
+def test_an_older_checkout_on_pythonpath_does_not_borrow_modules_from_the_installed_one(tmp_path):
+    checkout = tmp_path / "old"
+    shutil.copytree(REPO / "harness", checkout / "harness", ignore=shutil.ignore_patterns("compare.py", "__pycache__"))
+    probe = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(REPO / 'benchmarks')!r})
+        import common
+        import harness
+        assert harness.__file__.startswith({str(checkout)!r}), harness.__file__
+        try:
+            import harness.compare
+        except ModuleNotFoundError:
+            print("isolated")
+        else:
+            print("borrowed", harness.compare.__file__)
+    """)
+    env = dict(os.environ, PYTHONPATH=str(checkout))
+    done = subprocess.run([sys.executable, "-c", probe], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "isolated", "a module missing from the old checkout must not come from the installed one"
+
+
+def test_environment_metadata_lands_in_the_asv_machine_entry(tmp_path):
+    machine_file = tmp_path / "asv-machine.json"
+    machine_file.write_text(json.dumps({"version": 1, "box": {"machine": "box", "os": "Linux", "cpu": "x"}}))
+    entry = common.record_asv_machine("box", machine_file)
+    saved = json.loads(machine_file.read_text())["box"]
+    assert saved == entry
+    assert (saved["machine"], saved["os"]) == ("box", "Linux"), "asv's own fields are kept"
+    for key in ("torch", "cuda", "cudnn", "gpus", "transformers", "torch_threads"):
+        assert isinstance(saved[key], str), key
+        assert saved[key], key
+    with pytest.raises(SystemExit, match="asv machine --yes"):
+        common.record_asv_machine("other", machine_file)
+
+
+def test_asv_conf_points_at_this_suite_and_the_git_ignored_results():
+    asv_config = pytest.importorskip("asv.config")
+    conf = asv_config.Config.load(str(REPO / "asv.conf.json"))
+    assert conf.environment_type == "existing"
+    assert conf.benchmark_dir == "benchmarks"
+    assert (conf.results_dir, conf.html_dir) == ("results/asv", "results/html")
+    paths = ["results/asv/vm/machine.json", "results/html/index.html"]
+    ignored = subprocess.run(["git", "check-ignore", *paths], cwd=REPO, capture_output=True, text=True)
+    assert ignored.stdout.split() == paths, "asv output must be git-ignored"
