@@ -89,10 +89,10 @@ def check_parity(
         if result.texts != oracle.texts:
             result.fail("parity", f"text differs from the CPU run: {result.texts[0][:80]!r} vs {oracle.texts[0][:80]!r}")
         return
-    for index, (mine, theirs) in enumerate(zip(result.tokens, oracle.tokens)):
+    for index, (mine, theirs) in enumerate(zip(result.tokens, oracle.tokens, strict=False)):
         if mine == theirs:
             continue
-        step = next((i for i, (a, b) in enumerate(zip(mine, theirs)) if a != b), min(len(mine), len(theirs)))
+        step = next((i for i, (a, b) in enumerate(zip(mine, theirs, strict=False)) if a != b), min(len(mine), len(theirs)))
         where = f"prompt {index}, step {step}: device chose {mine[step] if step < len(mine) else 'EOS/stop'}, CPU chose {theirs[step] if step < len(theirs) else 'EOS/stop'}"
         if score_device is None or score_cpu is None:
             result.fail("parity", f"tokens differ from the CPU run at {where} (engine cannot score tokens, so no logit comparison)")

@@ -3,6 +3,7 @@ and the line of user code (the innermost frame outside torch and the harness).""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
@@ -84,10 +85,8 @@ def user_frame(tb) -> traceback.FrameSummary | None:
 def _short_path(path: str) -> str:
     """Relative to the working directory or to site-packages, whichever is shorter."""
     candidates = [path]
-    try:
+    with contextlib.suppress(ValueError):  # another drive on Windows
         candidates.append(os.path.relpath(path))
-    except ValueError:
-        pass
     for base in sys.path:
         if base and path.startswith(base.rstrip(os.sep) + os.sep):
             candidates.append(path[len(base.rstrip(os.sep)) + 1 :])

@@ -62,7 +62,7 @@ def markdown(results: list[CaseResult], run_info: dict[str, Any], problems: list
     if problems:
         lines += ["## Invalid scenario files", ""] + [f"- `{p}`" for p in problems] + [""]
     if results:
-        lines += ["## Matrix", ""] + matrix(results) + [""]
+        lines += ["## Matrix", "", *matrix(results), ""]
         skips = Counter(r.reason for r in results if r.status == "skipped")
         if skips:
             lines += ["## Skipped, by reason", ""] + [f"- {n} x {reason}" for reason, n in skips.most_common()] + [""]

@@ -74,7 +74,7 @@ class CaseResult:
     def from_json(cls, data: dict[str, Any]) -> CaseResult:
         data = dict(data)
         data["failures"] = [Failure(**f) for f in data.get("failures", [])]
-        known = {f for f in cls.__dataclass_fields__}
+        known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
 
 

@@ -38,6 +38,7 @@ def test_pytest_and_the_cli_report_the_same_cases_and_verdicts(project: pytest.P
     from_pytest = {c["id"]: c["status"] for c in _cases(project.path)}
     cli = subprocess.run([sys.executable, "-m", "harness.cli", "run", "scenarios", "--results", "cli", "--no-progress"],
                          cwd=project.path, capture_output=True, text=True)
+    assert cli.returncode == 0, cli.stderr
     [cli_dir] = [p for p in (project.path / "cli").iterdir() if p.is_dir()]
     from_cli = {json.loads(x)["id"]: json.loads(x)["status"] for x in (cli_dir / "cases.jsonl").read_text().splitlines()}
     assert from_pytest == from_cli

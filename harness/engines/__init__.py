@@ -36,10 +36,10 @@ def _load_builtins_and_plugins() -> None:
     if _loaded_plugins:
         return
     _loaded_plugins = True
-    import harness.engines.hf_transformers  # noqa: F401  (each registers itself)
-    import harness.engines.llamacpp_engine  # noqa: F401
-    import harness.engines.mistralrs_engine  # noqa: F401
-    import harness.engines.outlines_engine  # noqa: F401
+    import harness.engines.hf_transformers
+    import harness.engines.llamacpp_engine
+    import harness.engines.mistralrs_engine
+    import harness.engines.outlines_engine
     import harness.engines.reference  # noqa: F401
 
     # Modules named in $SAMEDEVICE_PLUGINS register engines on import: a plugin without packaging.

@@ -80,5 +80,5 @@ class Engine(ABC):
         """Logits [len(ids), V] (float32, CPU) at every position of `ids`."""
         raise NotImplementedError(f"engine {self.name} cannot score given tokens")
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (an optional hook, not abstract)
         """Release the model (called even after a failure)."""

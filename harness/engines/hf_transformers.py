@@ -124,7 +124,7 @@ class TransformersEngine(Engine):
             if beams is not None:
                 sequences = out.sequences[:, len(ids):].tolist()
                 scores = out.sequences_scores.tolist()
-                extra["beams"].append([{"tokens": _strip(t, request.eos_id), "score": sc} for t, sc in zip(sequences, scores)])
+                extra["beams"].append([{"tokens": _strip(t, request.eos_id), "score": sc} for t, sc in zip(sequences, scores, strict=True)])
                 tokens.append(_strip(sequences[0], request.eos_id))
             else:
                 tokens.append(_strip(out[0, len(ids):].tolist(), request.eos_id, keep_eos=True))
