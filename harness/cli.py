@@ -136,8 +136,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rich.markup import escape
 
     from harness import report
-    from harness.results import RunDirectory, environment_info
     from harness.isolation import make_executor
+    from harness.results import RunDirectory, environment_info
     from harness.runner import RunOptions, results_root_default
 
     console = Console(stderr=True)
@@ -216,7 +216,13 @@ class _progress:
 
     def __enter__(self):
         if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
 
             self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                 TimeElapsedColumn(), console=self.console, transient=True)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import warnings
 import socket
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
