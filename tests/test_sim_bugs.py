@@ -103,7 +103,7 @@ def test_beam_reorder_fixed_per_layer_matches_cpu():
         out = user.reorder_cache([layers[0].to("cuda:0"), layers[1].to("cuda:1")], num_beams=3, fixed=2)
         assert [t.device.index for t in out] == [0, 1]
         out = [t.cpu() for t in out]
-    for got, want in zip(out, user.reorder_cache(layers, num_beams=3)):
+    for got, want in zip(out, user.reorder_cache(layers, num_beams=3, fixed=2), strict=True):
         assert torch.equal(got, want)
 
 

@@ -13,9 +13,13 @@ manager), `tracking` (call sites, real-CUDA and CPU tracking), `errors` (PyTorch
 """
 
 from harness.devices.errors import classify_device_error, is_kernel_gap
-from harness.devices.sim_methods import unavailable_reason
 from harness.devices.sim_tensor import SimTensor
-from harness.devices.simulate import Simulation, SimulationUnavailable, simulated_gpus
+from harness.devices.simulate import (
+    Simulation,
+    SimulationUnavailable,
+    simulated_gpus,
+    unavailable_reason,
+)
 from harness.devices.tracking import track_transfers
 
 __all__ = [

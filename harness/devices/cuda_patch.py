@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -33,7 +34,7 @@ class SimGenerator(_RealGenerator):
     _sim_index: int = 0
 
     @property
-    def device(self) -> torch.device:
+    def device(self) -> torch.device:  # type: ignore[override]
         return CUDA[self._sim_index]
 
 
@@ -194,7 +195,6 @@ def _nothing(*args: Any, **kwargs: Any) -> None:
 def _cuda_patches(count: int) -> dict[str, Any]:
     return {
         "is_available": lambda: True,
-        "is_initialized": lambda: True,
         "device_count": lambda: count,
         "current_device": lambda: STATE.current,
         "set_device": _set_device,
@@ -243,40 +243,36 @@ def _accelerator_patches(count: int) -> dict[str, Any]:
     }
 
 
-class Patches:
-    """setattr with the originals kept, undone in reverse order (absent attributes removed)."""
+_MISSING = object()
 
-    _MISSING = object()
+
+class Patches:
+    """Attribute, environment and context-manager changes, undone in reverse order."""
 
     def __init__(self) -> None:
-        self._saved: list[tuple[Any, str, Any]] = []
+        self._undo: list[Callable[[], Any]] = []
 
     def set(self, owner: Any, name: str, value: Any) -> None:
-        self._saved.append((owner, name, owner.__dict__.get(name, self._MISSING) if hasattr(owner, "__dict__")
-                            else getattr(owner, name, self._MISSING)))
+        old = vars(owner).get(name, _MISSING)
+        self._undo.append(lambda: delattr(owner, name) if old is _MISSING else setattr(owner, name, old))
         setattr(owner, name, value)
 
     def set_env(self, name: str, value: str) -> None:
-        self._saved.append((os.environ, name, os.environ.get(name, self._MISSING)))
+        old = os.environ.get(name)
+        self._undo.append(lambda: os.environ.pop(name, None) if old is None else os.environ.__setitem__(name, old))
         os.environ[name] = value
 
+    def enter(self, context: Any) -> None:
+        context.__enter__()
+        self._undo.append(lambda: context.__exit__(None, None, None))
+
     def undo(self) -> None:
-        while self._saved:
-            owner, name, value = self._saved.pop()
-            if owner is os.environ:
-                if value is self._MISSING:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
-            elif value is self._MISSING:
-                delattr(owner, name)
-            else:
-                setattr(owner, name, value)
+        while self._undo:
+            self._undo.pop()()
 
 
-def patch_torch(count: int) -> Patches:
-    """Make torch answer as if `count` CUDA devices existed; `.undo()` restores it."""
-    patches = Patches()
+def patch_torch(patches: Patches, count: int) -> None:
+    """Make torch answer as if `count` CUDA devices existed; `patches.undo()` restores it."""
     for name, value in _cuda_patches(count).items():
         patches.set(torch.cuda, name, value)
     for name, value in _accelerator_patches(count).items():
@@ -289,9 +285,9 @@ def patch_torch(count: int) -> Patches:
     # transformers loads weights in a thread pool: modes are thread-local.
     patches.set_env("HF_DEACTIVATE_ASYNC_LOAD", "1")
     # torch.compile cannot trace simulated tensors (transformers compiles static-cache
-    # forwards on CUDA). Not importing dynamo if nobody has: the env var covers a later import.
+    # forwards on CUDA): torch.compile reads this variable when called and compiles nothing.
+    # Dynamo is not imported for this (seconds); when loaded, its config says so too.
     patches.set_env("TORCHDYNAMO_DISABLE", "1")
     dynamo_config = sys.modules.get("torch._dynamo.config")
     if dynamo_config is not None:
-        patches.set(dynamo_config, "disable", True)
-    return patches
+        patches.enter(dynamo_config.patch(disable=True))

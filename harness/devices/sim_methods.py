@@ -2,8 +2,8 @@
 
 Some Tensor methods never reach `__torch_dispatch__` on a CPU-only build: their C++ binding
 takes a CUDA device guard first and fails with "PyTorch is not linked with support for cuda
-devices" (`__getitem__`, `item`, `nonzero`, ...), or parses a device it cannot resolve
-(`.to(1)`, `.cuda()`). Those are Python methods on the subclass (`REROUTED`), so they work
+devices" (`__getitem__`, `int()`, `nonzero`, ...), or parses a device it cannot resolve
+(`.cuda()`, `.to(1)`). Those are Python methods on the subclass (`REROUTED`), so they work
 in any thread, with or without the function mode; the probe test in
 tests/test_sim_probe.py tells which ones a torch version needs.
 Each one computes on the inner CPU tensor with torch-function handling off (our own mode
@@ -23,16 +23,17 @@ from harness.devices.state import record
 
 _no_tf = torch._C.DisableTorchFunction
 _parse_to = torch._C._nn._parse_to
-_BASE = torch.Tensor
+_RealDevice = torch.device  # torch.device is swapped for a look-alike inside the simulation
+_dtype = torch.dtype
 
 
-def parse_device(device: Any) -> int | torch.device:
-    """cuda index for a CUDA device (ints are cuda indices, as on a GPU build), -1 for the CPU,
-    else the `torch.device` itself (meta, ...), which passes through untouched."""
+def parse_device(device: Any) -> Any:
+    """cuda index (an int) for a CUDA device (ints are cuda indices, as on a GPU build), -1 for
+    the CPU, else the `torch.device` itself (meta, ...), which passes through untouched."""
     if isinstance(device, int) and not isinstance(device, bool):
         return check_index(device)
     if isinstance(device, str):
-        device = torch.device(device)
+        device = _RealDevice(device)
     if device.type == "cuda":
         return check_index(device.index)
     if device.type == "cpu":
@@ -47,7 +48,7 @@ def map_int_device(value: Any) -> Any:
     return value
 
 
-def move(t: Tensor, target: int, dtype=None, memory_format=None, copy: bool = False, op: str = "to") -> Tensor:
+def move(t: Any, target: int, dtype=None, memory_format=None, copy: bool = False, op: str = "to") -> Any:
     """`t` (CPU or simulated) on `target` (-1: CPU), converted to `dtype`, as `Tensor.to` does."""
     source = t._dev if type(t) is SimTensor else -1
     inner = t._inner if source != -1 else t
@@ -57,14 +58,13 @@ def move(t: Tensor, target: int, dtype=None, memory_format=None, copy: bool = Fa
     with _no_tf():
         out = inner.to(**kwargs)
     if source != target:
-        kind = "d2h" if target == -1 else "h2d" if source == -1 else "d2d"
-        record(kind, inner.nbytes, op)
+        record("d2h" if target == -1 else "h2d" if source == -1 else "d2d", inner.nbytes, op)
     elif out is inner:
         return t
     return out if target == -1 else wrap(out, target)
 
 
-def tensor_to(t: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+def tensor_to(t: Any, *args: Any, **kwargs: Any) -> Any:
     """`Tensor.to` for a CPU or simulated receiver: ints are cuda indices, and cross-device
     moves are counted."""
     kwargs = dict(kwargs)
@@ -73,20 +73,20 @@ def tensor_to(t: Tensor, *args: Any, **kwargs: Any) -> Tensor:
     if "device" in kwargs:
         kwargs["device"] = map_int_device(kwargs["device"])
     # positional `copy`: to(dtype|other, non_blocking, copy) or to(device, dtype, non_blocking, copy)
-    copy_position = 2 if args and isinstance(args[0], (torch.dtype, Tensor)) else 3
+    copy_position = 2 if args and isinstance(args[0], (_dtype, Tensor)) else 3
     if len(args) > copy_position:
         copy, args = args[copy_position], args[:copy_position]
     with _no_tf():
         device, dtype, _non_blocking, memory_format = _parse_to(*args, **kwargs)
     current = t._dev if type(t) is SimTensor else -1
     target = current if device is None else parse_device(device)
-    if isinstance(target, torch.device):  # meta and friends
+    if type(target) is not int:  # meta and friends
         inner = t._inner if type(t) is SimTensor else t
         with _no_tf():
             return inner.to(device=target, dtype=dtype, copy=copy)
     if type(t) is not SimTensor and target == -1:
         with _no_tf():
-            return _BASE.to(t, *args, copy=copy, **kwargs)
+            return Tensor.to(t, *args, copy=copy, **kwargs)  # type: ignore[call-overload]
     return move(t, target, dtype, memory_format, copy, "to")
 
 
@@ -94,6 +94,10 @@ def tensor_to(t: Tensor, *args: Any, **kwargs: Any) -> Tensor:
 
 
 def _to(self, *args, **kwargs):
+    if not kwargs and len(args) == 1 and type(args[0]) is _dtype:  # x.to(torch.float32): the common case
+        with _no_tf():
+            out = self._inner.to(args[0])
+        return self if out is self._inner else wrap(out, self._dev)
     return tensor_to(self, *args, **kwargs)
 
 
@@ -137,12 +141,17 @@ def _advanced(index: Any) -> bool:
 
 
 def _getitem(self, index):
-    key = index_arg(CUDA[self._dev], self._dev, index, "__getitem__")
+    if type(index) is tuple:
+        key = index_arg(CUDA[self._dev], self._dev, index, "__getitem__") if _advanced(index) else index
+    elif isinstance(index, (int, slice)) or index is None or index is Ellipsis:
+        key = index  # basic indexing: a view, nothing moves
+    else:
+        key = index_arg(CUDA[self._dev], self._dev, index, "__getitem__")
     with _no_tf():
         return wrap(self._inner[key], self._dev)
 
 
-def setitem(self: Tensor, index: Any, value: Any) -> None:
+def setitem(self: Any, index: Any, value: Any) -> None:
     """`self[index] = value` for a CPU or simulated `self` (basic indexing copies across
     devices; advanced indexing is an index_put_, which wants the value on self's device)."""
     simulated = type(self) is SimTensor
@@ -155,8 +164,8 @@ def setitem(self: Tensor, index: Any, value: Any) -> None:
         if crossing and _advanced(index):
             raise IndexError(errors.index_put_values_message(self_device, value_device))
         if crossing:
-            kind = "d2d" if simulated and value_device.type == "cuda" else "h2d" if simulated else "d2h"
-            record(kind, value.nbytes, "__setitem__")
+            record("d2d" if simulated and value_device.type == "cuda" else "h2d" if simulated else "d2h",
+                   value.nbytes, "__setitem__")
         value = value._inner if type(value) is SimTensor else value
     inner = self._inner if simulated else self
     with _no_tf():
@@ -207,7 +216,7 @@ def _nonzero(self, *, out=None, as_tuple=False):
     return result if out is None else copy_between(out, result)
 
 
-def new_from_data(self: Tensor | None, data: Any, op: str, **kwargs: Any) -> Tensor:
+def new_from_data(self: Any, data: Any, op: str, **kwargs: Any) -> Any:
     """`torch.tensor(data, device=...)` / `x.new_tensor(data)` with a simulated target: host
     data is an H2D copy on a GPU, data on another GPU a D2D one."""
     device = kwargs.pop("device", None)
@@ -220,7 +229,7 @@ def new_from_data(self: Tensor | None, data: Any, op: str, **kwargs: Any) -> Ten
     source = data._inner if type(data) is SimTensor else data
     with _no_tf():
         out = torch.tensor(source, **kwargs)
-        if isinstance(target, torch.device):
+        if type(target) is not int:
             return out.to(target)
     if type(data) is SimTensor:
         if data._dev != target:
@@ -297,10 +306,3 @@ REROUTED: dict[str, tuple[Any, str]] = {
 
 for _name, (_method, _why) in REROUTED.items():
     setattr(SimTensor, _name, _method)
-
-
-def unavailable_reason() -> str | None:
-    """None when simulated GPUs can run here."""
-    if not hasattr(Tensor, "_make_wrapper_subclass"):
-        return f"torch {torch.__version__} has no wrapper tensor subclasses"
-    return None

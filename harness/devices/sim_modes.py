@@ -5,7 +5,9 @@
   "Torch not compiled with CUDA enabled"): run on the CPU, wrap the result; meta passes;
 - `.to()` / `.cuda()` / indexing with a CPU-tensor receiver, ints as cuda indices;
 - generators: a CPU generator given to a simulated op fails as on a GPU, and the reverse;
-- functions that fail before dispatch on a wrapper (scaled_dot_product_attention);
+- host syncs that the fast path would hide from dispatch (nonzero, unique, ...), in-place
+  ops that change sizes (`t_`, `unsqueeze_`), libtorch's own check in
+  scaled_dot_product_attention;
 - the fast path: a call whose tensors are all simulated on one device runs straight on the
   inner CPU tensors, so its aten ops never reach Python again. That halves the cost of the
   simulation. Anything else (a CPU tensor, two devices) goes down to `__torch_dispatch__`,
@@ -14,69 +16,73 @@
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+import torch.utils._device as _device_module
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
 from harness.devices import errors
 from harness.devices.sim_methods import (
-    index_arg,
     map_int_device,
     new_from_data,
     parse_device,
     setitem,
     tensor_to,
 )
-from harness.devices.sim_tensor import CUDA, SimDispatchMode, SimTensor, copy_between, device_of, wrap
-from harness.devices.state import note_kernel_gap
+from harness.devices.sim_tensor import (
+    CUDA,
+    SimDispatchMode,
+    SimTensor,
+    become,
+    copy_between,
+    device_of,
+    wrap,
+    wrap_result,
+)
+from harness.devices.state import note_if_kernel_gap, record
+
+_NO_KWARGS: Any = MappingProxyType({})  # read-only: handlers copy before changing kwargs
+_make_wrapper = Tensor._make_wrapper_subclass
+_strided = torch.strided
+
 
 class SimFunctionMode(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         handler = _HANDLERS.get(func)
         if handler is None:
             handler = _HANDLERS[func] = _handler_for(func)
-        return handler(func, args, kwargs or {})
+        return handler(func, args, kwargs or _NO_KWARGS)
 
 
 def _passthrough(func, args, kwargs):
-    return func(*args, **kwargs)
+    return func(*args, **kwargs) if kwargs else func(*args)
 
 
 def _wrap_out(out: Any, index: int, first_inner: Any, first: Any) -> Any:
-    kind = type(out)
-    if kind is Tensor:
-        return first if out is first_inner else wrap(out, index)
-    if kind is tuple or kind is list:
-        return kind(wrap(o, index) if type(o) is Tensor else o for o in out)
-    if type(out).__module__ == "torch.return_types":
-        return kind([wrap(o, index) if type(o) is Tensor else o for o in out])
-    return out
+    """Results on the simulated device; an in-place op's result is its receiver itself."""
+    return first if out is first_inner and first_inner is not None else wrap_result(out, index)
 
 
 def _name(func) -> str:
     return getattr(func, "__name__", str(func))
 
 
-def _call_inner(func, args, kwargs):
-    try:
-        return func(*args, **kwargs)
-    except (RuntimeError, NotImplementedError) as exc:
-        if errors.is_kernel_gap(exc):
-            note_kernel_gap(_name(func), exc)
-        raise
-
-
 def _slow(func, args, kwargs):
     """Down to `__torch_dispatch__`, which knows libtorch's rule for each aten op."""
     with SimDispatchMode():
-        return func(*args, **kwargs)
+        return func(*args, **kwargs) if kwargs else func(*args)
 
 
 def _fast(func, args, kwargs):
-    """Unwrap when every tensor is simulated on one device; otherwise let dispatch decide."""
+    """Run on the inner tensors when every tensor argument is simulated on one device;
+    otherwise let dispatch decide. The hot path of the simulation: the loop is written out
+    here (no helper calls, no pytree) and a single-tensor result is wrapped inline."""
+    if kwargs:
+        return _with_kwargs(func, args, kwargs)
     index = -1
     plain = False
     inner = []
@@ -90,32 +96,77 @@ def _fast(func, args, kwargs):
                 index = d
             inner.append(a._inner)
         elif (kind is list or kind is tuple) and a and isinstance(a[0], Tensor):
-            seq = []
-            for t in a:
-                if type(t) is SimTensor:
-                    if t._dev != index:
-                        if index != -1:
-                            return _slow(func, args, kwargs)
-                        index = t._dev
-                    seq.append(t._inner)
-                else:
-                    plain = plain or isinstance(t, Tensor)
-                    seq.append(t)
+            seq, index, odd = _unwrap_sequence(a, index)
+            if odd:
+                return _slow(func, args, kwargs)
+            plain = plain or odd is None
             inner.append(kind(seq))
         else:
             if isinstance(a, Tensor):
                 plain = True
             inner.append(a)
-    if kwargs:
-        return _with_kwargs(func, args, kwargs, inner, index, plain)
     if index == -1:
         return func(*args)
     if plain:
         return _slow(func, args, kwargs)  # a CPU tensor among simulated ones: dispatch decides
-    return _wrap_out(_call_inner(func, inner, kwargs), index, inner[0], args[0])
+    try:
+        out = func(*inner)
+    except (RuntimeError, NotImplementedError) as exc:
+        note_if_kernel_gap(func, exc)
+        raise
+    if type(out) is Tensor:
+        if out is inner[0]:
+            return args[0]  # in-place, or a no-op like contiguous(): the receiver itself
+        s = _make_wrapper(SimTensor, out.shape, out.stride(), out.storage_offset(), None, out.dtype, _strided,
+                          CUDA[index])
+        s._inner = out
+        s._dev = index
+        return s
+    return _wrap_out(out, index, inner[0], args[0])
 
 
-def _with_kwargs(func, args, kwargs, inner, index, plain):
+def _unwrap_sequence(seq, index: int) -> tuple[list, int, bool | None]:
+    """Inner tensors of a tensor list, the device index, and True when two simulated devices
+    meet (None when a plain tensor is among them)."""
+    out: list[Any] = []
+    odd: bool | None = False
+    for t in seq:
+        if type(t) is SimTensor:
+            if t._dev != index:
+                if index != -1:
+                    return out, index, True
+                index = t._dev
+            out.append(t._inner)
+        else:
+            if isinstance(t, Tensor):
+                odd = None
+            out.append(t)
+    return out, index, odd
+
+
+def _with_kwargs(func, args, kwargs):
+    """`_fast` for calls with keyword arguments: `device=` (factories, *_like, new_*),
+    `generator=`, `out=` and simulated tensors passed by keyword."""
+    index = -1
+    plain = False
+    inner = []
+    for a in args:
+        kind = type(a)
+        if kind is SimTensor:
+            if a._dev != index:
+                if index != -1:
+                    return _slow(func, args, kwargs)
+                index = a._dev
+            inner.append(a._inner)
+        elif (kind is list or kind is tuple) and a and isinstance(a[0], Tensor):
+            seq, index, odd = _unwrap_sequence(a, index)
+            if odd:
+                return _slow(func, args, kwargs)
+            plain = plain or odd is None
+            inner.append(kind(seq))
+        else:
+            plain = plain or isinstance(a, Tensor)
+            inner.append(a)
     inner_kwargs = {}
     target: Any = None
     generator = None
@@ -128,20 +179,19 @@ def _with_kwargs(func, args, kwargs, inner, index, plain):
             value = value._inner
         elif key == "device" and value is not None:
             target = parse_device(map_int_device(value))
-            if isinstance(target, torch.device):
-                value = target
-            else:
-                value = "cpu"
+            value = "cpu" if type(target) is int else target
         elif key == "generator" and value is not None:
             generator = value
+        elif key == "pin_memory":
+            value = False  # pinned host memory needs a GPU runtime; the simulation's is plain
         elif isinstance(value, Tensor):
             plain = True
         inner_kwargs[key] = value
     if target is None and index == -1:
         if generator is not None and getattr(generator, "_sim_index", None) is not None:
             raise RuntimeError(errors.generator_message("cpu", "cuda", _name(func)))
-        return func(*args, **kwargs)
-    if isinstance(target, torch.device):  # meta & co: computed from the inner tensors
+        return func(*args, **inner_kwargs)  # nothing simulated: the call as made (unpinned)
+    if target is not None and type(target) is not int:  # meta & co: computed from the inner tensors
         return func(*inner, **inner_kwargs)
     if target is None:
         if plain:
@@ -152,13 +202,16 @@ def _with_kwargs(func, args, kwargs, inner, index, plain):
         if on_gpu != (target != -1):
             expected, found = ("cuda", "cpu") if target != -1 else ("cpu", "cuda")
             raise RuntimeError(errors.generator_message(expected, found, _name(func)))
-    out = _call_inner(func, inner, inner_kwargs)
+    try:
+        out = func(*inner, **inner_kwargs)
+    except (RuntimeError, NotImplementedError) as exc:
+        note_if_kernel_gap(func, exc)
+        raise
     if target == -1:
         return out
-    first_inner = inner[0] if inner else None
     if "out" in kwargs and out is inner_kwargs["out"]:
         return kwargs["out"]
-    return _wrap_out(out, target, first_inner, args[0] if args else None)
+    return _wrap_out(out, target, inner[0] if inner else None, args[0] if args else None)
 
 
 # --- calls with a CPU-tensor receiver, or failing before dispatch -------------------------
@@ -176,27 +229,28 @@ def _cuda(func, args, kwargs):
     return tensor_to(self_, "cuda" if device is None else map_int_device(device))
 
 
+def _refuse_simulated_index(self_: Tensor, index: Any) -> None:
+    """A CPU tensor indexed with a simulated (CUDA) tensor fails in libtorch."""
+    keys = index if type(index) is tuple else (index,)
+    if any(type(k) is SimTensor for k in keys):
+        raise IndexError(errors.index_message(self_.device))
+
+
 def _getitem(func, args, kwargs):
     self_, index = args
     if type(self_) is SimTensor:
         return self_[index]
-    # a CPU tensor indexed with a simulated tensor fails in libtorch
-    key = index_arg(self_.device, -1, _check_cpu_key(self_, index), "__getitem__")
-    return func(self_, key)
-
-
-def _check_cpu_key(self_: Tensor, index: Any) -> Any:
-    keys = index if type(index) is tuple else (index,)
-    if any(type(k) is SimTensor for k in keys):
-        raise IndexError(errors.index_message(self_.device))
-    return index
+    _refuse_simulated_index(self_, index)
+    return func(self_, index)
 
 
 def _setitem(func, args, kwargs):
     self_, index, value = args
-    if type(self_) is SimTensor or type(value) is SimTensor:
-        _check_cpu_key(self_, index) if type(self_) is not SimTensor else None
-        return setitem(self_, index, value)
+    if type(self_) is SimTensor:
+        return self_.__setitem__(index, value)
+    _refuse_simulated_index(self_, index)
+    if type(value) is SimTensor:
+        return setitem(self_, index, value)  # a device value into host memory: a D2H copy
     return func(*args, **kwargs)
 
 
@@ -228,8 +282,8 @@ def _from_data(op: str):
 
 
 def _new_tensor(func, args, kwargs):
-    self_, data, *rest = args
-    if type(self_) is SimTensor or "device" in kwargs or type(data) is SimTensor:
+    self_, data = args[0], args[1]
+    if "device" in kwargs or type(data) is SimTensor:
         kwargs = dict(kwargs)
         kwargs.setdefault("dtype", self_.dtype)
         kwargs.pop("requires_grad", None)
@@ -237,8 +291,16 @@ def _new_tensor(func, args, kwargs):
     return func(*args, **kwargs)
 
 
+def _pin_memory(func, args, kwargs):
+    """Pinned host memory needs a GPU runtime: a CPU-only torch refuses, a GPU build copies."""
+    self_ = args[0]
+    if type(self_) is SimTensor:
+        return self_.pin_memory()
+    return self_.clone(memory_format=torch.contiguous_format)
+
+
 def _sdpa(func, args, kwargs):
-    """scaled_dot_product_attention fails before dispatch on a wrapper: check as libtorch."""
+    """libtorch checks query, key and value before choosing a kernel, with its own message."""
     q, k, v = args[:3]
     devices = [device_of(t) for t in (q, k, v)]
     if not (devices[0] == devices[1] == devices[2]):
@@ -256,11 +318,8 @@ def _metadata_inplace(func, args, kwargs):
     self_ = args[0]
     if type(self_) is not SimTensor:
         return _fast(func, args, kwargs)
-    out = _fast(func, args, kwargs)
-    if out is self_:
-        fresh = wrap(self_._inner, self_._dev)
-        fresh.__dict__.update({k: v for k, v in self_.__dict__.items() if k not in ("_inner", "_dev")})
-        torch.utils.swap_tensors(self_, fresh)
+    if _fast(func, args, kwargs) is self_:
+        become(self_, wrap(self_._inner, self_._dev))  # same inner, new sizes
     return self_
 
 
@@ -269,7 +328,38 @@ _METADATA_INPLACE = (
     Tensor.resize_, Tensor.resize_as_, Tensor.as_strided_, Tensor.set_,
 )
 
-_DEVICE_QUERIES = {
+
+def _sync(op: str, when=None):
+    """Functions whose result size or value must reach the host first: a host sync on a GPU
+    (the fast path never shows their aten ops to dispatch, which counts them otherwise)."""
+
+    def synced(func, args, kwargs):
+        if any(type(a) is SimTensor for a in args) and (when is None or when(args, kwargs)):
+            record("sync", 0, op)
+        return _fast(func, args, kwargs)
+
+    return synced
+
+
+_SYNCS = {
+    (torch.nonzero, torch.argwhere, Tensor.argwhere): _sync("nonzero"),
+    (torch.masked_select, Tensor.masked_select): _sync("masked_select"),
+    (torch.unique, Tensor.unique, torch.unique_consecutive, Tensor.unique_consecutive): _sync("unique"),
+    (torch.equal, Tensor.equal): _sync("equal"),
+    (torch.allclose, Tensor.allclose): _sync("allclose"),
+    (torch.is_nonzero, Tensor.is_nonzero): _sync("is_nonzero"),
+    (torch.bincount, Tensor.bincount): _sync("bincount"),
+    (torch.where,): _sync("nonzero", lambda args, kwargs: len(args) + len(kwargs) == 1),
+    (torch.repeat_interleave, Tensor.repeat_interleave): _sync(
+        "repeat_interleave",
+        lambda args, kwargs: isinstance(kwargs.get("repeats", args[1] if len(args) > 1 else args[0]), Tensor)
+        and kwargs.get("output_size") is None,
+    ),
+}
+
+# Passed straight through: device queries must see the wrapper, and the methods SimTensor
+# reroutes in Python only come here with a CPU receiver.
+_PASS_THROUGH = {
     Tensor.get_device, Tensor.is_pinned, Tensor.type, Tensor.__repr__, Tensor.__str__,
     Tensor.__format__, Tensor.dim, Tensor.size, Tensor.stride, Tensor.numel, Tensor.is_contiguous,
     Tensor.element_size, Tensor.is_floating_point, Tensor.is_complex, Tensor.__len__,
@@ -287,6 +377,7 @@ _SPECIAL = {
     Tensor.__setitem__: _setitem,
     Tensor.copy_: _copy_,
     Tensor.new_tensor: _new_tensor,
+    Tensor.pin_memory: _pin_memory,
     torch.tensor: _from_data("tensor"),
     torch.as_tensor: _from_data("as_tensor"),
     torch.asarray: _from_data("asarray"),
@@ -296,15 +387,30 @@ _SPECIAL = {
 }
 
 _SPECIAL.update(dict.fromkeys(_METADATA_INPLACE, _metadata_inplace))
+for _functions, _handler in _SYNCS.items():
+    _SPECIAL.update(dict.fromkeys(_functions, _handler))
 _HANDLERS: dict[Any, Any] = {}
 
 
+def _with_default_device(handler):
+    """Factories under `torch.set_default_device("cuda")`: that DeviceContext sits below this
+    mode on the stack and would add the device only after this mode let the call through."""
+
+    def factory(func, args, kwargs):
+        device = _device_module.CURRENT_DEVICE
+        if device is not None and device.type == "cuda" and kwargs.get("device") is None:
+            kwargs = {**kwargs, "device": device}
+        return handler(func, args, kwargs)
+
+    return factory
+
+
 def _handler_for(func):
-    special = _SPECIAL.get(func)
-    if special is not None:
-        return special
-    # Methods with a Python reroute on SimTensor (REROUTED) only come here with a CPU
-    # receiver, and device queries must see the wrapper: both pass through.
-    if func in _DEVICE_QUERIES or getattr(func, "__name__", "") in ("__get__", "__set__"):
+    handler = _SPECIAL.get(func)
+    if handler is not None:
+        return _with_default_device(handler) if func in _device_module._device_constructors() else handler
+    if func in _device_module._device_constructors():
+        return _with_default_device(_fast)
+    if func in _PASS_THROUGH or getattr(func, "__name__", "") in ("__get__", "__set__"):
         return _passthrough
     return _fast

@@ -21,7 +21,7 @@ from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from harness.devices import errors
-from harness.devices.state import STATE, note_kernel_gap, record
+from harness.devices.state import STATE, note_if_kernel_gap, record
 
 aten = torch.ops.aten
 MAX_DEVICES = 64
@@ -29,6 +29,7 @@ CUDA = tuple(torch.device("cuda", i) for i in range(MAX_DEVICES))
 CPU = torch.device("cpu")
 _make_wrapper = Tensor._make_wrapper_subclass
 _strided = torch.strided
+_no_tf = torch._C.DisableTorchFunction
 
 
 class SimTensor(Tensor):
@@ -41,17 +42,47 @@ class SimTensor(Tensor):
     _inner: Tensor
     _dev: int
 
-    __torch_function__ = torch._C._disabled_torch_function_impl  # the mode layer does that work
+    __torch_function__ = torch._C._disabled_torch_function_impl  # type: ignore[assignment]  # the mode does it
 
     @classmethod
-    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):  # type: ignore[override]
         handler = _HANDLERS.get(func)
         if handler is None:
             handler = _HANDLERS[func] = _build_handler(func)
         return handler(func, args, kwargs or {})
 
-    def __repr__(self, *, tensor_contents=None) -> str:
+    def __repr__(self, *, tensor_contents=None) -> str:  # type: ignore[override]
         return _repr(self)
+
+    # The properties read most by model code, answered here rather than through the function
+    # mode (a third of its calls on a llama decode step are these three getters).
+    @property
+    def device(self) -> torch.device:  # type: ignore[override]
+        return CUDA[self._dev]
+
+    @property
+    def shape(self) -> torch.Size:  # type: ignore[override]
+        with _no_tf():
+            return self._inner.shape
+
+    @property
+    def dtype(self) -> torch.dtype:  # type: ignore[override]
+        with _no_tf():
+            return self._inner.dtype
+
+    @property
+    def data(self) -> SimTensor:
+        with _no_tf():
+            return wrap(self._inner.detach(), self._dev)
+
+    @data.setter
+    def data(self, value: Tensor) -> None:
+        # PyTorch lets `x.data = y` change x's device and sizes: become an alias of y
+        if type(value) is SimTensor:
+            become(self, wrap(value._inner, value._dev))
+        else:
+            with _no_tf():
+                become(self, value.detach())
 
     # Reported as False whatever is asked: see the class docstring.
     @property
@@ -87,7 +118,15 @@ def wrap(t: Tensor, index: int) -> SimTensor:
     return s
 
 
-def device_of(t: Tensor) -> torch.device:
+def become(t: SimTensor, fresh: Tensor) -> None:
+    """Make `t` (in place, same Python object) the tensor `fresh`: how a wrapper, whose sizes
+    and device are fixed at creation, follows an in-place change of metadata."""
+    extra = {k: v for k, v in t.__dict__.items() if k not in ("_inner", "_dev")}  # e.g. _is_param
+    torch.utils.swap_tensors(t, fresh)
+    t.__dict__.update(extra)
+
+
+def device_of(t: Any) -> torch.device:
     return CUDA[t._dev] if type(t) is SimTensor else t.device
 
 
@@ -113,13 +152,15 @@ Handler = Callable[[Any, tuple, dict], Any]
 _HANDLERS: dict[Any, Handler] = {}
 
 
-def _wrap_result(out: Any, index: int) -> Any:
+def wrap_result(out: Any, index: int) -> Any:
+    """An op's result (a tensor, a tuple or list of them, a named tuple, a number) with its
+    CPU tensors on simulated cuda:`index`."""
     kind = type(out)
     if kind is Tensor:
         return wrap(out, index)
     if kind is tuple or kind is list:
         return kind(wrap(o, index) if type(o) is Tensor else o for o in out)
-    if isinstance(out, tuple) and hasattr(out, "_fields") or type(out).__module__ == "torch.return_types":
+    if kind.__module__ == "torch.return_types":  # max(dim=...), topk, ...: named tuples
         return kind([wrap(o, index) if type(o) is Tensor else o for o in out])
     return out
 
@@ -142,13 +183,17 @@ def _make_simple(returns_self: bool) -> Handler:
                 return _mismatch(func, args, kwargs)
             else:
                 inner.append(a)
-        out = func(*inner, **kwargs)
+        try:
+            out = func(*inner, **kwargs)
+        except (RuntimeError, NotImplementedError) as exc:
+            note_if_kernel_gap(func, exc)
+            raise
         if returns_self:
             return args[0]
         kind = type(out)
         if kind is Tensor:
             return wrap(out, index)
-        return _wrap_result(out, index)
+        return wrap_result(out, index)
 
     return simple
 
@@ -194,7 +239,7 @@ def _restore_aliases(func, out, index: int, args: tuple, kwargs: dict) -> Any:
     if info == "out":
         outs = [v for k, v in kwargs.items() if k.startswith("out") or k in ("values", "indices")]
         return outs[0] if len(outs) == 1 else tuple(outs)
-    return _wrap_result(out, index)
+    return wrap_result(out, index)
 
 
 _ALIAS_CACHE: dict[Any, str] = {}
@@ -217,7 +262,7 @@ def _alias_returns(func) -> str:
 
 def _check_generators(func, args, kwargs, index: int) -> None:
     for a in (*args, *kwargs.values()):
-        if isinstance(a, torch.Generator) and getattr(a, "_sim_index", None) is None and index != -1:
+        if isinstance(a, torch._C.Generator) and getattr(a, "_sim_index", None) is None and index != -1:
             raise RuntimeError(errors.generator_message("cuda", a.device.type, func._schema.name.split("::")[-1]))
 
 
@@ -241,7 +286,7 @@ def _build_handler(func) -> Handler:
         type_str = str(a.type)
         if a.kwarg_only and "Tensor" in type_str:
             plain = False
-        if "List[" in type_str and "Tensor" in type_str or "Generator" in type_str:
+        if ("List[" in type_str and "Tensor" in type_str) or "Generator" in type_str:
             plain = False
     alias = _alias_returns(func)
     handler = _make_simple(alias == "self") if plain and alias != "out" else _general
@@ -258,7 +303,8 @@ def _build_handler(func) -> Handler:
 
 def _tensor_args(func, args, kwargs) -> list[tuple[str, Tensor, bool, bool]]:
     """(name, tensor, is_output, from_list) in libtorch's checking order: out= first."""
-    outs, ins = [], []
+    outs: list[tuple[str, Tensor, bool, bool]] = []
+    ins: list[tuple[str, Tensor, bool, bool]] = []
     schema_args = func._schema.arguments
     for position, arg in enumerate(schema_args):
         value = kwargs.get(arg.name) if arg.kwarg_only else (args[position] if position < len(args) else None)
@@ -287,7 +333,7 @@ def _mismatch(func, args, kwargs):
         with SimDispatchMode():
             return func._op_dk(torch._C.DispatchKey.CompositeExplicitAutograd, *args, **kwargs)
     tensors = _tensor_args(func, args, kwargs)
-    if info.checked and info.backend != "unknown" or info.backend == "unknown" and any(t[3] for t in tensors):
+    if (info.checked and info.backend != "unknown") or (info.backend == "unknown" and any(t[3] for t in tensors)):
         return _wrapper_check(func, info, tensors, args, kwargs)
     return _iterator_check(func, tensors, args, kwargs)
 
@@ -308,7 +354,7 @@ def _iterator_check(func, tensors, args, kwargs):
     devices = [device_of(t) for _, t, _, _ in tensors]
     common = next((d for d in devices if d.type != "cpu"), CPU)
     scalars = 0
-    for (_, t, is_output, _), device in zip(tensors, devices):
+    for (_, t, is_output, _), device in zip(tensors, devices, strict=True):
         if common.type != "cpu" and not is_output and t.dim() == 0 and device.type == "cpu":
             scalars += 1
             if scalars > 1:
@@ -335,7 +381,7 @@ def _to_copy(func, args, kwargs):
     inner_kwargs.pop("device", None)
     inner_kwargs.pop("pin_memory", None)
     out = func(src._inner, **inner_kwargs)
-    if target is None or target.type == "cuda" and (target.index is None or target.index == src._dev):
+    if target is None or (target.type == "cuda" and (target.index is None or target.index == src._dev)):
         return wrap(out, src._dev)
     if target.type == "cpu":
         record("d2h", out.nbytes, "_to_copy")
@@ -347,7 +393,7 @@ def _to_copy(func, args, kwargs):
     return func(out, **kwargs)  # meta and friends: as from the CPU
 
 
-def copy_between(dst: Tensor, src: Tensor, non_blocking: bool = False) -> Tensor:
+def copy_between(dst: Any, src: Any, non_blocking: bool = False) -> Any:
     """`dst.copy_(src)` across real CPU and simulated devices, counting the transfer."""
     d_sim, s_sim = type(dst) is SimTensor, type(src) is SimTensor
     d_inner = dst._inner if d_sim else dst
@@ -376,7 +422,7 @@ def _item(func, args, kwargs):
 def _indices(self_: SimTensor, indices, op: str) -> list:
     """Index tensors as libtorch takes them for a CUDA `self`: CPU ones are copied over
     (an H2D each), boolean masks cost a nonzero (a sync), other devices fail."""
-    inner = []
+    inner: list[Tensor | None] = []
     for index in indices:
         if index is None:
             inner.append(None)
@@ -438,22 +484,8 @@ def _not_pinned(func, args, kwargs):
     return False
 
 
-def _run_inner_kernel(handler: Handler, op: str) -> Handler:
-    """Run `handler`, noting a CPU kernel gap (e.g. histc on int) before it propagates."""
-
-    def guarded(func, args, kwargs):
-        try:
-            return handler(func, args, kwargs)
-        except (RuntimeError, NotImplementedError) as exc:
-            if errors.is_kernel_gap(exc):
-                note_kernel_gap(op, exc)
-            raise
-
-    return guarded
-
-
-_METADATA_INPLACE = {aten.resize_.default, aten.set_.source_Tensor, aten.set_.source_Storage,
-                     aten.set_.source_Storage_storage_offset, aten.set_.default}
+# in-place ops that change sizes but carry no `inplace_view` tag
+_METADATA_INPLACE = {aten.resize_.default, aten.squeeze_.default, aten.squeeze_.dim, aten.squeeze_.dims}
 
 _SPECIAL: dict[Any, Handler] = {
     aten._to_copy.default: _to_copy,
@@ -498,5 +530,5 @@ class SimDispatchMode(TorchDispatchMode):
         if device is not None and device.type == "cuda":
             kwargs = {**kwargs, "device": CPU}
             kwargs.pop("pin_memory", None)
-            return _wrap_result(func(*args, **kwargs), check_index(device.index))
+            return wrap_result(func(*args, **kwargs), check_index(device.index))
         return func(*args, **kwargs)

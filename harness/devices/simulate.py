@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 
-from harness.devices.cuda_patch import patch_torch
-from harness.devices.sim_methods import unavailable_reason
+from harness.devices import sim_methods  # noqa: F401  (installs SimTensor's rerouted methods)
+from harness.devices.cuda_patch import Patches, patch_torch
 from harness.devices.sim_modes import SimFunctionMode
 from harness.devices.sim_tensor import MAX_DEVICES
 from harness.devices.state import STATE
@@ -27,6 +25,13 @@ class Simulation:
     count: int
     ledger: Ledger | None
     kernel_gaps: list[str] = field(default_factory=list)  # CPU kernels a GPU-only path lacked
+
+
+def unavailable_reason() -> str | None:
+    """None when simulated GPUs can run here, else why not (the runner skips with it)."""
+    if not hasattr(torch.Tensor, "_make_wrapper_subclass"):
+        return f"torch {torch.__version__} has no wrapper tensor subclasses"
+    return None
 
 
 @contextmanager
@@ -45,14 +50,14 @@ def simulated_gpus(count: int = 2, ledger: Ledger | None = None) -> Iterator[Sim
         raise SimulationUnavailable("simulated GPUs are already active: contexts do not nest")
     if not 1 <= count <= MAX_DEVICES:
         raise ValueError(f"`count` must be between 1 and {MAX_DEVICES}, but got {count}")
-    dynamo_loaded = "torch._dynamo.config" in sys.modules
-    swap = torch.__future__.get_swap_module_params_on_conversion()
-    patches = patch_torch(count)
     simulation = Simulation(count, ledger)
-    STATE.active, STATE.count, STATE.current = True, count, 0
-    STATE.ledger, STATE.kernel_gaps = ledger, simulation.kernel_gaps
-    torch.__future__.set_swap_module_params_on_conversion(True)  # wrappers need swap_tensors
+    swap = torch.__future__.get_swap_module_params_on_conversion()
+    patches = Patches()
     try:
+        patch_torch(patches, count)
+        STATE.active, STATE.count, STATE.current = True, count, 0
+        STATE.ledger, STATE.kernel_gaps = ledger, simulation.kernel_gaps
+        torch.__future__.set_swap_module_params_on_conversion(True)  # wrappers need swap_tensors
         with torch.no_grad(), SimFunctionMode():
             yield simulation
     finally:
@@ -60,6 +65,3 @@ def simulated_gpus(count: int = 2, ledger: Ledger | None = None) -> Iterator[Sim
         patches.undo()
         STATE.active, STATE.count, STATE.current, STATE.ledger = False, 0, 0, None
         STATE.kernel_gaps = []
-        if not dynamo_loaded and "torch._dynamo.config" in sys.modules:
-            # imported inside, where TORCHDYNAMO_DISABLE=1: undo what that import read
-            sys.modules["torch._dynamo.config"].disable = os.environ.get("TORCHDYNAMO_DISABLE") == "1"

@@ -6,13 +6,16 @@ call site is computed only when an event is recorded, never on the per-op path.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import sysconfig
 from dataclasses import dataclass, field
+from types import FrameType
 
 import torch
 
+from harness.devices.errors import is_kernel_gap
 from harness.ledger import Kind, Ledger
 
 
@@ -34,10 +37,13 @@ def record(kind: Kind, nbytes: int, op: str) -> None:
         ledger.record(kind, nbytes, op, call_site())
 
 
-def note_kernel_gap(op: str, exc: BaseException) -> None:
-    note = f"{op}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-    if note not in STATE.kernel_gaps:
-        STATE.kernel_gaps.append(note)
+def note_if_kernel_gap(func: object, exc: BaseException) -> None:
+    """Keep a note when a CPU kernel is missing (a GPU-only path ran); the error propagates."""
+    if is_kernel_gap(exc):
+        op = getattr(func, "__name__", None) or str(func)
+        note = f"{op}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        if note not in STATE.kernel_gaps:
+            STATE.kernel_gaps.append(note)
 
 
 # --- call sites ---------------------------------------------------------------------------
@@ -71,10 +77,8 @@ def short_path(filename: str) -> str:
     short = _short_cache.get(filename)
     if short is None:
         candidates = [filename]
-        try:
+        with contextlib.suppress(ValueError):  # another drive, on Windows
             candidates.append(os.path.relpath(filename))
-        except ValueError:
-            pass
         for base in sys.path:
             base = base.rstrip(os.sep)
             if base and filename.startswith(base + os.sep):
@@ -85,7 +89,7 @@ def short_path(filename: str) -> str:
 
 def call_site() -> str:
     """'file.py:LINE' of the innermost frame outside torch, harness/devices and the stdlib."""
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         filename = frame.f_code.co_filename
         internal = _internal_cache.get(filename)

@@ -17,9 +17,9 @@ sync-debug APIs; only its event parsing is unit-tested, with fake events).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
-import time
 import warnings
 from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator
@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from harness.devices.state import STATE, call_site
 from harness.ledger import Ledger
@@ -55,6 +56,7 @@ def track_transfers(ledger: Ledger) -> Iterator[Ledger]:
 # --- plain CPU ------------------------------------------------------------------------------
 
 _HOST_READS = ("item", "tolist", "__bool__", "nonzero")
+_COPY_METHODS = ("to", "cuda", "cpu", "copy_")
 
 
 @contextmanager
@@ -73,17 +75,13 @@ def _track_host_reads(ledger: Ledger) -> Iterator[None]:
     try:
         yield
     finally:
-        for name, original in originals.items():
-            if original is None:
-                delattr(torch.Tensor, name)
-            else:
-                setattr(torch.Tensor, name, original)
+        _restore(torch.Tensor, originals)
 
 
 # --- real CUDA --------------------------------------------------------------------------------
 
 
-def memcpy_events(events: Iterable[Any]) -> list[tuple[str, int, float]]:
+def memcpy_events(events: Iterable[Any]) -> list[tuple[Any, int, float]]:
     """(kind, bytes, start in us) of the memcpy events in profiler `events`: Kineto events
     (`name()`, `nbytes()`, `start_ns()`) or FunctionEvents (`name`, `time_range.start`)."""
     found = []
@@ -130,7 +128,7 @@ def _event_start_us(event: Any) -> float:
     return float(time_range.start) if time_range is not None else 0.0
 
 
-def phase_at(marks: list[tuple[float, str]], start_us: float, default: str) -> str:
+def phase_at(marks: list[tuple[float, str]], start_us: float, default: str) -> Any:
     phase = default
     for mark_us, mark_phase in marks:
         if mark_us > start_us:
@@ -139,7 +137,7 @@ def phase_at(marks: list[tuple[float, str]], start_us: float, default: str) -> s
     return phase
 
 
-def record_memcpys(ledger: Ledger, copies: list[tuple[str, int, float]], marks: list[tuple[float, str]],
+def record_memcpys(ledger: Ledger, copies: list[tuple[Any, int, float]], marks: list[tuple[float, str]],
                    first_phase: str, sites: dict[tuple[str, str], deque]) -> None:
     """Record profiler copies into `ledger`, each in its phase, with the call site the hooks
     saw for the same (phase, kind) in the same order ('?' when none did)."""
@@ -176,6 +174,36 @@ def _copy_kind(source: torch.device, target: torch.device) -> str | None:
     return None
 
 
+def _cuda_device(device: Any) -> torch.device:
+    """`device` with the current index filled in ('cuda' means the current GPU)."""
+    device = torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def _copy_hook(name: str, method: Any, remember: Any) -> Any:
+    """`Tensor.<name>` that notes the call site of the copy it is about to make."""
+
+    def target(self: Tensor, *args: Any, **kwargs: Any) -> tuple[torch.device, torch.device]:
+        if name == "copy_":
+            return args[0].device, self.device
+        if name == "cpu":
+            return self.device, torch.device("cpu")
+        if name == "cuda":
+            device = args[0] if args else kwargs.get("device")
+            return self.device, _cuda_device("cuda" if device is None else device)
+        device = torch._C._nn._parse_to(*args, **kwargs)[0]
+        return self.device, self.device if device is None else _cuda_device(device)
+
+    def hooked(self: Tensor, *args: Any, **kwargs: Any) -> Any:
+        with contextlib.suppress(Exception):  # a bad argument: the real method raises its own error
+            remember(_copy_kind(*target(self, *args, **kwargs)), name)
+        return method(self, *args, **kwargs)
+
+    return hooked
+
+
 @contextmanager
 def _track_cuda(ledger: Ledger) -> Iterator[None]:
     first_phase = ledger.phase
@@ -185,50 +213,22 @@ def _track_cuda(ledger: Ledger) -> Iterator[None]:
         if kind:
             sites[(ledger.phase, kind)].append((op, call_site()))
 
-    def hooked(name: str, method: Any, target_of: Any) -> Any:
-        def call(self, *args, **kwargs):
-            try:
-                remember(_copy_kind(self.device, target_of(self, *args, **kwargs)), name)
-            except Exception:  # a bad argument: let the real method raise its own error
-                pass
-            return method(self, *args, **kwargs)
-
-        return call
-
-    def to_target(self, *args, **kwargs):
-        device = torch._C._nn._parse_to(*args, **kwargs)[0]
-        return self.device if device is None else device
-
-    def cuda_target(self, device=None, *args, **kwargs):
-        return torch.device("cuda", torch.cuda.current_device() if device is None else torch.device(device).index or 0) \
-            if not isinstance(device, int) else torch.device("cuda", device)
-
-    originals = {name: torch.Tensor.__dict__.get(name) for name in ("to", "cuda", "cpu", "copy_")}
-    torch.Tensor.to = hooked("to", torch.Tensor.to, to_target)
-    torch.Tensor.cuda = hooked("cuda", torch.Tensor.cuda, cuda_target)
-    torch.Tensor.cpu = hooked("cpu", torch.Tensor.cpu, lambda self, *a, **k: torch.device("cpu"))
-    copy_ = torch.Tensor.copy_
-
-    def copy_hook(self, src, non_blocking=False):
-        remember(_copy_kind(src.device, self.device), "copy_")
-        return copy_(self, src, non_blocking)
-
-    torch.Tensor.copy_ = copy_hook
-
     def on_warning(message, category, filename, lineno, file=None, line=None):
         if "synchronizing" in str(message):
             ledger.record("sync", 0, "cuda sync", call_site())
         else:
-            shown(message, category, filename, lineno, file, line)
+            show_other(message, category, filename, lineno, file, line)
 
+    originals = {name: torch.Tensor.__dict__.get(name) for name in _COPY_METHODS}
     previous_mode = torch.cuda.get_sync_debug_mode()
-    ledger.__class__ = _PhaseClock
     activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    ledger.__class__ = _PhaseClock
     try:
+        for name in _COPY_METHODS:
+            setattr(torch.Tensor, name, _copy_hook(name, getattr(torch.Tensor, name), remember))
         with warnings.catch_warnings(), torch.profiler.profile(activities=activities) as profiler:
-            warnings.simplefilter("always", UserWarning)
-            shown = warnings.showwarning
-            warnings.showwarning = on_warning
+            warnings.filterwarnings("always", message=".*synchronizing", category=UserWarning)
+            show_other, warnings.showwarning = warnings.showwarning, on_warning
             torch.cuda.set_sync_debug_mode("warn")
             try:
                 yield
@@ -237,14 +237,14 @@ def _track_cuda(ledger: Ledger) -> Iterator[None]:
                 torch.cuda.synchronize()
     finally:
         ledger.__class__ = Ledger
-        for name, original in originals.items():
-            if original is None:
-                delattr(torch.Tensor, name)
-            else:
-                setattr(torch.Tensor, name, original)
+        _restore(torch.Tensor, originals)
     events = profiler.profiler.kineto_results.events() if profiler.profiler else []
     record_memcpys(ledger, memcpy_events(events), phase_marks(events), first_phase, sites)
 
 
-def _now_us() -> float:
-    return time.perf_counter_ns() / 1000.0
+def _restore(owner: Any, originals: dict[str, Any]) -> None:
+    for name, original in originals.items():
+        if original is None:
+            delattr(owner, name)
+        else:
+            setattr(owner, name, original)

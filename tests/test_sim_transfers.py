@@ -1,0 +1,164 @@
+"""The ledger sees every host/device copy and host sync of a simulated run, with bytes and the
+user's call site; `track_transfers` on plain CPU counts host reads; real-CUDA profiler events
+are parsed into the same ledger."""
+
+from __future__ import annotations
+
+from collections import deque
+from types import SimpleNamespace
+
+import torch
+
+from harness.devices import simulated_gpus, track_transfers
+from harness.devices.tracking import memcpy_events, phase_marks, record_memcpys
+from harness.ledger import Ledger
+from tests import sim_user_bugs as user
+
+STEPS = 5
+
+
+def decode_on_sim(stray: bool) -> tuple[list[int], Ledger]:
+    torch.manual_seed(0)
+    embed, head = torch.randn(16, 8), torch.randn(8, 16)
+    ledger = Ledger()
+    with simulated_gpus(ledger=ledger):
+        embed_gpu, head_gpu = embed.to("cuda:0"), head.to("cuda:0")
+        ledger.phase = "decode"
+        ledger.decode_tokens = STEPS
+        tokens = user.greedy_decode(embed_gpu, head_gpu, first=3, steps=STEPS, stray=stray)
+    assert tokens == user.greedy_decode(embed, head, first=3, steps=STEPS, stray=stray), "sim must match CPU"
+    return tokens, ledger
+
+
+def test_a_silent_round_trip_per_step_is_counted_with_bytes_and_site():
+    _, ledger = decode_on_sim(stray=True)
+    hidden_bytes = 8 * 4  # one float32 row of the embedding
+    site = f"sim_user_bugs.py:{user.marked_line('STRAY')}"
+    at_site = {(kind, op): n for (_, kind, op, where), n in ledger.sites.items() if where.endswith(site)}
+    assert at_site == {("d2h", "cpu"): STEPS, ("h2d", "to"): STEPS}, "one round trip per step, at the stray line"
+    assert ledger.per_token("d2h") == 1
+    assert ledger.per_token("h2d") == 1 + 1 / STEPS, "plus the first token, built from host data once"
+    assert ledger.bytes[("decode", "d2h")] == STEPS * hidden_bytes
+    assert ledger.bytes[("decode", "h2d")] == STEPS * hidden_bytes + 8
+
+
+def test_the_clean_loop_reads_back_one_token_per_step_and_nothing_else():
+    _, ledger = decode_on_sim(stray=False)
+    assert ledger.count("decode", "d2h") == 0
+    assert ledger.count("decode", "h2d") == 1, "only building the first token from host data"
+    assert ledger.per_token("sync") == 1, "the .item() per step"
+    assert ledger.top_sites("decode", "sync")[0][:1] == ("item",)
+
+
+def test_host_syncs_of_every_kind_are_counted():
+    ledger = Ledger()
+    with simulated_gpus(ledger=ledger):
+        x = torch.arange(6.0, device="cuda:0")
+        x.sum().item()
+        x.tolist()
+        bool(x[0] > 1)
+        int(x[1])
+        float(x[2])
+        x.nonzero()
+        x[x > 2]
+        torch.masked_select(x, x > 1)
+        torch.cuda.synchronize()
+        x.cpu()
+    ops = sorted(op for (_, kind, op, _), n in ledger.sites.items() if kind == "sync" for _ in range(n))
+    assert ops == sorted(["item", "tolist", "__bool__", "__int__", "__float__", "nonzero", "__getitem__",
+                          "masked_select", "synchronize"])
+    assert ledger.count("load", "d2h") == 1, ".cpu() is a copy, not also a sync"
+
+
+def test_cpu_indices_and_host_data_are_copies_to_the_device():
+    ledger = Ledger()
+    with simulated_gpus(count=2, ledger=ledger):
+        x = torch.arange(12.0).reshape(3, 4).to("cuda:0")
+        rows = torch.tensor([2, 0])
+        picked = x[rows]  # allowed, as on a GPU: the index is copied over
+        assert picked.device == torch.device("cuda", 0)
+        assert torch.equal(picked.cpu(), torch.arange(12.0).reshape(3, 4)[rows])
+        torch.tensor([1, 2, 3], device="cuda:1")
+        x.to("cuda:1")
+        x[0] = torch.ones(4)  # host value into a device row
+    sites = {(kind, op): n for (_, kind, op, _), n in ledger.sites.items()}
+    assert sites[("h2d", "__getitem__")] == 1
+    assert sites[("h2d", "tensor")] == 1
+    assert sites[("d2d", "to")] == 1
+    assert sites[("h2d", "__setitem__")] == 1
+    assert ledger.bytes[("load", "d2d")] == 12 * 4
+
+
+def test_track_transfers_on_plain_cpu_counts_host_reads_only():
+    ledger = Ledger()
+    x = torch.arange(4.0)
+    with track_transfers(ledger):
+        x.sum().item()
+        x.tolist()
+        x.nonzero()
+        y = x * 2 + 1
+        y.cpu()
+    assert ledger.count("load", "sync") == 3
+    assert ledger.count("load", "d2h") == 0
+    assert ledger.count("load", "h2d") == 0
+    assert "item" not in torch.Tensor.__dict__, "the wrappers are removed afterwards"
+
+
+def test_track_transfers_inside_a_simulation_points_it_at_the_ledger():
+    outer, inner = Ledger(), Ledger()
+    with simulated_gpus(ledger=outer):
+        x = torch.ones(3, device="cuda:0")
+        with track_transfers(inner):
+            x.cpu()
+        x.cpu()
+    assert inner.count("load", "d2h") == 1
+    assert outer.count("load", "d2h") == 1
+
+
+class FakeKinetoEvent:
+    def __init__(self, name: str, start_us: float, nbytes: int = 0, metadata: str = ""):
+        self._name, self._start, self._nbytes, self._metadata = name, start_us, nbytes, metadata
+
+    def name(self):
+        return self._name
+
+    def start_ns(self):
+        return int(self._start * 1000)
+
+    def nbytes(self):
+        return self._nbytes
+
+    def metadata_json(self):
+        return self._metadata
+
+
+def test_profiler_memcpy_events_are_parsed_into_the_ledger_by_phase():
+    events = [
+        FakeKinetoEvent("samedevice::phase::prefill", 10.0),
+        FakeKinetoEvent("Memcpy HtoD (Pageable -> Device)", 11.0, nbytes=64),
+        FakeKinetoEvent("aten::add", 12.0),
+        FakeKinetoEvent("samedevice::phase::decode", 20.0),
+        FakeKinetoEvent("Memcpy DtoH (Device -> Pageable)", 21.0, metadata='"bytes": 8, "memory bandwidth (GB/s)": 1.0'),
+        FakeKinetoEvent("Memcpy DtoD (Device -> Device)", 22.0, nbytes=128),
+        FakeKinetoEvent("Memcpy PtoP (Device -> Device)", 23.0, nbytes=256),
+        FakeKinetoEvent("Memcpy HtoD (Pinned -> Device)", 5.0, nbytes=4),  # before any marker: load
+    ]
+    copies = memcpy_events(events)
+    assert sorted(copies) == sorted([("h2d", 64, 11.0), ("d2h", 8, 21.0), ("d2d", 128, 22.0), ("d2d", 256, 23.0),
+                                     ("h2d", 4, 5.0)])
+    marks = phase_marks(events)
+    assert marks == [(10.0, "prefill"), (20.0, "decode")]
+    ledger = Ledger()
+    sites = {("decode", "d2h"): deque([("cpu", "sampler.py:12")])}
+    record_memcpys(ledger, copies, marks, first_phase="load", sites=sites)
+    assert ledger.to_json()["counts"] == {"load.h2d": 1, "prefill.h2d": 1, "decode.d2h": 1, "decode.d2d": 2}
+    assert ledger.bytes[("decode", "d2d")] == 384
+    assert ledger.top_sites("decode", "d2h") == [("cpu", "sampler.py:12", 1)]
+    assert ledger.top_sites("prefill", "h2d") == [("memcpy", "?", 1)]
+    assert ledger.phase == "load", "parsing leaves the ledger's phase as it was"
+
+
+def test_function_events_from_the_profiler_table_are_understood_too():
+    event = SimpleNamespace(name="Memcpy DtoH (Device -> Pinned)", time_range=SimpleNamespace(start=7.0), nbytes=None,
+                            metadata_json=None)
+    assert memcpy_events([event]) == [("d2h", 0, 7.0)]
