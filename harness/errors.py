@@ -1,38 +1,20 @@
 """Describe an exception raised by a case: device mismatch or not, the op, the devices,
-and the line of user code (the innermost frame outside torch and the harness)."""
+and the line of user code (the innermost frame outside torch and the harness).
+
+The wording rules live in `harness.devices.errors` (shared with the simulator, which
+raises them); this module turns an exception into the record a result carries.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import re
-import sys
-import sysconfig
 import traceback
 from dataclasses import asdict, dataclass, field
 
-import torch
+from harness.devices.errors import classify_device_error, is_kernel_gap
+from harness.devices.state import is_internal, short_path
 
-_MISMATCH = re.compile(
-    r"(?i:expected all tensors to be on the same device)"
-    r"|(?i:expected \w+ and \w+ to be on the same device)"
-    r"|device mismatch|DeviceMismatch"
-    r"|Expected .* to be on .*device"
-    r"|Expected a '\w+' device type for generator"
-    r"|is on \w+(:\d+)?, different from other tensors"
-)
-_OP = re.compile(r"in method wrapper_(?:CUDA_|CPU_)?_*(\w+?)\)|device mismatch in (\w+)|for argument \w+ in method (\w+)")
-_DEVICES = re.compile(r"\b(cuda:\d+|cpu|Cpu|Cuda \{ gpu_id: \d+ \}|meta)\b")
-_KERNEL_GAP = re.compile(r"not implemented for '\w+'|NotImplementedError|Could not run '[\w:.]+' with arguments from the '\w+' backend")
-
-_SKIP_DIRS = tuple(
-    os.path.normcase(os.path.realpath(d)) + os.sep
-    for d in (
-        os.path.dirname(torch.__file__),
-        os.path.dirname(__file__),  # the harness itself
-        sysconfig.get_paths()["stdlib"],
-    )
-)
+_HARNESS_DIR = os.path.normcase(os.path.realpath(os.path.dirname(__file__))) + os.sep
 
 
 @dataclass
@@ -57,17 +39,14 @@ class ErrorInfo:
 
 
 def describe(exc: BaseException) -> ErrorInfo:
-    message = str(exc)
-    info = ErrorInfo(type=type(exc).__name__, message=message[:2000])
-    info.mismatch = bool(_MISMATCH.search(message))
-    info.kernel_gap = not info.mismatch and bool(_KERNEL_GAP.search(f"{info.type}: {message}"))
-    op = _OP.search(message)
-    if op:
-        info.op = next(g for g in op.groups() if g)
-    info.devices = list(dict.fromkeys(d for d in _DEVICES.findall(message)))
+    info = ErrorInfo(type=type(exc).__name__, message=str(exc)[:2000])
+    mismatch = classify_device_error(exc)
+    if mismatch is not None:
+        info.mismatch, info.op, info.devices = True, mismatch["op"], mismatch["devices"]
+    info.kernel_gap = is_kernel_gap(exc)
     frame = user_frame(exc.__traceback__)
     if frame is not None:
-        info.site = f"{_short_path(frame.filename)}:{frame.lineno}"
+        info.site = f"{short_path(frame.filename)}:{frame.lineno}"
         info.source = (frame.line or "").strip() or None
     return info
 
@@ -77,17 +56,6 @@ def user_frame(tb) -> traceback.FrameSummary | None:
     frames = traceback.extract_tb(tb)
     for frame in reversed(frames):
         path = os.path.normcase(os.path.realpath(frame.filename))
-        if not path.startswith(_SKIP_DIRS) and not frame.filename.startswith("<"):
+        if not is_internal(frame.filename) and not path.startswith(_HARNESS_DIR):
             return frame
     return frames[-1] if frames else None
-
-
-def _short_path(path: str) -> str:
-    """Relative to the working directory or to site-packages, whichever is shorter."""
-    candidates = [path]
-    with contextlib.suppress(ValueError):  # another drive on Windows
-        candidates.append(os.path.relpath(path))
-    for base in sys.path:
-        if base and path.startswith(base.rstrip(os.sep) + os.sep):
-            candidates.append(path[len(base.rstrip(os.sep)) + 1 :])
-    return min(candidates, key=len)

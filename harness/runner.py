@@ -86,18 +86,16 @@ def build_request(case: Case, on_phase: Callable[[str], None]) -> Request:
 
 @contextlib.contextmanager
 def device_context(target: DeviceTarget, ledger: Ledger) -> Iterator[None]:
-    """Simulated GPUs for sim targets; the transfer tracker for real devices."""
-    try:
-        from harness import devices
-    except ImportError:
-        devices = None  # type: ignore[assignment]
+    """Simulated GPUs for sim targets; the transfer tracker for real GPUs. On a plain CPU
+    device nothing is a transfer or a sync, so nothing is tracked and budgets hold."""
+    from harness import devices
+
     with torch.no_grad():
         if target.simulated:
-            assert devices is not None
             with devices.simulated_gpus(count=max(target.spec.gpus_needed, 1), ledger=ledger):
                 yield
-        elif devices is not None and hasattr(devices, "track_transfers"):
-            with devices.track_transfers(ledger):
+        elif target.kind != "cpu":
+            with devices.track_transfers(ledger):  # real CUDA: profiler memcpy events + sync hooks
                 yield
         else:
             yield

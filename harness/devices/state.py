@@ -61,7 +61,8 @@ _internal_cache: dict[str, bool] = {}
 _short_cache: dict[str, str] = {}
 
 
-def _is_internal(filename: str) -> bool:
+def is_internal(filename: str) -> bool:
+    """True for torch, harness/devices, the stdlib and frozen modules: not user code."""
     if filename.startswith("<frozen"):
         return True
     if filename.startswith("<"):
@@ -94,7 +95,7 @@ def call_site() -> str:
         filename = frame.f_code.co_filename
         internal = _internal_cache.get(filename)
         if internal is None:
-            internal = _internal_cache[filename] = _is_internal(filename)
+            internal = _internal_cache[filename] = is_internal(filename)
         if not internal:
             return f"{short_path(filename)}:{frame.f_lineno}"
         frame = frame.f_back
