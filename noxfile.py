@@ -104,7 +104,7 @@ def dashboard(session: nox.Session) -> None:
         session.run("asv", "preview", "--port", "8080")
 
 
-@nox.session(name="llamacpp")
+@nox.session(name="llamacpp", default=False)
 def llamacpp(session: nox.Session) -> None:
     """llama.cpp engine: builds llama-cpp-python from source (about 8 minutes), then its tests."""
     install(session, extras="dev,engines,llamacpp")
