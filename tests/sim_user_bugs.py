@@ -50,9 +50,12 @@ def quantized_linear(x: Tensor, qweight: Tensor, scale: Tensor, fixed: bool = Fa
     return F.linear(x, weight)  # BUG 4
 
 
-def greedy_decode(embed: Tensor, head: Tensor, first: int, steps: int, stray: bool) -> list[int]:
-    """A toy decode loop; `stray` adds a silent host round trip of the hidden state per step."""
+def greedy_decode(embed: Tensor, head: Tensor, first: int, steps: int, stray: bool, on_start=None) -> list[int]:
+    """A toy decode loop; `stray` adds a silent host round trip of the hidden state per step.
+    `on_start` is called once the loop's input is on the device (the harness's phase mark)."""
     token = torch.tensor([first], device=embed.device)
+    if on_start is not None:
+        on_start()
     tokens = []
     for _ in range(steps):
         hidden = embed[token]

@@ -1,0 +1,61 @@
+"""A user-style toy engine around tests/sim_user_bugs.py, so the four founding bugs and the
+silent round trip run through the whole harness (runner, checks, results) on simulated
+GPUs. The scenario's tags pick the bug (`bug:1`..`bug:4`, `stray`) and `fixed` applies
+the upstream fix."""
+
+from __future__ import annotations
+
+import torch
+
+from harness.engines import register
+from harness.engines.base import Capabilities, Engine, Generation, Placement, Request
+from tests import sim_user_bugs as user
+
+VOCAB, HIDDEN, BEAMS = 64, 32, 3
+
+
+@register
+class UserBugsEngine(Engine):
+    name = "user-bugs"
+    capabilities = Capabilities(devices=frozenset({"cpu", "cuda", "auto"}), simulated=True, teacher_forcing=False)
+
+    def load(self, request: Request, placement: Placement) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.devices = [torch.device(d) for d in placement.devices]
+        first, last = self.devices[0], self.devices[-1]
+        self.embed = torch.randn(VOCAB, HIDDEN, generator=g).to(first)
+        self.head = (torch.randn(HIDDEN, VOCAB, generator=g) * 10).to(last)
+        self.bias = torch.zeros(VOCAB).to(last)
+        self.qweight = torch.randint(-127, 127, (HIDDEN, HIDDEN), generator=g, dtype=torch.int8).to(first)
+        self.scale = torch.full((HIDDEN, 1), 0.01).to(first)
+        # Two cache layers, split over the devices like device_map="auto".
+        self.cache = [torch.randn(BEAMS, 4, 8, generator=g).to(self.devices[i % len(self.devices)]) for i in range(2)]
+
+    def generate(self, request: Request) -> Generation:
+        tags = set(request.scenario.tags)
+        fixed = "fixed" in tags
+        request.on_phase("prefill")
+        if "stray" in tags:  # the toy loop has no prefill: every step is a decode step
+            tokens = [user.greedy_decode(self.embed, self.head, request.prompt_ids[0][0] % VOCAB,
+                                         request.scenario.max_new_tokens, stray=not fixed,
+                                         on_start=lambda: request.on_phase("decode"))]
+            return Generation(tokens=tokens, texts=[""], decode_steps=len(tokens[0]))
+        token = torch.tensor([request.prompt_ids[0][0] % VOCAB], device=self.devices[0])
+        out: list[int] = []
+        for step in range(request.scenario.max_new_tokens):
+            if step == 1:
+                request.on_phase("decode")
+            hidden = self.embed[token]  # [1, HIDDEN]
+            if "bug:4" in tags:
+                hidden = user.quantized_linear(hidden, self.qweight, self.scale, fixed=fixed)
+            if "bug:2" in tags:
+                user.attend_with_past(hidden.view(1, 1, 1, HIDDEN), past_len=4, fixed=fixed)
+            if "bug:3" in tags:
+                self.cache = user.reorder_cache(self.cache, BEAMS, fixed=2 if fixed else 0)
+            logits = hidden.to(self.head.device) @ self.head
+            if "bug:1" in tags:
+                logits = user.apply_logit_bias(logits, self.bias, fixed=fixed)
+            token = logits.argmax(-1)
+            out.append(int(token.cpu()[0]))
+            token = token.to(self.devices[0])
+        return Generation(tokens=[out], texts=[""])

@@ -1,0 +1,87 @@
+"""The four founding bugs and a silent round trip, in a user's module, run through the
+harness on simulated GPUs: each fails with the op, the devices and the user's line; with
+the upstream fix the same scenario passes with CPU parity; nothing fails on `cpu`."""
+
+from __future__ import annotations
+
+import pytest
+
+import tests.plugins.user_bug_engines  # noqa: F401  (registers the user-bugs engine)
+from harness.cases import Case, DeviceTarget
+from harness.loader import LoadedScenario
+from harness.runner import OracleCache, RunOptions, run_case
+from harness.scenario import DeviceSpec, Scenario
+from tests.sim_user_bugs import marked_line
+
+
+def _run(tags: list[str], device: str, simulated: bool = True, **fields):
+    scenario = Scenario.model_validate({"name": "user", "description": "d", "prompt": "The", "max_new_tokens": 6,
+                                        "engines": ["user-bugs"], "tags": tags, "stop_at_eos": False, **fields})
+    case = Case(LoadedScenario(scenario, "user.yaml", 1), "user-bugs", DeviceTarget(DeviceSpec(device=device), simulated))
+    return run_case(case, RunOptions(), OracleCache())
+
+
+BUGS = [
+    # tag, device, op, devices as PyTorch orders them
+    ("bug:1", "cuda:0", "add", ["cpu", "cuda:0"]),
+    ("bug:2", "cuda:0", "cat", ["cuda:0", "cpu"]),
+    ("bug:3", "auto", "index_select", ["cpu", "cuda:0"]),
+    ("bug:4", "cuda:0", "mm", ["cuda:0", "cpu"]),
+]
+
+
+@pytest.mark.parametrize(("tag", "device", "op", "devices"), BUGS)
+def test_each_founding_bug_fails_with_op_devices_and_the_users_line(tag, device, op, devices) -> None:
+    result = _run([tag], device)
+    assert result.status == "failed", result.summary_line()
+    [failure] = result.failures
+    assert failure.check == "mismatch"
+    assert result.error is not None
+    assert result.error["op"] == op
+    assert sorted(result.error["devices"]) == sorted(devices)
+    assert result.error["site"] == f"tests/sim_user_bugs.py:{marked_line('BUG ' + tag[-1])}"
+    assert result.error["message"].startswith("Expected all tensors to be on the same device")
+
+
+@pytest.mark.parametrize(("tag", "device"), [(tag, device) for tag, device, _, _ in BUGS])
+def test_the_upstream_fix_passes_with_cpu_parity(tag, device) -> None:
+    result = _run([tag, "fixed"], device)
+    cpu = _run([tag], "cpu", simulated=False)
+    assert result.status == "passed", result.summary_line()
+    assert cpu.status == "passed", "no false alarm on cpu, even with the bug in place"
+    assert result.tokens == cpu.tokens
+
+
+def test_the_cuda0_index_against_a_cuda1_layer_is_caught_too() -> None:
+    from harness.devices import simulated_gpus
+    from harness.errors import describe
+    from tests.sim_user_bugs import reorder_cache
+
+    with simulated_gpus(count=2):
+        import torch
+
+        layers = [torch.zeros(3, 2, device="cuda:0"), torch.zeros(3, 2, device="cuda:1")]
+        with pytest.raises(RuntimeError) as caught:
+            reorder_cache(layers, 3, fixed=1)
+    info = describe(caught.value)
+    assert info.mismatch and info.op == "index_select" and set(info.devices) == {"cuda:0", "cuda:1"}
+
+
+# The clean loop reads each token back with .item(): one sync per token, nothing else.
+BUDGET = {"checks": {"transfers": {"decode": {"h2d": 0, "d2h": 0, "syncs": 1}}}}
+
+
+def test_a_silent_round_trip_passes_untracked_but_fails_the_budget_with_counts_and_site() -> None:
+    untracked = _run(["stray"], "cuda:0")
+    assert untracked.status == "passed", "the stray copy raises nothing"
+    budgeted = _run(["stray"], "cuda:0", **BUDGET)
+    assert budgeted.status == "failed"
+    messages = sorted(f.message for f in budgeted.failures)
+    site = f"tests/sim_user_bugs.py:{marked_line('STRAY')}"
+    assert messages[0].startswith("d2h: 1 per decode token (budget 0; 128 bytes per decode token; over 6 decode tokens)")
+    assert messages[1].startswith("h2d: 1 per decode token (budget 0; 128 bytes per decode token; over 6 decode tokens)")
+    assert all(site in m for m in messages), messages
+
+
+def test_without_the_round_trip_the_budget_holds() -> None:
+    assert _run(["stray", "fixed"], "cuda:0", **BUDGET).status == "passed"
