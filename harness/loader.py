@@ -110,7 +110,7 @@ def load_file(path: Path) -> LoadResult:
             result.errors.append(_at(display, item, prefix.rstrip("."), f"expected a scenario mapping, got {_kind(item)}"))
             continue
         try:
-            data = yaml.SafeLoader.construct_document(_Constructor(), item)  # type: ignore[arg-type]
+            data = _Constructor().construct_document(item)
         except yaml.YAMLError as exc:
             result.errors.append(_yaml_error(display, exc))
             continue

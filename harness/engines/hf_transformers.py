@@ -60,6 +60,7 @@ class PhaseMarker:
 @register
 class TransformersEngine(Engine):
     name = "transformers"
+    model: Any  # a PreTrainedModel, possibly dispatched by accelerate
     capabilities = Capabilities(
         features=frozenset({"logit_bias", "beam_search"}),
         devices=frozenset({"cpu", "cuda", "auto"}),
@@ -78,7 +79,7 @@ class TransformersEngine(Engine):
     def load(self, request: Request, placement: Placement) -> None:
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(request.model_dir, dtype=_DTYPES[request.scenario.model.dtype])
+        model: Any = AutoModelForCausalLM.from_pretrained(request.model_dir, dtype=_DTYPES[request.scenario.model.dtype])
         model.eval()
         if placement.kind == "auto":
             from accelerate import dispatch_model
@@ -113,7 +114,9 @@ class TransformersEngine(Engine):
             kwargs |= {"num_beams": beams.num_beams, "length_penalty": beams.length_penalty,
                        "num_return_sequences": beams.num_return, "output_scores": True,
                        "return_dict_in_generate": True, "early_stopping": True}
-        tokens, notes, extra = [], [], {"beams": []}
+        tokens: list[list[int]] = []
+        notes: list[str] = []
+        extra: dict[str, Any] = {"beams": []}
         decode_steps = 0
         for ids in request.prompt_ids:
             self.phases.start(request)

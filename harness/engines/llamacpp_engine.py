@@ -9,6 +9,7 @@ other scenario loads the f32 file. `cuda:0` offloads every layer (needs a CUDA b
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ from harness.engines.reference import resolve_logit_bias
 @register
 class LlamaCppEngine(Engine):
     name = "llamacpp"
+    llm: Any
     capabilities = Capabilities(
         features=frozenset({"logit_bias", "json_schema", "quantization"}),
         devices=frozenset({"cpu", "cuda"}),
@@ -54,7 +56,7 @@ class LlamaCppEngine(Engine):
     def generate(self, request: Request) -> Generation:
         s = request.scenario
         bias = resolve_logit_bias(request)
-        processors = None
+        processors: Any = None
         if bias:
             ids, values = np.array(list(bias)), np.array(list(bias.values()), dtype=np.float32)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from harness.engines import register
 from harness.engines.base import Capabilities, Engine, Generation, Placement, Request
@@ -23,6 +24,7 @@ _PASS_THROUGH_TEMPLATE = '{{ messages[0]["content"] }}'
 @register
 class MistralRsEngine(Engine):
     name = "mistralrs"
+    runner: Any
     capabilities = Capabilities(
         features=frozenset({"logit_bias", "json_schema"}),
         devices=frozenset({"cpu"}),
@@ -50,9 +52,10 @@ class MistralRsEngine(Engine):
         template = directory / "passthrough_chat_template.jinja"
         if not template.exists():
             template.write_text(_PASS_THROUGH_TEMPLATE)
+        which = Which.Plain(model_id=str(directory), tokenizer_json=str(directory / "tokenizer.json"),
+                            arch=Architecture.Llama)
         self.runner = Runner(
-            which=Which.Plain(model_id=str(directory), tokenizer_json=str(directory / "tokenizer.json"),
-                              arch=Architecture.Llama),
+            which=which,  # type: ignore[arg-type]  # the stub types Which's variants apart
             # No `seed=`: the CPU build refuses it ("cannot seed the CPU rng"); sampled runs
             # are therefore not reproducible and parity for them is text-level at best.
             token_source="none", no_paged_attn=True, chat_template=str(template),

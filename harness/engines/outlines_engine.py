@@ -13,6 +13,7 @@ and does not follow beam reordering, so `num_beams > 1` fails on CPU already wit
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import torch
 
@@ -24,6 +25,7 @@ from harness.engines.hf_transformers import TransformersEngine
 @register
 class OutlinesEngine(Engine):
     name = "outlines"
+    model: Any
     capabilities = Capabilities(
         features=frozenset({"json_schema"}),
         devices=frozenset({"cpu", "cuda", "auto"}),
@@ -47,7 +49,7 @@ class OutlinesEngine(Engine):
         self.hf = TransformersEngine()
         self.hf.load(request, placement)
         tokenizer = AutoTokenizer.from_pretrained(request.model_dir)
-        self.model = outlines.from_transformers(self.hf.model, tokenizer)
+        self.model = outlines.from_transformers(self.hf.model, tokenizer)  # type: ignore[arg-type]
 
     def generate(self, request: Request) -> Generation:
         import outlines
@@ -69,7 +71,7 @@ class OutlinesEngine(Engine):
         for prompt in s.prompt_list:
             self.hf.phases.start(request)
             torch.manual_seed(s.sampling.seed)
-            texts.append(generator(prompt, **kwargs))
+            texts.append(str(generator(prompt, **kwargs)))
             steps += self.hf.phases.stop()
         return Generation(tokens=[[] for _ in texts], texts=texts, decode_steps=steps)
 
