@@ -42,6 +42,7 @@ class Execution:
     prompt_ids: list[list[int]] = field(default_factory=list)
     encode: Callable[[str], list[int]] = lambda text: []
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 class _PhaseClock:
@@ -85,15 +86,20 @@ def build_request(case: Case, on_phase: Callable[[str], None]) -> Request:
 
 
 @contextlib.contextmanager
-def device_context(target: DeviceTarget, ledger: Ledger) -> Iterator[None]:
+def device_context(target: DeviceTarget, ledger: Ledger, notes: list[str] | None = None) -> Iterator[None]:
     """Simulated GPUs for sim targets; the transfer tracker for real GPUs. On a plain CPU
     device nothing is a transfer or a sync, so nothing is tracked and budgets hold."""
     from harness import devices
 
     with torch.no_grad():
         if target.simulated:
-            with devices.simulated_gpus(count=max(target.spec.gpus_needed, 1), ledger=ledger):
-                yield
+            with devices.simulated_gpus(count=max(target.spec.gpus_needed, 1), ledger=ledger) as simulation:
+                try:
+                    yield
+                finally:
+                    # GPU-only code paths that hit a kernel the CPU lacks: reported, not hidden.
+                    if notes is not None:
+                        notes += [f"kernel_gaps: {gap}" for gap in simulation.kernel_gaps]
         elif target.kind != "cpu":
             with devices.track_transfers(ledger):  # real CUDA: profiler memcpy events + sync hooks
                 yield
@@ -114,7 +120,7 @@ def execute(case: Case) -> Execution:
     try:
         request = build_request(case, clock)
         run.prompt_ids, run.encode = request.prompt_ids, request.encode
-        with device_context(case.target, run.ledger):
+        with device_context(case.target, run.ledger, run.notes):
             engine = get_engine(case.engine)()
             if torch.cuda.is_available() and not case.target.simulated:
                 torch.cuda.reset_peak_memory_stats()
@@ -210,7 +216,7 @@ def run_case(case: Case, options: RunOptions, oracles: OracleCache | None) -> Ca
     result.timings = run.timings
     result.peak_memory_bytes = run.peak_memory_bytes
     result.ledger = None if run.ledger.is_empty() and not run.ledger.decode_tokens else run.ledger.to_json()
-    result.notes += [f"warning: {w}" for w in run.warnings]
+    result.notes += run.notes + [f"warning: {w}" for w in run.warnings]
     if run.generation is not None:
         result.tokens, result.texts = run.generation.tokens, run.generation.texts
         result.notes += run.generation.notes

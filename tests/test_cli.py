@@ -133,3 +133,14 @@ def test_sigkill_loses_at_most_the_case_in_flight(tmp_path: Path, write_scenario
     assert raw.endswith("\n"), "no torn line: each case is one write"
     cases = [json.loads(line) for line in raw.splitlines()]
     assert len(cases) >= 2 and len({c["id"] for c in cases}) == len(cases)
+
+
+def test_concurrent_runs_into_one_results_root_never_clobber_each_other(tmp_path: Path, write_scenario) -> None:
+    write_scenario("tiny.yaml", TINY_GREEDY)
+    command = [sys.executable, "-m", "harness.cli", "run", "scenarios", "--results", "res", "--no-progress", "--isolation", "none"]
+    procs = [subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(3)]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0, 0]
+    dirs = run_dirs(tmp_path / "res")
+    assert len(dirs) == 3, "each run gets its own run id"
+    for run_dir in dirs:
+        assert len((run_dir / "cases.jsonl").read_text().splitlines()) == 2

@@ -85,3 +85,11 @@ def test_a_silent_round_trip_passes_untracked_but_fails_the_budget_with_counts_a
 
 def test_without_the_round_trip_the_budget_holds() -> None:
     assert _run(["stray", "fixed"], "cuda:0", **BUDGET).status == "passed"
+
+
+def test_a_gpu_only_path_missing_a_cpu_kernel_is_a_reported_kernel_gap_not_a_failure() -> None:
+    result = _run(["gpu-only-path"], "cuda:0")
+    assert result.status == "skipped", result.summary_line()
+    assert result.reason.startswith("kernel gap: a GPU-only code path hit a kernel the CPU lacks")
+    assert any(note.startswith("kernel_gaps: ") for note in result.notes)
+    assert _run(["gpu-only-path"], "cpu", simulated=False).status == "passed"

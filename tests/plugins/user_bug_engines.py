@@ -46,6 +46,8 @@ class UserBugsEngine(Engine):
             if step == 1:
                 request.on_phase("decode")
             hidden = self.embed[token]  # [1, HIDDEN]
+            if "gpu-only-path" in tags and hidden.device.type == "cuda":
+                torch.histc(token.int(), bins=4)  # a CUDA kernel exists for int32; the CPU's does not
             if "bug:4" in tags:
                 hidden = user.quantized_linear(hidden, self.qweight, self.scale, fixed=fixed)
             if "bug:2" in tags:
