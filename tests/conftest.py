@@ -4,8 +4,19 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest_plugins = ["pytester"]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """One intra-op thread, as the case workers use: on 2 shared cores a second OpenMP thread
+    spin-waiting for a busy core makes decode up to 40x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 REPO = Path(__file__).resolve().parent.parent
 

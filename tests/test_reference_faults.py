@@ -20,14 +20,6 @@ from reference_impl.constrained import JsonConstraint
 FAULTS_FILE = Path(__file__).resolve().parent.parent / "scenarios" / "faults.yaml"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class CountMoves(TorchFunctionMode):
     """Counts `.cpu()` calls and `.to()` calls that name a device."""
 

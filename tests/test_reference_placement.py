@@ -13,14 +13,6 @@ from reference_impl import GenerateConfig, beam_search, generate, load_model
 from reference_impl.placement import split_layers
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_layers_are_split_into_contiguous_balanced_groups():
     plan = [d.index for d in split_layers(5, ["cuda:0", "cuda:1"])]
     assert plan == [0, 0, 0, 1, 1], f"5 layers on 2 devices: {plan}"

@@ -25,14 +25,6 @@ gguf = pytest.importorskip("gguf")
 GGML = {"q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def weights(*shape: int, seed: int = 0) -> torch.Tensor:
     w = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
     w[..., 0, :32] = 0.0  # an all-zero block: scale 0 must not divide by zero
