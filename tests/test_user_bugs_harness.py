@@ -93,3 +93,21 @@ def test_a_gpu_only_path_missing_a_cpu_kernel_is_a_reported_kernel_gap_not_a_fai
     assert result.reason.startswith("kernel gap: a GPU-only code path hit a kernel the CPU lacks")
     assert any(note.startswith("kernel_gaps: ") for note in result.notes)
     assert _run(["gpu-only-path"], "cpu", simulated=False).status == "passed"
+
+
+def test_a_silent_numeric_divergence_fails_parity_through_teacher_forcing() -> None:
+    result = _run(["diverge"], "cuda:0")
+    assert result.status == "failed", result.summary_line()
+    [failure] = result.failures
+    assert failure.check == "parity"
+    assert "output diverges from the CPU run at prompt 0, step 0" in failure.message
+    assert "device chose 63" in failure.message
+    assert "teacher-forced logits differ by up to 500" in failure.message
+
+
+def test_a_near_tie_flip_on_the_device_is_a_note_not_a_failure() -> None:
+    result = _run(["near-tie"], "cuda:0")
+    cpu = _run(["near-tie"], "cpu", simulated=False)
+    assert result.tokens != cpu.tokens, "the nudge must flip the tied argmax for this test to mean anything"
+    assert result.status == "passed", result.summary_line()
+    assert any("a near tie, not a bug" in note for note in result.notes)

@@ -17,7 +17,7 @@ VOCAB, HIDDEN, BEAMS = 64, 32, 3
 @register
 class UserBugsEngine(Engine):
     name = "user-bugs"
-    capabilities = Capabilities(devices=frozenset({"cpu", "cuda", "auto"}), simulated=True, teacher_forcing=False)
+    capabilities = Capabilities(devices=frozenset({"cpu", "cuda", "auto"}), simulated=True)
 
     def load(self, request: Request, placement: Placement) -> None:
         g = torch.Generator().manual_seed(0)
@@ -26,6 +26,10 @@ class UserBugsEngine(Engine):
         self.embed = torch.randn(VOCAB, HIDDEN, generator=g).to(first)
         self.head = (torch.randn(HIDDEN, VOCAB, generator=g) * 10).to(last)
         self.bias = torch.zeros(VOCAB).to(last)
+        self.tags: set[str] = set(request.scenario.tags)
+        if "near-tie" in self.tags:  # token 7 ties token 3 exactly; a 1e-3 nudge on the GPU flips it
+            self.head[:, 7] = self.head[:, 3]
+            self.embed = (self.embed.cpu() * 0 + self.head.cpu()[:, 3]).to(first)  # every step picks 3 or 7
         self.qweight = torch.randint(-127, 127, (HIDDEN, HIDDEN), generator=g, dtype=torch.int8).to(first)
         self.scale = torch.full((HIDDEN, 1), 0.01).to(first)
         # Two cache layers, split over the devices like device_map="auto".
@@ -54,10 +58,24 @@ class UserBugsEngine(Engine):
                 user.attend_with_past(hidden.view(1, 1, 1, HIDDEN), past_len=4, fixed=fixed)
             if "bug:3" in tags:
                 self.cache = user.reorder_cache(self.cache, BEAMS, fixed=2 if fixed else 0)
-            logits = hidden.to(self.head.device) @ self.head
+            logits = self._logits(hidden)
             if "bug:1" in tags:
                 logits = user.apply_logit_bias(logits, self.bias, fixed=fixed)
             token = logits.argmax(-1)
             out.append(int(token.cpu()[0]))
             token = token.to(self.devices[0])
         return Generation(tokens=[out], texts=[""])
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = hidden.to(self.head.device) @ self.head  # [S, VOCAB]
+        on_gpu = logits.device.type == "cuda"
+        if "diverge" in self.tags and on_gpu:  # llama.cpp #5137: partial offload, silently wrong
+            logits = logits + torch.nn.functional.one_hot(torch.tensor(VOCAB - 1, device=logits.device), VOCAB) * 500
+        if "near-tie" in self.tags and on_gpu:  # rounding on another device: a harmless flip
+            logits = logits + torch.nn.functional.one_hot(torch.tensor(7, device=logits.device), VOCAB) * 1e-3
+        return logits
+
+    def teacher_forced_logits(self, ids: list[int]) -> torch.Tensor:
+        """The toy model has no context: position i's logits depend on token i alone."""
+        tokens = torch.tensor([i % VOCAB for i in ids], device=self.devices[0])
+        return self._logits(self.embed[tokens]).cpu()
