@@ -8,6 +8,7 @@ marked by a logits processor: its first call comes right after the prefill forwa
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import torch
@@ -57,12 +58,53 @@ class PhaseMarker:
         self.forwards += 1
 
 
+class JsonSchemaProcessor:
+    """A transformers logits processor constraining every row to a JSON schema with
+    llguidance (the reference implementation's `JsonConstraint`: mask computed on the host,
+    applied on the scores' device). Rows are re-synchronised from `input_ids` each step, so
+    beam search's reordering is followed too. Reading the generated ids back costs one
+    device-to-host copy per step: a host-side grammar needs the tokens."""
+
+    def __init__(self, request: Request, prompt_len: int, rows: int) -> None:
+        self.request, self.prompt_len, self.rows = request, prompt_len, rows
+        self.consumed: list[list[int]] = [[] for _ in range(rows)]
+        self.constraint: Any = None
+
+    def _build(self, device: torch.device) -> None:
+        """On the first call, on the scores' device: under accelerate's split, generate()
+        hands processors scores on the input ids' device, not the lm_head's (a first version
+        built it on the lm_head's device and the harness caught it: cuda:0 vs cuda:1)."""
+        from reference_impl.constrained import JsonConstraint
+
+        schema = self.request.scenario.features.json_schema
+        assert schema is not None
+        directory = self.request.model_dir
+        vocab = json.loads((directory / "config.json").read_text())["vocab_size"]
+        self.constraint = JsonConstraint(schema.schema_, str(directory / "tokenizer.json"), self.rows, vocab,
+                                         self.request.eos_id, device)
+        self.fresh = self.constraint.matchers[0].deep_copy()
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.constraint is None:
+            self._build(scores.device)
+        generated = input_ids[:, self.prompt_len:].tolist()
+        for row, tokens in enumerate(generated):
+            done = self.consumed[row]
+            if tokens[: len(done)] != done:  # a beam took over this row: replay its history
+                self.constraint.matchers[row] = self.fresh.deep_copy()
+                done = []
+            if len(tokens) > len(done):
+                self.constraint.advance(tokens[len(done):], rows=[row] * (len(tokens) - len(done)))
+            self.consumed[row] = tokens
+        return self.constraint.apply(scores)
+
+
 @register
 class TransformersEngine(Engine):
     name = "transformers"
     model: Any  # a PreTrainedModel, possibly dispatched by accelerate
     capabilities = Capabilities(
-        features=frozenset({"logit_bias", "beam_search"}),
+        features=frozenset({"logit_bias", "beam_search", "json_schema"}),
         devices=frozenset({"cpu", "cuda", "auto"}),
         simulated=True,
     )
@@ -122,6 +164,11 @@ class TransformersEngine(Engine):
             self.phases.start(request)
             torch.manual_seed(s.sampling.seed)
             prompt = torch.tensor([ids], device=self.input_device)
+            if s.features.json_schema is not None:
+                from transformers import LogitsProcessorList
+
+                rows = beams.num_beams if beams is not None else 1
+                kwargs["logits_processor"] = LogitsProcessorList([JsonSchemaProcessor(request, len(ids), rows)])
             out = self.model.generate(prompt, **kwargs)
             decode_steps += self.phases.stop()
             if beams is not None:
