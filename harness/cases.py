@@ -126,11 +126,6 @@ def skip_reason(case: Case) -> tuple[str, bool] | None:
 
 @lru_cache(maxsize=1)
 def simulation_unavailable_reason() -> str | None:
-    try:
-        import harness.devices as devices
-    except ImportError as exc:
-        return f"cannot import harness.devices ({exc})"
-    if not hasattr(devices, "simulated_gpus"):
-        return "harness.devices has no simulated_gpus"
-    check = getattr(devices, "unavailable_reason", None)
-    return check() if check else None
+    from harness.devices import unavailable_reason
+
+    return unavailable_reason()

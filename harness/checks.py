@@ -13,7 +13,7 @@ import torch
 
 from harness.errors import ErrorInfo
 from harness.ledger import KINDS, Ledger
-from harness.results import CaseResult
+from harness.results import CaseResult, Failure
 from harness.scenario import Budget, ParityCheck, Scenario
 
 _BUDGET_KINDS = {"h2d": "h2d", "d2h": "d2h", "d2d": "d2d", "syncs": "sync"}
@@ -146,9 +146,7 @@ def apply_expectations(result: CaseResult, scenario: Scenario, error: ErrorInfo 
         result.status = "failed" if result.failures else "passed"
 
 
-def _missed(check: str):
-    from harness.results import Failure
-
+def _missed(check: str) -> Failure:
     return Failure("expect_failure", f"expected the {check} check to fail (the injected bug), but it passed: the bug went undetected")
 
 

@@ -23,6 +23,7 @@ from harness.engines.base import Engine, Generation, Request
 from harness.errors import ErrorInfo, describe
 from harness.ledger import Ledger
 from harness.results import CaseResult
+from harness.scenario import DeviceSpec
 
 
 @dataclass
@@ -162,15 +163,12 @@ class OracleCache:
     def get(self, case: Case) -> CaseResult:
         key = (case.loaded.path, case.loaded.line, case.engine)
         if key not in self._results:
-            cpu_case = Case(case.loaded, case.engine, _cpu_target(case))
+            cpu_case = Case(case.loaded, case.engine, _CPU)
             self._results[key] = run_case(cpu_case, RunOptions(), oracles=None)
         return self._results[key]
 
 
-def _cpu_target(case: Case) -> DeviceTarget:
-    from harness.scenario import DeviceSpec
-
-    return DeviceTarget(DeviceSpec(device="cpu"), simulated=False)
+_CPU = DeviceTarget(DeviceSpec(device="cpu"), simulated=False)
 
 
 def cpu_scorer(case: Case) -> Callable[[list[int]], torch.Tensor]:
@@ -178,7 +176,7 @@ def cpu_scorer(case: Case) -> Callable[[list[int]], torch.Tensor]:
     only when device tokens differ from the CPU's)."""
 
     def score(ids: list[int]) -> torch.Tensor:
-        cpu_case = Case(case.loaded, case.engine, _cpu_target(case))
+        cpu_case = Case(case.loaded, case.engine, _CPU)
         engine = get_engine(case.engine)()
         request = build_request(cpu_case, lambda phase: None)
         with torch.no_grad():
