@@ -147,7 +147,8 @@ class ScenarioItem(pytest.Item):
             run_dir.append(result)
         self.user_properties.append(("samedevice_status", result.status))
         if result.status == "skipped":
-            pytest.skip(result.reason)
+            # Reported at the scenario's file:line (reportinfo), not at this line.
+            raise pytest.skip.Exception(result.reason, _use_item_location=True)
         if result.status in ("failed", "error"):
             raise CaseFailed(result)
 
