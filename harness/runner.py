@@ -47,15 +47,20 @@ class Execution:
 
 
 class _PhaseClock:
-    """Splits wall time and the ledger into load / prefill / decode as the engine reports."""
+    """Splits wall time and the ledger into load / prefill / decode as the engine reports.
+    On a real GPU, work is asynchronous: the device is synchronised at each boundary so a
+    phase's time is the time its kernels took, not the time to queue them."""
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: Ledger, real_gpu: bool = False) -> None:
         self.ledger = ledger
+        self.synchronize = torch.cuda.synchronize if real_gpu else None
         self.totals = {"load": 0.0, "prefill": 0.0, "decode": 0.0}
         self.phase = "load"
         self.since = time.perf_counter()
 
     def __call__(self, phase: str) -> None:
+        if self.synchronize is not None:
+            self.synchronize()
         now = time.perf_counter()
         self.totals[self.phase] += now - self.since
         self.phase, self.since = phase, now
@@ -111,7 +116,7 @@ def device_context(target: DeviceTarget, ledger: Ledger, notes: list[str] | None
 def execute(case: Case) -> Execution:
     """Load and generate; any exception becomes `Execution.error`, never the run's."""
     run = Execution()
-    clock = _PhaseClock(run.ledger)
+    clock = _PhaseClock(run.ledger, real_gpu=case.target.kind != "cpu" and not case.target.simulated)
     engine: Engine | None = None
     # An engine's warnings are the engine's business: recorded as notes, never raised
     # (pytest's filterwarnings=error must not turn a deprecation inside outlines into a failure).
