@@ -16,7 +16,8 @@ from pathlib import Path
 
 from harness import __version__
 
-DEFAULT_SCENARIOS = Path("scenarios")
+# ./scenarios where it exists, else the suite bundled next to the harness package.
+DEFAULT_SCENARIOS = Path("scenarios") if Path("scenarios").is_dir() else Path(__file__).resolve().parent.parent / "scenarios"
 DEFAULT_TIMEOUT = 600.0
 
 

@@ -99,7 +99,8 @@ def device_context(target: DeviceTarget, ledger: Ledger, notes: list[str] | None
 
     with torch.no_grad():
         if target.simulated:
-            with devices.simulated_gpus(count=max(target.spec.gpus_needed, 1), ledger=ledger) as simulation:
+            count = max(target.spec.gpus_needed, int(os.environ.get("SAMEDEVICE_SIM_GPUS", "2")))
+            with devices.simulated_gpus(count=count, ledger=ledger) as simulation:
                 try:
                     yield
                 finally:
