@@ -54,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
                           "(default); none: in this process (debugging)")
     run.add_argument("--shard", default=None, metavar="I/N",
                      help="run only shard I of N (deterministic, balanced by expected cost)")
-    run.add_argument("--junit", type=Path, default=None, metavar="FILE", help="also write JUnit XML here")
+    run.add_argument("--junit", type=Path, default=None, metavar="FILE",
+                     help="also write JUnit XML here (default: only results/<run-id>/junit.xml)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown on a terminal)")
     run.set_defaults(func=cmd_run)
 
@@ -186,9 +187,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         info |= {"finished": time.time(), "interrupted": interrupted, "cases_finished": len(results)}
         run_dir.write_run_info(info)
         (run_dir.path / "report.md").write_text(report.markdown(results, info, [str(e) for e in errors]))
-        if args.junit:
-            from harness.junit import write_junit
+        from harness.junit import write_junit
 
+        write_junit(results, run_dir.path / "junit.xml")  # every run has one
+        if args.junit:
             write_junit(results, args.junit)
 
     console.print(report.console_table(results))

@@ -50,6 +50,7 @@ def test_run_writes_one_line_per_case_and_a_report(tmp_path: Path, write_scenari
     info = json.loads((run_dir / "run.json").read_text())
     assert {"python", "torch", "transformers", "samedevice", "git_commit", "host", "devices", "started", "finished"} <= set(info)
     assert "tiny-greedy[reference-cpu]" in (run_dir / "report.md").read_text()
+    assert 'tests="2"' in (run_dir / "junit.xml").read_text()
     assert "2 passed" in out.stderr
 
 
