@@ -71,6 +71,12 @@ def expand(loaded: LoadedScenario) -> list[Case]:
     return cases
 
 
+def selected(case: Case, engines: list[str], devices: list[str]) -> bool:
+    """The `--engine` / `--device` filters shared by the CLI and the pytest plugin (empty:
+    everything)."""
+    return (not engines or case.engine in engines) and matches_device_filter(case, devices)
+
+
 def matches_device_filter(case: Case, wanted: list[str]) -> bool:
     """`--device` values: a label (`cpu`, `cuda:0`, `sim:auto`), `sim` (every simulated
     case), `gpu` (every real GPU case) or `all`."""

@@ -95,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _select(args: argparse.Namespace):
-    from harness.cases import expand, matches_device_filter
+    from harness.cases import expand, selected
     from harness.loader import load_paths
 
     paths = args.paths or [DEFAULT_SCENARIOS]
@@ -104,9 +104,7 @@ def _select(args: argparse.Namespace):
         raise SystemExit(f"samedevice: error: no such file or directory: {missing[0]}")
     loaded = load_paths(paths)
     cases = [c for s in loaded.scenarios for c in expand(s)]
-    if args.engine:
-        cases = [c for c in cases if c.engine in args.engine]
-    cases = [c for c in cases if matches_device_filter(c, args.device)]
+    cases = [c for c in cases if selected(c, args.engine, args.device)]
     if getattr(args, "keyword", None):
         cases = [c for c in cases if args.keyword in c.id]
     return loaded.errors, cases

@@ -105,7 +105,7 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector):
 
 class ScenarioFile(pytest.File):
     def collect(self):
-        from harness.cases import expand, matches_device_filter
+        from harness.cases import expand, selected
         from harness.loader import load_file
 
         loaded = load_file(self.path)
@@ -115,9 +115,7 @@ class ScenarioFile(pytest.File):
         engines = self.config.getoption("samedevice_engine")
         for scenario in loaded.scenarios:
             for case in expand(scenario):
-                if engines and case.engine not in engines:
-                    continue
-                if not matches_device_filter(case, devices):
+                if not selected(case, engines, devices):
                     continue
                 self.config._samedevice_has_cases = True  # type: ignore[attr-defined]
                 item = ScenarioItem.from_parent(self, name=case.id, case=case)

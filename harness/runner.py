@@ -118,12 +118,24 @@ def execute(case: Case) -> Execution:
     """Load and generate; any exception becomes `Execution.error`, never the run's."""
     run = Execution()
     clock = _PhaseClock(run.ledger, real_gpu=case.target.kind != "cpu" and not case.target.simulated)
-    engine: Engine | None = None
     # An engine's warnings are the engine's business: recorded as notes, never raised
     # (pytest's filterwarnings=error must not turn a deprecation inside outlines into a failure).
-    caught = warnings.catch_warnings(record=True)
-    recorded = caught.__enter__()
-    warnings.simplefilter("always")
+    with warnings.catch_warnings(record=True) as recorded:
+        warnings.simplefilter("always")
+        _generate(case, run, clock)
+    run.warnings = list(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in recorded))[:5]
+    if run.generation is not None:
+        steps = run.generation.decode_steps
+        run.ledger.decode_tokens = steps if steps is not None else sum(max(len(t) - 1, 0) for t in run.generation.tokens)
+    run.timings["prefill_s"] = round(clock.totals["prefill"], 6)
+    run.timings["decode_s"] = round(clock.totals["decode"], 6)
+    if run.ledger.decode_tokens and clock.totals["decode"] > 0:
+        run.timings["decode_tokens_per_s"] = round(run.ledger.decode_tokens / clock.totals["decode"], 2)
+    return run
+
+
+def _generate(case: Case, run: Execution, clock: _PhaseClock) -> None:
+    engine: Engine | None = None
     try:
         request = build_request(case, clock)
         run.prompt_ids, run.encode = request.prompt_ids, request.encode
@@ -147,16 +159,6 @@ def execute(case: Case) -> Execution:
         if engine is not None:
             with contextlib.suppress(Exception):
                 engine.close()
-        caught.__exit__(None, None, None)
-    run.warnings = list(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in recorded))[:5]
-    if run.generation is not None:
-        steps = run.generation.decode_steps
-        run.ledger.decode_tokens = steps if steps is not None else sum(max(len(t) - 1, 0) for t in run.generation.tokens)
-    run.timings["prefill_s"] = round(clock.totals["prefill"], 6)
-    run.timings["decode_s"] = round(clock.totals["decode"], 6)
-    if run.ledger.decode_tokens and clock.totals["decode"] > 0:
-        run.timings["decode_tokens_per_s"] = round(run.ledger.decode_tokens / clock.totals["decode"], 2)
-    return run
 
 
 class OracleCache:
@@ -166,8 +168,16 @@ class OracleCache:
     def __init__(self) -> None:
         self._results: dict[tuple[str, int, str], CaseResult] = {}
 
+    @staticmethod
+    def _key(case: Case) -> tuple[str, int, str]:
+        return (case.loaded.path, case.loaded.line, case.engine)
+
+    def remember(self, case: Case, result: CaseResult) -> None:
+        """A CPU case just run is the oracle of its scenario: no second CPU run for parity."""
+        self._results.setdefault(self._key(case), result)
+
     def get(self, case: Case) -> CaseResult:
-        key = (case.loaded.path, case.loaded.line, case.engine)
+        key = self._key(case)
         if key not in self._results:
             cpu_case = Case(case.loaded, case.engine, _CPU)
             self._results[key] = run_case(cpu_case, RunOptions(), oracles=None)
@@ -177,18 +187,17 @@ class OracleCache:
 _CPU = DeviceTarget(DeviceSpec(device="cpu"), simulated=False)
 
 
-def cpu_scorer(case: Case) -> Callable[[list[int]], torch.Tensor]:
-    """Teacher-forced logits from a fresh CPU load of the case's engine (rare path:
-    only when device tokens differ from the CPU's)."""
+def scorer(case: Case, target: DeviceTarget) -> Callable[[list[int]], torch.Tensor]:
+    """Teacher-forced logits (float32, CPU) from a fresh load of the case's engine on
+    `target`. A rare path: only when device tokens differ from the CPU's."""
 
     def score(ids: list[int]) -> torch.Tensor:
-        cpu_case = Case(case.loaded, case.engine, _CPU)
         engine = get_engine(case.engine)()
-        request = build_request(cpu_case, lambda phase: None)
-        with torch.no_grad():
-            engine.load(request, cpu_case.target.placement())
+        request = build_request(Case(case.loaded, case.engine, target), lambda phase: None)
+        with device_context(target, Ledger()):
+            engine.load(request, target.placement())
             try:
-                return engine.teacher_forced_logits(ids)
+                return engine.teacher_forced_logits(ids).float().cpu()
             finally:
                 engine.close()
 
@@ -241,6 +250,8 @@ def run_case(case: Case, options: RunOptions, oracles: OracleCache | None) -> Ca
             _parity(case, result, oracles, run)
     checks.apply_expectations(result, case.scenario, run.error)
     _demote_findings(result, get_engine(case.engine).capabilities.findings)
+    if oracles is not None and case.target.kind == "cpu":
+        oracles.remember(case, result)
     return _finish(result)
 
 
@@ -257,23 +268,11 @@ def _demote_findings(result: CaseResult, findings: frozenset[str]) -> None:
 
 def _parity(case: Case, result: CaseResult, oracles: OracleCache, run: Execution) -> None:
     oracle = oracles.get(case)
-    engine_cls = get_engine(case.engine)
-    can_score = engine_cls.capabilities.teacher_forcing
-    if result.tokens == oracle.tokens or not can_score:
+    if result.tokens == oracle.tokens or not get_engine(case.engine).capabilities.teacher_forcing:
         checks.check_parity(result, oracle, case.scenario.checks.parity, None, None, run.prompt_ids)
         return
-
-    def score_device(ids: list[int]) -> torch.Tensor:
-        engine = engine_cls()
-        request = build_request(case, lambda phase: None)
-        with device_context(case.target, Ledger()):
-            engine.load(request, case.target.placement())
-            try:
-                return engine.teacher_forced_logits(ids).float().cpu()
-            finally:
-                engine.close()
-
-    checks.check_parity(result, oracle, case.scenario.checks.parity, score_device, cpu_scorer(case), run.prompt_ids)
+    checks.check_parity(result, oracle, case.scenario.checks.parity, scorer(case, case.target),
+                        scorer(case, _CPU), run.prompt_ids)
 
 
 def _finish(result: CaseResult) -> CaseResult:

@@ -147,6 +147,8 @@ def _unwrap_sequence(seq, index: int) -> tuple[list, int, bool | None]:
 def _with_kwargs(func, args, kwargs):
     """`_fast` for calls with keyword arguments: `device=` (factories, *_like, new_*),
     `generator=`, `out=` and simulated tensors passed by keyword."""
+    # The positional loop below repeats `_fast`'s on purpose: this is the per-op hot path,
+    # and a shared helper would cost a Python call per op.
     index = -1
     plain = False
     inner = []

@@ -12,6 +12,8 @@ import torch
 
 from harness.scenario import Scenario
 
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
 
 @dataclass(frozen=True)
 class Capabilities:

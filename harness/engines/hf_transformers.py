@@ -14,10 +14,8 @@ from typing import Any
 import torch
 
 from harness.engines import register
-from harness.engines.base import Capabilities, Engine, Generation, Placement, Request
+from harness.engines.base import TORCH_DTYPES, Capabilities, Engine, Generation, Placement, Request
 from harness.engines.reference import resolve_logit_bias
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def balanced_device_map(num_layers: int, devices: tuple[str, ...]) -> dict[str, str]:
@@ -121,7 +119,7 @@ class TransformersEngine(Engine):
     def load(self, request: Request, placement: Placement) -> None:
         from transformers import AutoModelForCausalLM
 
-        model: Any = AutoModelForCausalLM.from_pretrained(request.model_dir, dtype=_DTYPES[request.scenario.model.dtype])
+        model: Any = AutoModelForCausalLM.from_pretrained(request.model_dir, dtype=TORCH_DTYPES[request.scenario.model.dtype])
         model.eval()
         if placement.kind == "auto":
             from accelerate import dispatch_model

@@ -8,13 +8,12 @@ from typing import TYPE_CHECKING
 import torch
 
 from harness.engines import register
-from harness.engines.base import Capabilities, Engine, Generation, Placement, Request
+from harness.engines.base import TORCH_DTYPES, Capabilities, Engine, Generation, Placement, Request
 from harness.scenario import FAULTS, FEATURES
 
 if TYPE_CHECKING:
     from reference_impl import GenerateConfig, Transformer
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @register
@@ -37,7 +36,7 @@ class ReferenceEngine(Engine):
         self.model = load_model(
             request.model_dir,
             list(placement.devices),
-            _DTYPES[s.model.dtype],
+            TORCH_DTYPES[s.model.dtype],
             quantization=quantization.format if quantization else None,
             quantize_router=quantization.router if quantization else False,
             faults=s.faults,
