@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import socket
@@ -37,7 +36,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-KINDS = ("h2d", "d2h", "d2d", "sync")
 DEFAULT_REPEATS = 10
 DEFAULT_THREADS = 1
 DEFAULT_ROUNDS = 3
@@ -152,84 +150,37 @@ def _real_cuda(case) -> bool:
     return not case.target.simulated and case.target.kind != "cpu" and torch.cuda.is_available()
 
 
-def measure_case(case, runs: int | None = None) -> dict[str, Any]:
-    """Run one case `runs` times (execute only: no checks, no oracle) and summarise.
-
-    Returns figures (see module docstring), or {"error": ...} if any run failed.
-    """
+def measure_runs(case, runs: int | None = None):
+    """Run one case `runs` times (execute only: no checks, no oracle), pooled with the rule
+    `samedevice compare` uses too (`harness.figures.CaseFigures`)."""
     import torch
 
+    from harness.figures import CaseFigures
     from harness.runner import execute
 
     torch.set_num_threads(threads())
-    runs = runs or repeats()
     cuda = _real_cuda(case)
-    decode_tps: list[float] = []
-    prefill_s: list[float] = []
-    per_token: dict[str, set[float]] = {k: set() for k in KINDS}
-    bytes_per_token: dict[str, set[float]] = {k: set() for k in KINDS}
-    prefill_counts: dict[str, set[int]] = {k: set() for k in KINDS}
-    peaks: list[int] = []
-    decode_tokens = 0
-    for _ in range(runs):
+    pooled = CaseFigures(case.id, case.scenario.name)
+    for _ in range(runs or repeats()):
         if cuda:
             torch.cuda.synchronize()
         run = execute(case)
         if cuda:
             torch.cuda.synchronize()
-        if run.error is not None:
-            return {"error": run.error.one_line()}
-        if "decode_tokens_per_s" in run.timings:
-            decode_tps.append(run.timings["decode_tokens_per_s"])
-        prefill_s.append(run.timings.get("prefill_s", math.nan))
-        for kind in KINDS:
-            per_token[kind].add(run.ledger.per_token(kind))
-            bytes_per_token[kind].add(run.ledger.bytes_per_token(kind))
-            prefill_counts[kind].add(run.ledger.count("prefill", kind))
-        if run.peak_memory_bytes is not None:
-            peaks.append(run.peak_memory_bytes)
-        decode_tokens = run.ledger.decode_tokens
-    unstable = sorted(k for k in KINDS if len(per_token[k]) > 1 or len(prefill_counts[k]) > 1)
-    best = max(decode_tps) if decode_tps else math.nan
-    return {
-        "decode_tokens_per_s": best,
-        "decode_ms_per_token": 1000.0 / best if best and not math.isnan(best) else math.nan,
-        "prefill_s": min(prefill_s),
-        "per_token": {k: max(v) for k, v in per_token.items()},
-        "bytes_per_token": {k: max(v) for k, v in bytes_per_token.items()},
-        "prefill_counts": {k: max(v) for k, v in prefill_counts.items()},
-        "peak_memory_bytes": max(peaks) if peaks else None,
-        "decode_tokens": decode_tokens,
-        "runs": runs,
-        "threads": threads(),
-        "nondeterministic_transfers": unstable,
-    }
+        error = run.error.one_line() if run.error is not None else ""
+        pooled.add("error" if error else "passed", run.ledger, run.timings, run.peak_memory_bytes, error)
+        if error:
+            break
+    return pooled
+
+
+def measure_case(case, runs: int | None = None) -> dict[str, Any]:
+    """One case's figures as asv reads them (see module docstring), or {"error": ...}."""
+    return measure_runs(case, runs).to_bench(threads())
 
 
 def rounds() -> int:
     return max(1, int(os.environ.get("SAMEDEVICE_BENCH_ROUNDS", DEFAULT_ROUNDS)))
-
-
-def merge(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
-    """Pool the figures of two measurements of one case (best throughput, fastest
-    prefill, largest counts; counts that differ are reported as nondeterministic)."""
-    if "error" in first or "error" in second:
-        return first if "error" in first else second
-    merged = dict(first)
-    merged["decode_tokens_per_s"] = max(first["decode_tokens_per_s"], second["decode_tokens_per_s"])
-    best = merged["decode_tokens_per_s"]
-    merged["decode_ms_per_token"] = 1000.0 / best if best and not math.isnan(best) else math.nan
-    merged["prefill_s"] = min(first["prefill_s"], second["prefill_s"])
-    unstable = set(first["nondeterministic_transfers"]) | set(second["nondeterministic_transfers"])
-    for key in ("per_token", "bytes_per_token", "prefill_counts"):
-        merged[key] = {k: max(first[key][k], second[key][k]) for k in KINDS}
-    unstable |= {k for k in KINDS if first["per_token"][k] != second["per_token"][k]
-                 or first["prefill_counts"][k] != second["prefill_counts"][k]}
-    merged["nondeterministic_transfers"] = sorted(unstable)
-    peaks = [p for p in (first["peak_memory_bytes"], second["peak_memory_bytes"]) if p is not None]
-    merged["peak_memory_bytes"] = max(peaks) if peaks else None
-    merged["runs"] = first["runs"] + second["runs"]
-    return merged
 
 
 def measure_all(cases: Iterable | None = None, runs: int | None = None, passes: int | None = None) -> dict[str, dict[str, Any]]:
@@ -244,18 +195,20 @@ def measure_all(cases: Iterable | None = None, runs: int | None = None, passes: 
     passes = passes or rounds()
     print(f"samedevice benchmarks: measuring {Path(harness.__file__).parent.parent} "
           f"(scenarios {scenario_root()}, {passes} x {runs or repeats()} runs per case)", file=sys.stderr)
-    figures: dict[str, dict[str, Any]] = {}
+    skipped: dict[str, dict[str, Any]] = {}
+    pooled: dict[str, Any] = {}
     for case in cases:
         skip = skip_reason(case)
         if skip is not None:
-            figures[case.id] = {"skipped": skip[0]}
+            skipped[case.id] = {"skipped": skip[0]}
     for _ in range(passes):
         for case in cases:
-            if case.id in figures and ("skipped" in figures[case.id] or "error" in figures[case.id]):
+            if case.id in skipped or (case.id in pooled and pooled[case.id].error):
                 continue
-            one = measure_case(case, runs)
-            figures[case.id] = merge(figures[case.id], one) if case.id in figures else one
+            one = measure_runs(case, runs)
+            pooled[case.id] = pooled[case.id].pooled(one) if case.id in pooled else one
     code_under_test()
+    figures = skipped | {case_id: one.to_bench(threads()) for case_id, one in pooled.items()}
     for case_id, entry in figures.items():
         print(f"  {case_id}: {entry}", file=sys.stderr)
     return figures

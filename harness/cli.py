@@ -197,8 +197,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             console.print(f"[bold red]{r.status.upper()}[/] {escape(r.id)} ({r.file}:{r.line})")
             for f in r.failures:
                 console.print(f"    {f.check}: {f.message}", markup=False, highlight=False)
-            if r.status == "error" and r.error:
-                console.print(f"    {str(r.error.get('message', '')).splitlines()[0]}", markup=False, highlight=False)
+            if r.status == "error" and r.error is not None:
+                console.print(f"    {r.error.one_line()}", markup=False, highlight=False)
     console.print(f"{report.counts_line(results)}; {len(errors)} invalid scenario problem(s). Results: {run_dir.path}")
     if interrupted:
         console.print(f"[bold]interrupted ({interrupted})[/]: {len(results)} of {len(cases)} cases finished and kept")

@@ -23,79 +23,21 @@ import argparse
 import math
 import os
 import sys
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.figures import CaseFigures, pool
+from harness.ledger import KINDS
 from harness.results import CaseResult, RunDirectory
 
-KINDS = ("h2d", "d2h", "d2d", "sync")
 LABELS = {"h2d": "h2d", "d2h": "d2h", "d2d": "d2d", "sync": "syncs"}
 DEFAULT_FACTOR = 1.1
 _EPS = 1e-9
 
 
-@dataclass
-class CaseFigures:
-    """One case's figures on one side, pooled over its repeated runs."""
-
-    id: str
-    scenario: str
-    runs: int = 0  # runs that produced figures
-    statuses: Counter[str] = field(default_factory=Counter)
-    per_token: dict[str, float] = field(default_factory=dict)  # largest over the runs
-    prefill: dict[str, int] = field(default_factory=dict)  # copies in prefill, largest
-    nondeterministic: set[str] = field(default_factory=set)  # kinds whose counts varied
-    decode_tps: list[float] = field(default_factory=list)
-    prefill_s: list[float] = field(default_factory=list)
-    skipped: str = ""
-    error: str = ""
-
-    @property
-    def best_tps(self) -> float | None:
-        return max(self.decode_tps) if self.decode_tps else None
-
-    @property
-    def best_prefill_s(self) -> float | None:
-        return min(self.prefill_s) if self.prefill_s else None
-
-
-def _ledger_figures(ledger: dict | None) -> tuple[dict[str, float], dict[str, int]]:
-    """Exact per-token counts (from the raw counts, not the rounded per_token)."""
-    ledger = ledger or {}
-    counts = ledger.get("counts", {})
-    tokens = ledger.get("decode_tokens", 0) or 0
-    per_token = {k: (counts.get(f"decode.{k}", 0) / tokens if tokens else 0.0) for k in KINDS}
-    prefill = {k: int(counts.get(f"prefill.{k}", 0)) for k in KINDS}
-    return per_token, prefill
-
-
 def summarise(results: list[CaseResult]) -> dict[str, CaseFigures]:
-    figures: dict[str, CaseFigures] = {}
-    for result in results:
-        one = figures.setdefault(result.id, CaseFigures(result.id, result.scenario))
-        one.statuses[result.status] += 1
-        if result.status == "skipped":
-            one.skipped = one.skipped or result.reason
-            continue
-        if result.error and result.status == "error":
-            if not one.error:
-                message = str(result.error.get("message", "")).strip().splitlines()
-                one.error = f"{result.error.get('type', 'error')}: {message[0] if message else ''}"
-            continue
-        per_token, prefill = _ledger_figures(result.ledger)
-        for kind in KINDS:
-            if one.runs and (abs(one.per_token[kind] - per_token[kind]) > _EPS or one.prefill[kind] != prefill[kind]):
-                one.nondeterministic.add(kind)
-            one.per_token[kind] = max(one.per_token.get(kind, 0.0), per_token[kind])
-            one.prefill[kind] = max(one.prefill.get(kind, 0), prefill[kind])
-        one.runs += 1
-        tps = result.timings.get("decode_tokens_per_s")
-        if tps and math.isfinite(tps):
-            one.decode_tps.append(float(tps))
-        if "prefill_s" in result.timings:
-            one.prefill_s.append(float(result.timings["prefill_s"]))
-    return figures
+    """Each case's runs pooled (`harness.figures`: the same rule asv uses)."""
+    return pool(results)
 
 
 @dataclass

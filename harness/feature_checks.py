@@ -4,49 +4,47 @@ appear, JSON output parses and validates, beams come back ordered by score."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 
+from harness.checks import Outcome
 from harness.engines.base import Generation
-from harness.results import CaseResult
-from harness.scenario import Scenario
+from harness.spec import GenerationSpec
 
 BAN_THRESHOLD = -50.0  # a bias at or below this bans the token
 
 
-def check_features(result: CaseResult, scenario: Scenario, generation: Generation,
-                   encode: Callable[[str], list[int]]) -> None:
-    check_logit_bias(result, scenario, generation, encode)
-    check_json_schema(result, scenario, generation)
-    check_beams(result, scenario, generation)
+def check_features(spec: GenerationSpec, generation: Generation) -> Outcome:
+    out = Outcome()
+    check_logit_bias(out, spec, generation)
+    check_json_schema(out, spec, generation)
+    check_beams(out, spec, generation)
+    return out
 
 
-def check_logit_bias(result: CaseResult, scenario: Scenario, generation: Generation,
-                     encode: Callable[[str], list[int]]) -> None:
-    feature = scenario.features.logit_bias
-    if feature is None or not generation.tokens or not any(generation.tokens):
+def check_logit_bias(result: Outcome, spec: GenerationSpec, generation: Generation) -> None:
+    if not spec.logit_bias or not generation.tokens or not any(generation.tokens):
         return
-    banned = {i for i, v in feature.ids.items() if v <= BAN_THRESHOLD}
-    for text, value in feature.text.items():
-        if value <= BAN_THRESHOLD:
-            banned.update(encode(text))
+    banned = {token for token, value in spec.logit_bias.items() if value <= BAN_THRESHOLD}
     for index, tokens in enumerate(generation.tokens):
         hits = sorted(banned.intersection(tokens))
         if hits:
             result.fail("logit_bias", f"prompt {index}: banned token(s) {hits} were generated")
 
 
-def check_json_schema(result: CaseResult, scenario: Scenario, generation: Generation) -> None:
+def check_json_schema(result: Outcome, spec: GenerationSpec, generation: Generation) -> None:
     """Every output text parses as JSON and validates against the scenario's schema."""
-    feature = scenario.features.json_schema
-    if feature is None:
+    schema = spec.json_schema
+    if schema is None:
         return
     try:
         import jsonschema
     except ImportError:
         result.notes.append("json_schema not validated: the jsonschema package is not installed (pip install jsonschema)")
         return
-    validator_cls = jsonschema.validators.validator_for(feature.schema_)
-    validator = validator_cls(feature.schema_)
+    try:
+        validator = jsonschema.validators.validator_for(schema)(schema)
+    except Exception as exc:  # a schema the validator cannot build is the scenario's problem, said once
+        result.fail("json_schema", f"the scenario's schema cannot be checked: {type(exc).__name__}: {exc}")
+        return
     for index, text in enumerate(generation.texts):
         where = f"prompt {index}: " if len(generation.texts) > 1 else ""
         try:
@@ -54,15 +52,19 @@ def check_json_schema(result: CaseResult, scenario: Scenario, generation: Genera
         except json.JSONDecodeError as exc:
             result.fail("json_schema", f"{where}output is not JSON ({exc.msg} at char {exc.pos}): {text[:120]!r}")
             continue
-        error = jsonschema.exceptions.best_match(validator.iter_errors(value))
+        try:
+            error = jsonschema.exceptions.best_match(validator.iter_errors(value))
+        except Exception as exc:  # e.g. a `pattern` Python's re cannot compile
+            result.fail("json_schema", f"{where}the output could not be validated: {type(exc).__name__}: {exc}")
+            continue
         if error is not None:
             path = "/".join(str(p) for p in error.absolute_path) or "(root)"
             result.fail("json_schema", f"{where}output does not match the schema at {path}: {error.message}: {text[:120]!r}")
 
 
-def check_beams(result: CaseResult, scenario: Scenario, generation: Generation) -> None:
+def check_beams(result: Outcome, spec: GenerationSpec, generation: Generation) -> None:
     """Beams are returned best first, and the output of each prompt is its best beam."""
-    if scenario.features.beam_search is None:
+    if spec.beams is None:
         return
     beams = generation.extra.get("beams")
     if beams is None:

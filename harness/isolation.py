@@ -15,6 +15,7 @@ import time
 from multiprocessing.connection import Connection
 
 from harness.cases import Case
+from harness.errors import ErrorInfo
 from harness.results import CaseResult
 from harness.runner import OracleCache, RunOptions, run_case
 
@@ -31,7 +32,12 @@ def _worker_main(conn: Connection) -> None:
         if message is None:
             return
         case, options = message
-        conn.send(run_case(case, options, oracles))
+        try:
+            result = run_case(case, options, oracles)
+        except Exception as exc:  # a bug of ours outside run_case's own guard: still this case's error
+            result = _error_result(case, time.time(), type(exc).__name__, f"harness error: {exc}")
+            result.error.origin = "harness"  # type: ignore[union-attr]
+        conn.send(result)
 
 
 class CaseWorker:
@@ -104,8 +110,7 @@ def _error_result(case: Case, started: float, kind: str, message: str) -> CaseRe
         id=case.id, scenario=case.scenario.name, engine=case.engine, device=case.target.label,
         file=case.loaded.path, line=case.loaded.line, status="error", started=started,
         duration_s=round(time.time() - started, 3),
-        error={"type": kind, "message": message, "mismatch": False, "kernel_gap": False, "op": None,
-               "devices": [], "site": None, "source": None},
+        error=ErrorInfo(kind, message, origin="worker"),
     )
 
 

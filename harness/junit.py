@@ -26,7 +26,7 @@ def write_junit(results: list[CaseResult], path: Path, suite: str = "samedevice"
             element.text = "\n".join(f"{f.check}: {f.message}" for f in r.failures)
         elif r.status == "error":
             element = ET.SubElement(case, "error", message=r.summary_line()[:500])
-            element.text = str((r.error or {}).get("message", ""))
+            element.text = (r.error.message + "\n" + (r.error.traceback or "")) if r.error is not None else ""
         if r.notes:
             ET.SubElement(case, "system-out").text = "\n".join(r.notes)
     ET.indent(root)

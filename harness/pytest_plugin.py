@@ -155,8 +155,10 @@ class ScenarioItem(pytest.Item):
             r = excinfo.value.result
             lines = [f"{r.id} {r.status} ({r.file}:{r.line})"]
             lines += [f"  {f.check}: {f.message}" for f in r.failures]
-            if r.status == "error" and r.error:
-                lines.append(f"  error: {r.error.get('message', '')}")
+            if r.status == "error" and r.error is not None:
+                lines.append(f"  error: {r.error.one_line()}")
+                if r.error.traceback:
+                    lines.append(r.error.traceback.rstrip())
             lines += [f"  note: {n}" for n in r.notes]
             return "\n".join(lines)
         return super().repr_failure(excinfo, style=style)

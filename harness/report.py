@@ -20,10 +20,9 @@ def counts_line(results: list[CaseResult]) -> str:
 
 
 def _per_token(result: CaseResult, kind: str) -> str:
-    if not result.ledger or not result.ledger.get("decode_tokens"):
+    if result.ledger is None or not result.ledger.decode_tokens:
         return ""
-    value = result.ledger["per_token"].get(kind, 0)
-    return f"{value:g}"
+    return f"{result.ledger.per_token(kind):.4g}"
 
 
 def _tps(result: CaseResult) -> str:
@@ -86,8 +85,8 @@ def markdown(results: list[CaseResult], run_info: dict[str, Any], problems: list
             lines.append("")
             for f in r.failures:
                 lines.append(f"- **{f.check}**: {f.message}")
-            if r.error and r.status == "error":
-                lines += ["", "```", str(r.error.get("message", ""))[-1500:], "```"]
+            if r.error is not None and r.status == "error":
+                lines += ["", "```", (r.error.message + "\n" + (r.error.traceback or ""))[-1500:], "```"]
             lines.append("")
     findings = [(r.id, f) for r in results for f in r.findings]
     if findings:

@@ -18,14 +18,18 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-STATUSES = ("passed", "failed", "error", "skipped")
+from harness.errors import ErrorInfo
+from harness.ledger import Ledger
+
+Status = Literal["passed", "failed", "error", "skipped"]
+STATUSES: tuple[Status, ...] = ("passed", "failed", "error", "skipped")
 
 
 @dataclass
 class Failure:
-    check: str  # mismatch | parity | transfers | output | expect_error | expect_failure | timeout | ...
+    check: str  # mismatch | parity | transfers | placement | phases | output | features... | expect_*
     message: str
 
 
@@ -38,44 +42,47 @@ class CaseResult:
     file: str
     line: int
     features: list[str] = field(default_factory=list)
-    status: str = "passed"
+    status: Status = "passed"
     reason: str = ""  # why skipped
     failures: list[Failure] = field(default_factory=list)
-    error: dict[str, Any] | None = None
+    error: ErrorInfo | None = None
     notes: list[str] = field(default_factory=list)
     findings: list[str] = field(default_factory=list)  # known engine properties, not failures
     tokens: list[list[int]] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     peak_memory_bytes: int | None = None
-    ledger: dict[str, Any] | None = None
+    ledger: Ledger | None = None
+    weights: dict[str, Any] | None = None  # where the engine's weights were after load
     started: float = 0.0
     duration_s: float = 0.0
     worker: str = ""
-
-    def fail(self, check: str, message: str) -> None:
-        self.failures.append(Failure(check, message))
-        if self.status == "passed":
-            self.status = "failed"
 
     def summary_line(self) -> str:
         if self.status == "skipped":
             return self.reason
         if self.failures:
-            return "; ".join(f"{f.check}: {f.message.splitlines()[0]}" for f in self.failures)
-        if self.error:
-            return f"{self.error.get('type')}: {str(self.error.get('message', '')).splitlines()[0] if self.error.get('message') else ''}"
+            return "; ".join(f"{f.check}: {f.message.splitlines()[0] if f.message else ''}" for f in self.failures)
+        if self.error is not None:
+            return self.error.one_line()
         return ""
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        data["failures"] = [asdict(f) for f in self.failures]
+        data["error"] = self.error.to_json() if self.error is not None else None
+        data["ledger"] = self.ledger.to_json() if self.ledger is not None else None
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CaseResult:
-        data = dict(data)
-        data["failures"] = [Failure(**f) for f in data.get("failures", [])]
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in known})
+        data = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        data["failures"] = [Failure(**f) for f in data.get("failures") or []]
+        if isinstance(data.get("error"), dict):
+            data["error"] = ErrorInfo.from_json(data["error"])
+        if isinstance(data.get("ledger"), dict):
+            data["ledger"] = Ledger.from_json(data["ledger"])
+        return cls(**data)
 
 
 def new_run_id() -> str:

@@ -1,14 +1,21 @@
 """Run one case: load the engine on the case's devices, generate inside the transfer
-tracker, then run the checks. The CLI, the pytest plugin and asv all call `run_case`."""
+tracker with the harness's phases, then judge it (`harness.checks`). The CLI, the pytest
+plugin, check-engine and the benchmarks all call `run_case` or `execute`.
+
+Where an exception comes from decides what it is: raised by the engine (its load, its
+generate) it is the engine's error (a device mismatch, a crash); raised by the harness's
+own code it is a harness error, reported as such and never blamed on the engine.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import time
-import traceback
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -22,8 +29,11 @@ from harness.engines import get_engine
 from harness.engines.base import Engine, Generation, Request
 from harness.errors import ErrorInfo, describe
 from harness.ledger import Ledger
+from harness.phases import PhaseTracker
+from harness.placement import WeightMap, placement_problem, weight_map
 from harness.results import CaseResult
 from harness.scenario import DeviceSpec
+from harness.spec import GenerationSpec, resolve
 
 
 @dataclass
@@ -35,39 +45,17 @@ class RunOptions:
 class Execution:
     """What one engine run produced, before any check."""
 
+    spec: GenerationSpec | None = None
     generation: Generation | None = None
     error: ErrorInfo | None = None
     ledger: Ledger = field(default_factory=Ledger)
     timings: dict[str, float] = field(default_factory=dict)
     peak_memory_bytes: int | None = None
-    prompt_ids: list[list[int]] = field(default_factory=list)
-    encode: Callable[[str], list[int]] = lambda text: []
+    weights: WeightMap | None = None  # where the engine's weights were after load
+    decode_seen: bool = False  # a decode phase, hooked or marked by the engine
+    step_logits: list[torch.Tensor] | None = None  # per prompt [steps, V]: see harness.phases
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-
-class _PhaseClock:
-    """Splits wall time and the ledger into load / prefill / decode as the engine reports.
-    On a real GPU, work is asynchronous: the device is synchronised at each boundary so a
-    phase's time is the time its kernels took, not the time to queue them."""
-
-    def __init__(self, ledger: Ledger, real_gpu: bool = False) -> None:
-        self.ledger = ledger
-        self.synchronize = torch.cuda.synchronize if real_gpu else None
-        self.totals = {"load": 0.0, "prefill": 0.0, "decode": 0.0}
-        self.phase = "load"
-        self.since = time.perf_counter()
-
-    def __call__(self, phase: str) -> None:
-        if self.synchronize is not None:
-            self.synchronize()
-        now = time.perf_counter()
-        self.totals[self.phase] += now - self.since
-        self.phase, self.since = phase, now
-        self.ledger.set_phase(phase)  # type: ignore[arg-type]
-
-    def stop(self) -> None:
-        self("load")
 
 
 @lru_cache(maxsize=8)
@@ -80,15 +68,25 @@ def _tokenizer(path: str):
 def build_request(case: Case, on_phase: Callable[[str], None]) -> Request:
     directory = tinymodel.model_dir(case.scenario.model)
     tokenizer = _tokenizer(str(directory / "tokenizer.json"))
+
+    def encode(text: str) -> list[int]:
+        return tokenizer.encode(text).ids
+
     return Request(
         scenario=case.scenario,
         model_dir=directory,
-        prompt_ids=[tokenizer.encode(p).ids for p in case.scenario.prompt_list],
-        eos_id=tinymodel.EOS_ID,
-        encode=lambda text: tokenizer.encode(text).ids,
+        spec=resolve(case.scenario, encode, tinymodel.EOS_ID),
+        encode=encode,
         decode=lambda ids: tokenizer.decode(ids),
         on_phase=on_phase,
     )
+
+
+def _vocab_size(model_dir: Path) -> int | None:
+    try:
+        return int(json.loads((model_dir / "config.json").read_text())["vocab_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 @contextlib.contextmanager
@@ -114,77 +112,106 @@ def device_context(target: DeviceTarget, ledger: Ledger, notes: list[str] | None
             yield
 
 
+def _real_gpu(target: DeviceTarget) -> bool:
+    return target.kind != "cpu" and not target.simulated
+
+
 def execute(case: Case) -> Execution:
     """Load and generate; any exception becomes `Execution.error`, never the run's."""
     run = Execution()
-    clock = _PhaseClock(run.ledger, real_gpu=case.target.kind != "cpu" and not case.target.simulated)
+    tracker = PhaseTracker(run.ledger, torch.cuda.synchronize if _real_gpu(case.target) else None)
     # An engine's warnings are the engine's business: recorded as notes, never raised
     # (pytest's filterwarnings=error must not turn a deprecation inside outlines into a failure).
     with warnings.catch_warnings(record=True) as recorded:
         warnings.simplefilter("always")
-        _generate(case, run, clock)
+        _generate(case, run, tracker)
     run.warnings = list(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in recorded))[:5]
-    if run.generation is not None:
+    run.decode_seen = tracker.decode_forwards > 0 or tracker.engine_marks["decode"] > 0
+    if run.generation is not None and tracker.decode_forwards == 0:
+        # No decode forward was seen: the engine's own count is the steps (see harness.phases).
         steps = run.generation.decode_steps
         run.ledger.decode_tokens = steps if steps is not None else sum(max(len(t) - 1, 0) for t in run.generation.tokens)
-    run.timings["prefill_s"] = round(clock.totals["prefill"], 6)
-    run.timings["decode_s"] = round(clock.totals["decode"], 6)
-    if run.ledger.decode_tokens and clock.totals["decode"] > 0:
-        run.timings["decode_tokens_per_s"] = round(run.ledger.decode_tokens / clock.totals["decode"], 2)
+    seconds = tracker.seconds
+    run.timings = {f"{phase}_s": round(seconds[phase], 6) for phase in ("load", "setup", "prefill", "decode", "finish")}
+    if run.ledger.decode_tokens and seconds["decode"] > 0:
+        run.timings["decode_tokens_per_s"] = round(run.ledger.decode_tokens / seconds["decode"], 2)
     return run
 
 
-def _generate(case: Case, run: Execution, clock: _PhaseClock) -> None:
+def _generate(case: Case, run: Execution, tracker: PhaseTracker) -> None:
     engine: Engine | None = None
+    origin = "harness"
     try:
-        request = build_request(case, clock)
-        run.prompt_ids, run.encode = request.prompt_ids, request.encode
+        request = build_request(case, tracker.on_phase)
+        run.spec = request.spec
         with device_context(case.target, run.ledger, run.notes):
+            origin = "engine"
             engine = get_engine(case.engine)()
-            if torch.cuda.is_available() and not case.target.simulated:
+            if torch.cuda.is_available() and _real_gpu(case.target):
                 torch.cuda.reset_peak_memory_stats()
             engine.load(request, case.target.placement())
-            clock("load")
-            run.timings["load_s"] = clock.totals["load"]
-            clock.totals["load"] = 0.0
+            modules = engine.modules()
+            origin = "harness"
+            run.weights = weight_map(engine, modules)
+            if modules:
+                tracker.hook(modules[0])
+            tracker.begin_generate()
+            origin = "engine"
             run.generation = engine.generate(request)
-            clock.stop()
-            if torch.cuda.is_available() and not case.target.simulated:
+            origin = "harness"
+            tracker.end_generate()
+            tracker.unhook()
+            if torch.cuda.is_available() and _real_gpu(case.target):
                 run.peak_memory_bytes = int(torch.cuda.max_memory_allocated())
+        run.step_logits = tracker.step_logits(len(request.spec.prompt_ids), _vocab_size(request.model_dir))
     except Exception as exc:  # the case's error, never the run's
-        clock.stop()
-        run.error = describe(exc)
-        run.error.message += "\n" + "".join(traceback.format_exception(exc)[-6:])[-3000:]
+        tracker.unhook()
+        run.error = describe(exc, origin="engine" if origin == "engine" else "harness")
     finally:
         if engine is not None:
             with contextlib.suppress(Exception):
                 engine.close()
 
 
-class OracleCache:
-    """The CPU run of each (scenario, engine), computed once per process and shared by
-    every device case of that scenario, so parity works under xdist and sharding too."""
-
-    def __init__(self) -> None:
-        self._results: dict[tuple[str, int, str], CaseResult] = {}
-
-    @staticmethod
-    def _key(case: Case) -> tuple[str, int, str]:
-        return (case.loaded.path, case.loaded.line, case.engine)
-
-    def remember(self, case: Case, result: CaseResult) -> None:
-        """A CPU case just run is the oracle of its scenario: no second CPU run for parity."""
-        self._results.setdefault(self._key(case), result)
-
-    def get(self, case: Case) -> CaseResult:
-        key = self._key(case)
-        if key not in self._results:
-            cpu_case = Case(case.loaded, case.engine, _CPU)
-            self._results[key] = run_case(cpu_case, RunOptions(), oracles=None)
-        return self._results[key]
-
+# --- companion runs: the CPU oracle and baseline engines ---------------------------------------
 
 _CPU = DeviceTarget(DeviceSpec(device="cpu"), simulated=False)
+_KEEP = 16  # companion runs kept per worker (cases of one scenario run one after another)
+
+
+class Companions:
+    """Runs a case's verdict depends on: the CPU run of the same scenario and engine (the
+    parity oracle, with its logits at every step) and the baseline engine on the same
+    device. Kept in this process only (logits are never written), computed when missing, so
+    parity and baselines work under xdist and sharding too."""
+
+    def __init__(self) -> None:
+        self._runs: OrderedDict[tuple[str, int, str, str], Execution] = OrderedDict()
+
+    @staticmethod
+    def _key(case: Case) -> tuple[str, int, str, str]:
+        return (case.loaded.path, case.loaded.line, case.engine, case.target.label)
+
+    def remember(self, case: Case, run: Execution) -> None:
+        self._runs[self._key(case)] = run
+        self._runs.move_to_end(self._key(case))
+        while len(self._runs) > _KEEP:
+            self._runs.popitem(last=False)
+
+    def get(self, case: Case) -> Execution:
+        key = self._key(case)
+        if key not in self._runs:
+            self.remember(case, execute(case))
+        return self._runs[key]
+
+    def oracle(self, case: Case) -> Execution:
+        return self.get(Case(case.loaded, case.engine, _CPU))
+
+    def baseline(self, case: Case, engine: str) -> Execution:
+        return self.get(Case(case.loaded, engine, case.target))
+
+
+OracleCache = Companions  # the name benchmarks of older commits import
 
 
 def scorer(case: Case, target: DeviceTarget) -> Callable[[list[int]], torch.Tensor]:
@@ -204,7 +231,9 @@ def scorer(case: Case, target: DeviceTarget) -> Callable[[list[int]], torch.Tens
     return score
 
 
-def run_case(case: Case, options: RunOptions, oracles: OracleCache | None) -> CaseResult:
+# --- one case, judged -------------------------------------------------------------------------
+
+def run_case(case: Case, options: RunOptions, companions: Companions | None) -> CaseResult:
     result = CaseResult(
         id=case.id, scenario=case.scenario.name, engine=case.engine, device=case.target.label,
         file=case.loaded.path, line=case.loaded.line, started=time.time(),
@@ -215,64 +244,103 @@ def run_case(case: Case, options: RunOptions, oracles: OracleCache | None) -> Ca
     if skip is not None:
         reason, missing_device = skip
         if missing_device and options.strict_devices:
-            result.fail("device", f"{reason} (--strict-devices: a missing device fails the case)")
+            result.status = "failed"
+            result.failures.append(checks.Failure("device", f"{reason} (--strict-devices: a missing device fails the case)"))
         else:
             result.status, result.reason = "skipped", reason
-        return result
-
-    wants_parity = (
-        oracles is not None and case.target.kind != "cpu" and case.scenario.checks.parity.enabled
-        and case.scenario.checks.expect_error is None
-    )
-
-    run = execute(case)
-    result.timings = run.timings
-    result.peak_memory_bytes = run.peak_memory_bytes
-    result.ledger = None if run.ledger.is_empty() and not run.ledger.decode_tokens else run.ledger.to_json()
-    result.notes += run.notes + [f"warning: {w}" for w in run.warnings]
-    if run.generation is not None:
-        result.tokens, result.texts = run.generation.tokens, run.generation.texts
-        result.notes += run.generation.notes
-    if run.error is not None:
-        result.error = run.error.to_json()
-        if run.error.kernel_gap and case.target.simulated:
-            result.status = "skipped"
-            result.reason = f"kernel gap: a GPU-only code path hit a kernel the CPU lacks ({run.error.one_line()})"
-            result.notes.append("kernel_gaps: " + run.error.one_line())
-            return _finish(result)
-    checks.check_error(result, run.error)
-    if run.generation is not None:
-        checks.check_output(result, case.scenario, tinymodel.EOS_ID)
-        checks.check_transfers(result, case.scenario, run.ledger)
-        feature_checks.check_features(result, case.scenario, run.generation, run.encode)
-        if wants_parity:
-            assert oracles is not None
-            _parity(case, result, oracles, run)
-    checks.apply_expectations(result, case.scenario, run.error)
-    _demote_findings(result, get_engine(case.engine).capabilities.findings)
-    if oracles is not None and case.target.kind == "cpu":
-        oracles.remember(case, result)
+        return _finish(result)
+    try:
+        _judge(case, result, companions)
+    except Exception as exc:  # a bug in our own checks: the case's error, never the engine's
+        result.error = describe(exc, origin="harness")
+        result.status, result.failures = "error", []
     return _finish(result)
 
 
-def _demote_findings(result: CaseResult, findings: frozenset[str]) -> None:
-    """Failures of checks the engine declares as known findings move to `findings`."""
-    known = [f for f in result.failures if f.check in findings]
-    if not known:
-        return
-    result.findings += [f"{f.check}: {f.message}" for f in known]
-    result.failures = [f for f in result.failures if f.check not in findings]
-    if result.status == "failed" and not result.failures:
-        result.status = "passed"
+def _judge(case: Case, result: CaseResult, companions: Companions | None) -> None:
+    run = execute(case)
+    if companions is not None and case.target.kind == "cpu":
+        companions.remember(case, run)
+    scenario, target = case.scenario, case.target
+    engine_cls = get_engine(case.engine)
+    caps = engine_cls.capabilities
+    result.timings = run.timings
+    result.peak_memory_bytes = run.peak_memory_bytes
+    result.ledger = None if run.ledger.is_empty() and not run.ledger.decode_tokens else run.ledger
+    result.weights = run.weights.to_json() if run.weights is not None else None
+    result.error = run.error
+    outcome = checks.Outcome(notes=run.notes + [f"warning: {w}" for w in run.warnings])
+    outcome.add(checks.check_error(run.error))
+    if run.weights is not None:
+        problem = placement_problem(run.weights, target.kind, target.placement().devices)
+        outcome.add(checks.check_placement(case.engine, problem, bool(run.weights.tensors), caps.simulated))
+    tracked = target.simulated or target.kind != "cpu"
+    expect_error = scenario.checks.expect_error
+    if expect_error is not None and not expect_error.covers(case.engine, target.label):
+        expect_error = None
+    if run.generation is not None and run.spec is not None:
+        generation = run.generation
+        result.tokens, result.texts = generation.tokens, generation.texts
+        outcome.notes += generation.notes
+        outcome.add(checks.check_output(generation.tokens, scenario, run.spec.eos_id))
+        if tracked and caps.simulated:
+            outcome.add(checks.check_phases(case.engine, generation.tokens, run.decode_seen))
+        if tracked:
+            outcome.add(_transfers(case, run, companions, caps.simulated))
+        outcome.add(feature_checks.check_features(run.spec, generation))
+        wants_parity = (companions is not None and target.kind != "cpu" and scenario.checks.parity.enabled
+                        and expect_error is None)
+        if wants_parity:
+            assert companions is not None
+            outcome.add(_parity(case, run, companions.oracle(case), caps))
+    covering = [e for e in scenario.checks.expect_failure if e.covers(case.engine, target.label)]
+    verdict = checks.decide(outcome, run.error, expect_error, covering, caps.findings, target.simulated)
+    result.status, result.reason = verdict.status, verdict.reason
+    result.failures, result.notes, result.findings = verdict.failures, verdict.notes, verdict.findings
 
 
-def _parity(case: Case, result: CaseResult, oracles: OracleCache, run: Execution) -> None:
-    oracle = oracles.get(case)
-    if result.tokens == oracle.tokens or not get_engine(case.engine).capabilities.teacher_forcing:
-        checks.check_parity(result, oracle, case.scenario.checks.parity, None, None, run.prompt_ids)
-        return
-    checks.check_parity(result, oracle, case.scenario.checks.parity, scorer(case, case.target),
-                        scorer(case, _CPU), run.prompt_ids)
+def _transfers(case: Case, run: Execution, companions: Companions | None, torch_engine: bool) -> checks.Outcome:
+    config = case.scenario.checks.transfers
+    if config is None:
+        return checks.Outcome()
+    if not torch_engine:
+        return checks.Outcome(notes=[f"transfers not checked: engine {case.engine} does not run on torch, "
+                                     "so its copies and syncs are not visible to the harness"])
+    baseline = None
+    if config.baseline is not None and config.baseline != case.engine and companions is not None:
+        other = companions.baseline(case, config.baseline)
+        if other.error is not None or other.generation is None:
+            why = other.error.one_line() if other.error is not None else "no output"
+            out = checks.Outcome()
+            out.fail("transfers", f"baseline {config.baseline} could not run on {case.target.label}: {why}")
+            return out
+        baseline = other.ledger
+    return checks.check_transfers(config.for_kind(case.target.kind), run.ledger, baseline, config.baseline)
+
+
+def _parity(case: Case, run: Execution, oracle: Execution, caps) -> checks.Outcome:
+    if oracle.error is not None or oracle.generation is None:
+        why = oracle.error.one_line() if oracle.error is not None else "no output"
+        return checks.Outcome(notes=[f"parity not checked: the CPU run did not complete ({why})"])
+    assert run.generation is not None and run.spec is not None
+    spec = run.spec
+    if not spec.sampling.greedy and not caps.deterministic:
+        return checks.Outcome(notes=[f"parity not judged: engine {case.engine} is not deterministic under sampling "
+                                     "(Capabilities.deterministic is False)"])
+    generation, cpu = run.generation, oracle.generation
+    differ = generation.tokens != cpu.tokens
+    teacher = caps.teacher_forcing and differ
+    evidence = checks.ParityEvidence(
+        tokens=generation.tokens, texts=generation.texts, cpu_tokens=cpu.tokens, cpu_texts=cpu.texts,
+        prompt_ids=[list(ids) for ids in spec.prompt_ids],
+        cpu_steps=oracle.step_logits, device_steps=run.step_logits,
+        score_device=scorer(case, case.target) if teacher else None,
+        score_cpu=scorer(case, _CPU) if teacher else None,
+        token_ids=caps.token_ids and any(generation.tokens),
+        greedy=spec.sampling.greedy and spec.beams is None,
+        bias=spec.logit_bias, repetition_penalty=spec.sampling.repetition_penalty, stop_id=spec.stop_id,
+    )
+    return checks.check_parity(evidence, case.scenario.checks.parity)
 
 
 def _finish(result: CaseResult) -> CaseResult:

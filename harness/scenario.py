@@ -166,13 +166,65 @@ class Budget(_Strict):
     d2d: float | None = Field(None, ge=0, description="device-to-device copies")
     syncs: float | None = Field(None, ge=0, description="host syncs other than copies")
 
+    def over(self, other: Budget | None) -> Budget:
+        """These limits with `other`'s given fields laid over them."""
+        if other is None:
+            return self
+        return self.model_copy(update={k: v for k, v in other.model_dump().items() if v is not None})
 
-class TransfersCheck(_Strict):
-    decode: Budget | None = Field(None, description="Per generated token.")
+
+class PhaseBudgets(_Strict):
+    """Budgets per phase: `decode` per generated token (the steady state), the others for
+    the whole phase of a case (setup: generate() before the prompt's first forward; finish:
+    after the last decode step began)."""
+
+    setup: Budget | None = Field(None, description="For the whole setup phase.")
     prefill: Budget | None = Field(None, description="For the whole prefill.")
+    decode: Budget | None = Field(None, description="Per generated token.")
+    finish: Budget | None = Field(None, description="For the whole finish phase.")
 
 
-class ExpectError(_Strict):
+DEVICE_KINDS = ("cpu", "cuda", "auto")
+
+
+class TransfersCheck(PhaseBudgets):
+    """Budgets for every device, with per-device-kind overrides (`auto:` for a split model,
+    whose boundary copies a single GPU does not have), and an optional baseline engine."""
+
+    cpu: PhaseBudgets | None = Field(None, description="Overrides on cpu.")
+    cuda: PhaseBudgets | None = Field(None, description="Overrides on one GPU (cuda:N, sim:cuda:N).")
+    auto: PhaseBudgets | None = Field(None, description="Overrides on a split model (auto, sim:auto).")
+    baseline: str | None = Field(
+        None, description="An engine of this scenario: no more copies and syncs per decode token, in "
+        "any direction, than it makes on the same device, judged in the same run.")
+
+    def for_kind(self, kind: str) -> PhaseBudgets:
+        """The budgets that apply on a device kind (cpu, cuda, auto)."""
+        override: PhaseBudgets | None = getattr(self, kind, None)
+        merged = {}
+        for phase in PhaseBudgets.model_fields:
+            base: Budget | None = getattr(self, phase)
+            extra = getattr(override, phase) if override is not None else None
+            merged[phase] = extra if base is None else base.over(extra)
+        return PhaseBudgets(**merged)
+
+
+class Scope(_Strict):
+    """Which cases of the scenario an expectation covers (empty: all of them). A device
+    entry is a scenario device (`cuda:0`, `auto`: the real and the simulated case) or a
+    case label (`sim:auto`: the simulated one only)."""
+
+    engines: list[str] = Field(default_factory=list)
+    devices: list[str] = Field(default_factory=list)
+
+    def covers(self, engine: str, device_label: str) -> bool:
+        if self.engines and engine not in self.engines:
+            return False
+        scenario_device = device_label.removeprefix("sim:")
+        return not self.devices or device_label in self.devices or scenario_device in self.devices
+
+
+class ExpectError(Scope):
     match: str = Field(description="Regular expression the error message must match.")
     op: str | None = Field(None, description="The op the error must name, e.g. cat.")
 
@@ -186,16 +238,29 @@ class ExpectError(_Strict):
         return value
 
 
+EXPECTABLE_CHECKS = ("transfers", "parity", "mismatch", "placement", "phases")
+
+
+class ExpectFailure(Scope):
+    check: Literal[EXPECTABLE_CHECKS]  # type: ignore[valid-type]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        return {"check": value} if isinstance(value, str) else value
+
+
 class Checks(_Strict):
     parity: ParityCheck = Field(default_factory=ParityCheck)
     output: bool = Field(True, description="max_new_tokens respected, nothing after EOS.")
     transfers: TransfersCheck | None = None
     expect_error: ExpectError | None = Field(
-        None, description="The case passes only if generation fails with this error."
+        None, description="The covered cases pass only if generation fails with this error."
     )
-    expect_failure: list[Literal["transfers", "parity", "mismatch"]] = Field(
+    expect_failure: list[ExpectFailure] = Field(
         default_factory=list,
-        description="The case passes only if these checks fail (fault scenarios).",
+        description="The covered cases pass only if these checks fail (fault scenarios): a check "
+        "name, or {check, engines, devices}.",
     )
 
 
@@ -235,6 +300,22 @@ class Scenario(_Strict):
             raise ValueError("prompt must not be empty")
         return self
 
+    @model_validator(mode="after")
+    def _checks_name_this_scenarios_engines(self) -> Scenario:
+        checks = self.checks
+        baseline = checks.transfers.baseline if checks.transfers is not None else None
+        if baseline is not None and baseline not in self.engines:
+            raise ValueError(f"checks.transfers.baseline: {baseline!r} is not one of this scenario's engines "
+                             f"({', '.join(self.engines)})")
+        scopes = [("checks.expect_error", checks.expect_error)] + [
+            (f"checks.expect_failure[{i}]", e) for i, e in enumerate(checks.expect_failure)]
+        for where, scope in scopes:
+            unknown = [e for e in (scope.engines if scope is not None else []) if e not in self.engines]
+            if unknown:
+                raise ValueError(f"{where}.engines: {', '.join(map(repr, unknown))} not among this scenario's "
+                                 f"engines ({', '.join(self.engines)})")
+        return self
+
     @field_validator("engines")
     @classmethod
     def _unique_engines(cls, value: list[str]) -> list[str]:
@@ -258,6 +339,7 @@ def scenario_json_schema() -> dict[str, Any]:
     }
     defs["DeviceSpec"]["anyOf"][1]["properties"]["device"]["pattern"] = _DEVICE_RE.pattern
     defs["ParityCheck"] = {"anyOf": [{"type": "boolean"}, defs["ParityCheck"]]}
+    defs["ExpectFailure"] = {"anyOf": [{"enum": list(EXPECTABLE_CHECKS)}, defs["ExpectFailure"]]}
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "https://samedevice.dev/schema/scenario-v1.json",

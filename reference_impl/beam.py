@@ -90,7 +90,7 @@ def beam_search(
     device = model.output_device
     scores = torch.zeros(n, device=device)
     scores[1:] = NEG_INF  # step 1: only beam 0 proposes, so the beams start distinct
-    logits = prefill(model, ids, config.kv_cache)  # [N, V]
+    logits = prefill(model, ids, config.kv_cache, on_phase)  # [N, V]
 
     finished = Hypotheses(n, config.length_penalty)
     histories: list[list[int]] = [[] for _ in range(n)]

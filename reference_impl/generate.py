@@ -66,12 +66,13 @@ def prompt_tensor(model: Transformer, rows: list[list[int]]) -> Tensor:
     return torch.tensor(rows, device=device)
 
 
-def prefill(model: Transformer, ids: Tensor, kind: str) -> Tensor:
+def prefill(model: Transformer, ids: Tensor, kind: str, on_phase: Callable[[str], None] = _noop) -> Tensor:
     """Fill the caches with the prompt [B, S]; logits [B, V] of its last position.
 
     `external`: the caller's side of the Petals path. A first prefill of all but the last
     prompt token builds the past, which goes to the host in float32 (what a server sends
-    back) and is handed to the model as its external past; the last token runs on top.
+    back) and is handed to the model as its external past; the last token runs on top
+    (still prefill: marked as such, so the harness does not take it for a decode step).
     """
     if kind != "external":
         model.setup_caches(ids.shape[0], kind)
@@ -81,6 +82,7 @@ def prefill(model: Transformer, ids: Tensor, kind: str) -> Tensor:
     if length:
         model(ids[:, :length], 0, last_only=True)
     model.use_past(model.export_past(length))
+    on_phase("prefill")
     return model(ids[:, length:], length, last_only=True)[:, -1]
 
 
@@ -125,7 +127,7 @@ def generate(
         pipeline.observe(token)
         return token  # [1], on the logits' device
 
-    token = choose(prefill(model, ids, config.kv_cache))
+    token = choose(prefill(model, ids, config.kv_cache, on_phase))
     position = len(prompt_ids)
     out: list[int] = []
     while True:

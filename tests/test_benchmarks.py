@@ -17,6 +17,8 @@ import pytest
 from benchmarks import common
 from benchmarks.bench_scenarios import Scenarios, SkipNotImplemented
 from harness.compare import compare_dirs
+from harness.figures import CaseFigures
+from harness.ledger import Ledger
 from harness.loader import load_paths
 
 REPO = Path(__file__).resolve().parent.parent
@@ -110,12 +112,24 @@ def test_setup_skips_cases_that_cannot_run_here_and_fails_cases_that_broke():
         suite.setup(cache, "greedy", "reference", "sim:auto")
 
 
-def test_merge_keeps_the_best_throughput_and_flags_counts_that_differ():
-    merged = common.merge(figures(decode_tokens_per_s=1500.0), figures(per_token={"h2d": 0.0, "d2h": 2.0, "d2d": 0.0, "sync": 0.0}))
+def pooled_runs(*runs: tuple[float, int]) -> CaseFigures:
+    """Figures of runs given as (decode tokens/s, decode d2h copies over 10 steps)."""
+    figures = CaseFigures("c", "s")
+    for tps, d2h in runs:
+        ledger = Ledger(decode_tokens=10)
+        ledger.set_phase("decode")
+        for _ in range(d2h):
+            ledger.record("d2h", 8)
+        figures.add("passed", ledger, {"decode_tokens_per_s": tps, "prefill_s": 0.001})
+    return figures
+
+
+def test_pooling_keeps_the_best_throughput_and_flags_counts_that_differ():
+    merged = pooled_runs((1500.0, 10)).pooled(pooled_runs((2000.0, 20), (1800.0, 10))).to_bench(threads=1)
     assert merged["decode_tokens_per_s"] == 2000.0
-    assert merged["per_token"]["d2h"] == 2.0
+    assert merged["per_token"]["d2h"] == 2.0, "the largest count is kept"
     assert merged["nondeterministic_transfers"] == ["d2h"]
-    assert merged["runs"] == 20
+    assert merged["runs"] == 3
 
 
 def test_a_real_cpu_case_is_measured_with_repeats(bench_dir):
@@ -123,7 +137,7 @@ def test_a_real_cpu_case_is_measured_with_repeats(bench_dir):
     result = common.measure_case(case, runs=3)
     assert "error" not in result, result
     assert result["runs"] == 3
-    assert result["decode_tokens"] == 4
+    assert result["decode_tokens"] == 3, "5 tokens: a prefill, 4 decode forwards, 3 complete decode steps"
     assert result["decode_tokens_per_s"] > 0
     assert math.isclose(result["decode_ms_per_token"], 1000 / result["decode_tokens_per_s"])
     assert result["peak_memory_bytes"] is None, "no CUDA here"
@@ -135,9 +149,9 @@ def test_measure_all_runs_each_case_once_per_pass_and_never_runs_skipped_ones(be
 
     def fake_measure(case, runs=None):
         calls.append(case.id)
-        return figures()
+        return pooled_runs(*[(2000.0, 10)] * 10)
 
-    monkeypatch.setattr(common, "measure_case", fake_measure)
+    monkeypatch.setattr(common, "measure_runs", fake_measure)
     monkeypatch.setattr("harness.cases.real_gpu_count", lambda: 0)
     result = common.measure_all(passes=2, runs=1)
     assert result["fast-bench[reference-cuda:0]"] == {"skipped": "needs 1 CUDA device, 0 visible"}

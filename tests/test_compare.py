@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from harness.compare import add_parser, compare_dirs, main
+from harness.errors import ErrorInfo
+from harness.ledger import Ledger
 from harness.results import CaseResult, RunDirectory
 
 SIM = "greedy[reference-sim:cuda:0]"
@@ -28,9 +30,9 @@ def case(case_id: str = SIM, *, tps: float | None = 1000.0, tokens: int = 23, h2
     if status == "skipped":
         return result
     if error:
-        result.error = {"type": "RuntimeError", "message": error}
+        result.error = ErrorInfo("RuntimeError", error)
         return result
-    result.ledger = {"decode_tokens": tokens, "counts": counts}
+    result.ledger = Ledger.from_json({"decode_tokens": tokens, "counts": counts})
     result.timings = {"prefill_s": 0.001, "decode_s": 0.02}
     if tps is not None:
         result.timings["decode_tokens_per_s"] = tps

@@ -13,8 +13,8 @@ from torch.overrides import TorchFunctionMode
 from harness import tinymodel
 from harness.engines.base import Generation
 from harness.feature_checks import check_features
-from harness.results import CaseResult
 from harness.scenario import ModelSpec, Scenario
+from harness.spec import resolve
 from reference_impl import GenerateConfig, JsonSpec, beam_search, generate, load_model
 
 jsonschema = pytest.importorskip("jsonschema")
@@ -117,31 +117,27 @@ def scenario(**fields) -> Scenario:
     return Scenario.model_validate({"name": "x", "description": "x", "prompt": "p", **fields})
 
 
-def result() -> CaseResult:
-    return CaseResult(id="x", scenario="x", engine="reference", device="cpu", file="f", line=1)
+def features(s: Scenario, generation: Generation):
+    """The feature checks' failures for `generation` under scenario `s`."""
+    return check_features(resolve(s, lambda text: [], eos_id=1), generation).failures
 
 
 def test_feature_check_fails_output_that_does_not_parse_or_validate():
     s = scenario(features={"json_schema": {"schema": SCHEMA}})
     for text, why in (('{"name": "a"', "not JSON"), ('{"name": "a", "age": 200}', "does not match")):
-        r = result()
-        check_features(r, s, Generation(tokens=[[1]], texts=[text]), lambda t: [])
-        assert [f.check for f in r.failures] == ["json_schema"], f"{text!r} must fail the json_schema check"
-        assert why in r.failures[0].message, f"the failure should say the output is {why!r}: {r.failures[0].message}"
-    r = result()
-    check_features(r, s, Generation(tokens=[[1]], texts=['{"name":"a","age":3}']), lambda t: [])
-    assert not r.failures, f"valid JSON must pass: {r.failures}"
+        failures = features(s, Generation(tokens=[[1]], texts=[text]))
+        assert [f.check for f in failures] == ["json_schema"], f"{text!r} must fail the json_schema check"
+        assert why in failures[0].message, f"the failure should say the output is {why!r}: {failures[0].message}"
+    failures = features(s, Generation(tokens=[[1]], texts=['{"name":"a","age":3}']))
+    assert not failures, f"valid JSON must pass: {failures}"
 
 
 def test_feature_check_fails_beams_out_of_score_order_or_output_not_the_best():
     s = scenario(features={"beam_search": {"num_beams": 2, "num_return": 2}})
     beams = [{"tokens": [3], "score": -2.0}, {"tokens": [4], "score": -1.0}]
-    r = result()
-    check_features(r, s, Generation(tokens=[[3]], texts=["a"], extra={"beams": [beams]}), lambda t: [])
-    assert any("not ordered by score" in f.message for f in r.failures), f"unordered beams must fail: {r.failures}"
-    r = result()
-    check_features(r, s, Generation(tokens=[[4]], texts=["a"], extra={"beams": [beams[::-1][:1] + beams[:1]]}), lambda t: [])
-    assert r.failures == [], f"ordered beams whose best is the output pass: {r.failures}"
-    r = result()
-    check_features(r, s, Generation(tokens=[[3]], texts=["a"], extra={"beams": [beams[::-1]]}), lambda t: [])
-    assert any("not the best beam" in f.message for f in r.failures), "an output that is not the best beam must fail"
+    failures = features(s, Generation(tokens=[[3]], texts=["a"], extra={"beams": [beams]}))
+    assert any("not ordered by score" in f.message for f in failures), f"unordered beams must fail: {failures}"
+    failures = features(s, Generation(tokens=[[4]], texts=["a"], extra={"beams": [beams[::-1][:1] + beams[:1]]}))
+    assert failures == [], f"ordered beams whose best is the output pass: {failures}"
+    failures = features(s, Generation(tokens=[[3]], texts=["a"], extra={"beams": [beams[::-1]]}))
+    assert any("not the best beam" in f.message for f in failures), "an output that is not the best beam must fail"

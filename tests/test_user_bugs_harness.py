@@ -37,10 +37,10 @@ def test_each_founding_bug_fails_with_op_devices_and_the_users_line(tag, device,
     [failure] = result.failures
     assert failure.check == "mismatch"
     assert result.error is not None
-    assert result.error["op"] == op
-    assert sorted(result.error["devices"]) == sorted(devices)
-    assert result.error["site"] == f"tests/sim_user_bugs.py:{marked_line('BUG ' + tag[-1])}"
-    assert result.error["message"].startswith("Expected all tensors to be on the same device")
+    assert result.error.op == op
+    assert sorted(result.error.devices) == sorted(devices)
+    assert result.error.site == f"tests/sim_user_bugs.py:{marked_line('BUG ' + tag[-1])}"
+    assert result.error.message.startswith("Expected all tensors to be on the same device")
 
 
 @pytest.mark.parametrize(("tag", "device"), [(tag, device) for tag, device, _, _ in BUGS])

@@ -135,6 +135,20 @@ def op_info(func: torch._ops.OpOverload) -> OpInfo:
     return OpInfo(backend, entry.get("device_check") != "NoCheck", method)
 
 
+def has_cuda_kernel(func: torch._ops.OpOverload) -> bool:
+    """Whether libtorch has a CUDA kernel for the op (or a composite one that decomposes),
+    per native_functions.yaml; True where the yaml does not know the op."""
+    schema = func._schema
+    name, overload = schema.name.split("::", 1)[-1], schema.overload_name
+    table = _native_functions()
+    entry = table.get(f"{name}.{overload}" if overload else name)
+    if entry is None:
+        return True
+    keys = _dispatch_keys(entry) | _dispatch_keys(table.get(entry.get("structured_delegate", "")))
+    composite = {"CompositeImplicitAutograd", "CompositeExplicitAutograd", "CompositeExplicitAutogradNonFunctional"}
+    return not keys or "CUDA" in keys or bool(keys & composite)
+
+
 # --- reading errors back --------------------------------------------------------------------
 
 _DEV = r"cuda:\d+|cpu|meta|cuda|mps|xpu:\d+|Cpu|Cuda ?\{ ?gpu_id: ?\d+ ?\}|Cuda\(\w*\(?\d*\)?\)"

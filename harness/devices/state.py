@@ -25,7 +25,7 @@ class SimState:
     count: int = 0  # simulated GPUs: cuda:0 .. cuda:count-1
     current: int = 0  # torch.cuda.current_device()
     ledger: Ledger | None = None
-    kernel_gaps: list[str] = field(default_factory=list)  # "op: message" of CPU kernels missing
+    kernel_gaps: list[str] = field(default_factory=list)  # "op: message at site" of CPU kernels missing
 
 
 STATE = SimState()
@@ -37,13 +37,53 @@ def record(kind: Kind, nbytes: int, op: str) -> None:
         ledger.record(kind, nbytes, op, call_site())
 
 
+# The exceptions the simulator saw a torch op raise for a kernel the CPU build lacks:
+# id -> (message, note). Only these (and errors raised from them) are kernel gaps. Ids, not
+# the exceptions (their tracebacks would keep model tensors alive); the message guards
+# against an id reused by another exception. The newest few are kept.
+_GAP_ERRORS: dict[int, tuple[str, str]] = {}
+_GAP_ERRORS_KEPT = 64
+
+
 def note_if_kernel_gap(func: object, exc: BaseException) -> None:
-    """Keep a note when a CPU kernel is missing (a GPU-only path ran); the error propagates."""
-    if is_kernel_gap(exc):
-        op = getattr(func, "__name__", None) or str(func)
-        note = f"{op}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-        if note not in STATE.kernel_gaps:
-            STATE.kernel_gaps.append(note)
+    """A torch op on simulated tensors raised: if the CPU lacks its kernel (a GPU-only path
+    ran) while CUDA has one, remember this exception as a kernel gap, with the op and the
+    user's call site. The error propagates either way."""
+    if not is_kernel_gap(exc) or not has_cuda_kernel(func):
+        return
+    op = getattr(func, "__name__", None) or str(func)
+    note = f"{op}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__} at {call_site()}"
+    _GAP_ERRORS[id(exc)] = (str(exc), note)
+    while len(_GAP_ERRORS) > _GAP_ERRORS_KEPT:
+        del _GAP_ERRORS[next(iter(_GAP_ERRORS))]
+    if note not in STATE.kernel_gaps:
+        STATE.kernel_gaps.append(note)
+
+
+def has_cuda_kernel(func: object) -> bool:
+    """False only when native_functions.yaml says the aten op has no CUDA kernel and is no
+    composite (then it fails on a real GPU too: not a gap). Python-level functions map to
+    their aten op by name; unknown ops count as having one."""
+    from harness.devices.errors import has_cuda_kernel as in_libtorch
+
+    op = func if isinstance(func, torch._ops.OpOverload) else None
+    if op is None:
+        packet = getattr(torch.ops.aten, getattr(func, "__name__", "").lstrip("_") or "?", None)
+        op = getattr(packet, "default", None) if packet is not None else None
+    return True if op is None else in_libtorch(op)
+
+
+def kernel_gap_of(exc: BaseException) -> str | None:
+    """The simulator's note when `exc`, or an exception it was raised from, is a kernel gap."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        known = _GAP_ERRORS.get(id(current))
+        if known is not None and known[0] == str(current):
+            return known[1]
+        current = current.__cause__ or current.__context__
+    return None
 
 
 # --- call sites ---------------------------------------------------------------------------

@@ -1,4 +1,34 @@
-"""The engine adapter interface: what an engine declares, receives and returns."""
+"""The engine adapter interface: what an engine declares, receives and returns.
+
+What the harness calls, per case, in a fresh instance (README "Writing an engine"):
+
+1. `unavailable_reason()` (class method): None, or why the engine cannot run here; the
+   case is then skipped with that reason.
+2. `load(request, placement)`: load the model of `request.model_dir` onto
+   `placement.devices` (one device, or several for `auto`). Afterwards the harness looks
+   at where the weights of `modules()` live and fails the case if that is not the
+   placement asked for.
+3. `generate(request) -> Generation`: run every prompt of `request.spec`. The harness owns
+   the phases: it hooks the forward of `modules()[0]`, the main model. Before generate()
+   it is `setup`; a prompt's first forward is `prefill`; from its second forward on each
+   forward is one decode step; whatever follows the last step is `finish`. Refine with
+   `request.on_phase("prefill")` at the start of each prompt (and before each forward of
+   a chunked prefill) and `request.on_phase("decode")` when decoding starts; an engine
+   whose model is no torch module the harness can hook must call both.
+4. `teacher_forced_logits(ids)` (when `capabilities.teacher_forcing`): only when a device
+   run's tokens differ from the CPU's, on a fresh load.
+5. `close()`, always, even after a failure.
+
+The teacher-forcing contract: `ids` is one prompt's token ids followed by the CPU run's
+generated tokens (batch 1; called once per prompt). Return float32 logits [len(ids), V]
+on the CPU, where row j scores the token at position j + 1 given ids[: j + 1]. The harness
+compares rows len(prompt) - 1 .. len(ids) - 2, the ones that chose each generated token,
+against the CPU engine's. Score through the code path generation uses (prefill, then the
+decode step with its cache, feeding the given tokens), not a separate full forward: a
+device bug that lives in the cached decode path must show here too. Independently of what
+an engine returns here, the harness records the logits the main model produced at every
+step of the real generation and judges a token flip on the CPU run's own logits.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +41,7 @@ from typing import Any, ClassVar
 import torch
 
 from harness.scenario import Scenario
+from harness.spec import GenerationSpec
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -20,10 +51,13 @@ class Capabilities:
     features: frozenset[str] = frozenset()
     # Device kinds: "cpu", "cuda" (one GPU), "auto" (split over several).
     devices: frozenset[str] = frozenset({"cpu"})
-    simulated: bool = False  # runs on torch, so simulated GPUs apply
-    token_ids: bool = True  # returns token ids (else only text: parity is text-level)
-    deterministic: bool = True  # same seed, same tokens
-    teacher_forcing: bool = True  # can score given tokens (logit parity)
+    # Runs on torch: simulated GPUs apply, weights are found through `modules()` for the
+    # placement check, and copies and syncs are counted. False: the placement and transfer
+    # checks cannot see inside the engine, and the report says so.
+    simulated: bool = False
+    token_ids: bool = True  # returns token ids; else only text, and parity compares text
+    deterministic: bool = True  # same seed, same tokens; else sampled parity is not judged
+    teacher_forcing: bool = True  # implements teacher_forced_logits
     faults: frozenset[str] = frozenset()  # fault switches it honours
     # Checks whose failures are known properties of the engine, reported as findings
     # (a section of their own in the report) rather than failing the case.
@@ -42,13 +76,21 @@ class Placement:
 class Request:
     scenario: Scenario
     model_dir: Path
-    prompt_ids: list[list[int]]
-    eos_id: int
+    # The scenario resolved for engines (`harness.spec`): map its fields, re-derive nothing.
+    spec: GenerationSpec
     encode: Callable[[str], list[int]]
     decode: Callable[[list[int]], str]
-    # Called with "prefill" before the prompt is processed and "decode" before the first
-    # decode step, so the transfer ledger splits its counts.
+    # "prefill" before each prompt, "decode" before the first decode step: refines the
+    # harness's own phases (see the module docstring).
     on_phase: Callable[[str], None]
+
+    @property
+    def prompt_ids(self) -> list[list[int]]:
+        return [list(ids) for ids in self.spec.prompt_ids]
+
+    @property
+    def eos_id(self) -> int:
+        return self.spec.eos_id
 
 
 @dataclass
@@ -56,8 +98,9 @@ class Generation:
     tokens: list[list[int]]  # one list per prompt ([] where the engine returns only text)
     texts: list[str]
     notes: list[str] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
-    # Forward passes after the prefill; None: one per generated token after the first.
+    extra: dict[str, Any] = field(default_factory=dict)  # "beams": [[{"tokens", "score"}]] per prompt
+    # Forward passes after the prefill, for engines whose forwards the harness cannot see;
+    # None: one per generated token after the first.
     decode_steps: int | None = None
 
 
@@ -78,8 +121,17 @@ class Engine(ABC):
     @abstractmethod
     def generate(self, request: Request) -> Generation: ...
 
+    def modules(self) -> list[torch.nn.Module]:
+        """The torch modules this engine loaded, the main model first (its forward marks
+        the steps). Default: the `nn.Module`s among the engine's attributes, searched a few
+        levels into plain objects, lists and dicts, in attribute order."""
+        from harness.placement import find_modules
+
+        return find_modules(self)
+
     def teacher_forced_logits(self, ids: list[int]) -> torch.Tensor:
-        """Logits [len(ids), V] (float32, CPU) at every position of `ids`."""
+        """Logits [len(ids), V] (float32, CPU) at every position of `ids` (see the module
+        docstring for the contract)."""
         raise NotImplementedError(f"engine {self.name} cannot score given tokens")
 
     def close(self) -> None:  # noqa: B027 (an optional hook, not abstract)

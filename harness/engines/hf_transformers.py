@@ -2,8 +2,8 @@
 
 The model loads on the CPU from the tiny-model directory, then moves to its device, or for
 `auto` is dispatched by accelerate over the GPUs with a balanced layer map (the same split
-the reference uses), so real and simulated runs take the same path. Decoding phases are
-marked by a logits processor: its first call comes right after the prefill forward.
+the reference uses), so real and simulated runs take the same path. The harness hooks the
+model's forward for the phases; the adapter marks each prompt's prefill.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import torch
 
 from harness.engines import register
 from harness.engines.base import TORCH_DTYPES, Capabilities, Engine, Generation, Placement, Request
-from harness.engines.reference import resolve_logit_bias
 
 
 def balanced_device_map(num_layers: int, devices: tuple[str, ...]) -> dict[str, str]:
@@ -29,31 +28,6 @@ def balanced_device_map(num_layers: int, devices: tuple[str, ...]) -> dict[str, 
             layer += 1
     device_map |= {"model.norm": devices[-1], "lm_head": devices[-1]}
     return device_map
-
-
-class PhaseMarker:
-    """A forward pre-hook on the model: the first forward of a generation is the prefill,
-    every later one a decode step. Works for any engine built on a transformers model."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.forwards = 0
-        self.request: Request | None = None
-        self.handle = model.register_forward_pre_hook(self._before_forward)
-
-    def start(self, request: Request) -> None:
-        """Call before each prompt's generation."""
-        self.request, self.forwards = request, 0
-        request.on_phase("prefill")
-
-    def stop(self) -> int:
-        """Decode steps of the generation just finished."""
-        self.request = None
-        return max(self.forwards - 1, 0)
-
-    def _before_forward(self, module: torch.nn.Module, args: object) -> None:
-        if self.request is not None and self.forwards == 1:
-            self.request.on_phase("decode")
-        self.forwards += 1
 
 
 class JsonSchemaProcessor:
@@ -74,11 +48,11 @@ class JsonSchemaProcessor:
         built it on the lm_head's device and the harness caught it: cuda:0 vs cuda:1)."""
         from reference_impl.constrained import JsonConstraint
 
-        schema = self.request.scenario.features.json_schema
+        schema = self.request.spec.json_schema
         assert schema is not None
         directory = self.request.model_dir
         vocab = json.loads((directory / "config.json").read_text())["vocab_size"]
-        self.constraint = JsonConstraint(schema.schema_, str(directory / "tokenizer.json"), self.rows, vocab,
+        self.constraint = JsonConstraint(schema, str(directory / "tokenizer.json"), self.rows, vocab,
                                          self.request.eos_id, device)
         self.fresh = self.constraint.matchers[0].deep_copy()
 
@@ -119,73 +93,85 @@ class TransformersEngine(Engine):
     def load(self, request: Request, placement: Placement) -> None:
         from transformers import AutoModelForCausalLM
 
-        model: Any = AutoModelForCausalLM.from_pretrained(request.model_dir, dtype=TORCH_DTYPES[request.scenario.model.dtype])
+        model: Any = AutoModelForCausalLM.from_pretrained(request.model_dir, dtype=TORCH_DTYPES[request.spec.dtype])
         model.eval()
         if placement.kind == "auto":
             from accelerate import dispatch_model
 
             device_map = balanced_device_map(model.config.num_hidden_layers, placement.devices)
-            model = dispatch_model(model, device_map=device_map)
+            # main_device: accelerate otherwise picks it from a set, so the copies per token
+            # would depend on PYTHONHASHSEED.
+            model = dispatch_model(model, device_map=device_map, main_device=placement.devices[0])
         elif placement.devices[0] != "cpu":
             model = model.to(placement.devices[0])
         self.model = model
         self.input_device = model.get_input_embeddings().weight.device
-        self.phases = PhaseMarker(model)
+
+    def modules(self) -> list[torch.nn.Module]:
+        return [self.model]
 
     def generate(self, request: Request) -> Generation:
-        s = request.scenario
-        beams = s.features.beam_search
+        spec = request.spec
+        beams, sampling = spec.beams, spec.sampling
         kwargs: dict[str, Any] = {
-            "max_new_tokens": s.max_new_tokens,
-            "min_new_tokens": 0 if s.stop_at_eos else s.max_new_tokens,
-            "eos_token_id": request.eos_id,
-            "pad_token_id": request.eos_id,
-            "do_sample": s.sampling.mode == "sample",
+            "max_new_tokens": spec.max_new_tokens,
+            "min_new_tokens": 0 if spec.stop_id is not None else spec.max_new_tokens,
+            "eos_token_id": spec.eos_id,
+            "pad_token_id": spec.eos_id,
+            "do_sample": not sampling.greedy,
         }
-        if s.sampling.mode == "sample":
-            kwargs |= {"temperature": s.sampling.temperature or 1.0, "top_k": s.sampling.top_k or 0,
-                       "top_p": s.sampling.top_p or 1.0}
-        if s.sampling.repetition_penalty:
-            kwargs["repetition_penalty"] = s.sampling.repetition_penalty
-        bias = resolve_logit_bias(request)
-        if bias:
-            kwargs["sequence_bias"] = [[[token], value] for token, value in bias.items()]
+        if not sampling.greedy:
+            kwargs |= {"temperature": sampling.temperature, "top_k": sampling.top_k or 0, "top_p": sampling.top_p or 1.0}
+        if sampling.repetition_penalty:
+            kwargs["repetition_penalty"] = sampling.repetition_penalty
+        if spec.logit_bias:
+            kwargs["sequence_bias"] = [[[token], value] for token, value in spec.logit_bias.items()]
         if beams is not None:
             kwargs |= {"num_beams": beams.num_beams, "length_penalty": beams.length_penalty,
                        "num_return_sequences": beams.num_return, "output_scores": True,
                        "return_dict_in_generate": True, "early_stopping": True}
         tokens: list[list[int]] = []
-        notes: list[str] = []
         extra: dict[str, Any] = {"beams": []}
-        decode_steps = 0
         for ids in request.prompt_ids:
-            self.phases.start(request)
-            torch.manual_seed(s.sampling.seed)
+            request.on_phase("prefill")
+            torch.manual_seed(sampling.seed)
             prompt = torch.tensor([ids], device=self.input_device)
-            if s.features.json_schema is not None:
+            if spec.json_schema is not None:
                 from transformers import LogitsProcessorList
 
                 rows = beams.num_beams if beams is not None else 1
                 kwargs["logits_processor"] = LogitsProcessorList([JsonSchemaProcessor(request, len(ids), rows)])
             out = self.model.generate(prompt, **kwargs)
-            decode_steps += self.phases.stop()
             if beams is not None:
                 sequences = out.sequences[:, len(ids):].tolist()
                 scores = out.sequences_scores.tolist()
-                extra["beams"].append([{"tokens": _strip(t, request.eos_id), "score": sc} for t, sc in zip(sequences, scores, strict=True)])
-                tokens.append(_strip(sequences[0], request.eos_id))
+                extra["beams"].append([{"tokens": _strip(t, spec.eos_id), "score": sc} for t, sc in zip(sequences, scores, strict=True)])
+                tokens.append(_strip(sequences[0], spec.eos_id))
             else:
-                tokens.append(_strip(out[0, len(ids):].tolist(), request.eos_id, keep_eos=True))
-        return Generation(tokens=tokens, texts=[request.decode(t) for t in tokens], notes=notes,
-                          extra=extra if beams is not None else {}, decode_steps=decode_steps)
+                tokens.append(_strip(out[0, len(ids):].tolist(), spec.eos_id, keep_eos=True))
+        return Generation(tokens=tokens, texts=[request.decode(t) for t in tokens],
+                          extra=extra if beams is not None else {})
 
     def teacher_forced_logits(self, ids: list[int]) -> torch.Tensor:
-        with torch.no_grad():
-            logits = self.model(torch.tensor([ids], device=self.input_device)).logits
-        return logits[0].float().cpu()
+        """Through generation's own path: the prompt's first token, then one cached step per
+        given token (a plain full forward would hide a bug in the cached decode path)."""
+        return cached_teacher_forcing(self.model, ids, self.input_device)
 
     def close(self) -> None:
         self.model = None
+
+
+def cached_teacher_forcing(model: Any, ids: list[int], device: torch.device) -> torch.Tensor:
+    """Logits [len(ids), V] (float32, CPU): ids[0] as a prefill, then each later id as one
+    decode step with the model's KV cache, the way generate() feeds tokens."""
+    rows = []
+    with torch.no_grad():
+        out = model(torch.tensor([ids[:1]], device=device), use_cache=True)
+        rows.append(out.logits[0, -1].float().cpu())
+        for token in ids[1:]:
+            out = model(torch.tensor([[token]], device=device), past_key_values=out.past_key_values, use_cache=True)
+            rows.append(out.logits[0, -1].float().cpu())
+    return torch.stack(rows)
 
 
 def _strip(tokens: list[int], eos_id: int, keep_eos: bool = False) -> list[int]:

@@ -16,7 +16,6 @@ import torch
 
 from harness.engines import register
 from harness.engines.base import Capabilities, Engine, Generation, Placement, Request
-from harness.engines.reference import resolve_logit_bias
 
 
 @register
@@ -44,18 +43,19 @@ class LlamaCppEngine(Engine):
 
         from harness.gguf_export import gguf_file
 
-        quant = request.scenario.features.quantization
+        quant = request.spec.quantization
         if quant is not None and quant.format != "q8_0":
             raise NotImplementedError(f"the llamacpp adapter writes f32 and q8_0 GGUF files, not {quant.format}")
         path = gguf_file(request.model_dir, "q8_0" if quant is not None else "f32")
         self.llm = Llama(
             model_path=str(path), n_ctx=request.scenario.model.max_seq_len, logits_all=True, verbose=False,
-            n_gpu_layers=0 if placement.kind == "cpu" else -1, seed=request.scenario.sampling.seed, n_threads=2,
+            n_gpu_layers=0 if placement.kind == "cpu" else -1, seed=request.spec.sampling.seed, n_threads=2,
         )
 
     def generate(self, request: Request) -> Generation:
-        s = request.scenario
-        bias = resolve_logit_bias(request)
+        spec = request.spec
+        sampling = spec.sampling
+        bias = spec.logit_bias
         processors: Any = None
         if bias:
             ids, values = np.array(list(bias)), np.array(list(bias.values()), dtype=np.float32)
@@ -66,25 +66,24 @@ class LlamaCppEngine(Engine):
 
             processors = [add_bias]
         grammar = None
-        if s.features.json_schema is not None:
+        if spec.json_schema is not None:
             from llama_cpp import LlamaGrammar
 
-            grammar = LlamaGrammar.from_json_schema(json.dumps(s.features.json_schema.schema_), verbose=False)
-        sampled = s.sampling.mode == "sample"
+            grammar = LlamaGrammar.from_json_schema(json.dumps(spec.json_schema), verbose=False)
         tokens = []
         for prompt in request.prompt_ids:
             request.on_phase("prefill")
             self.llm.reset()
             out: list[int] = []
             for token in self.llm.generate(
-                prompt, temp=(s.sampling.temperature or 1.0) if sampled else 0.0, top_k=(s.sampling.top_k or 0) if sampled else 1,
-                top_p=s.sampling.top_p or 1.0, repeat_penalty=s.sampling.repetition_penalty or 1.0,
+                prompt, temp=sampling.temperature, top_k=1 if sampling.greedy else (sampling.top_k or 0),
+                top_p=sampling.top_p or 1.0, repeat_penalty=sampling.repetition_penalty or 1.0,
                 logits_processor=processors, grammar=grammar, reset=True,
             ):
                 out.append(int(token))
                 if len(out) == 1:
                     request.on_phase("decode")
-                if len(out) >= s.max_new_tokens or (s.stop_at_eos and token == request.eos_id):
+                if len(out) >= spec.max_new_tokens or token == spec.stop_id:
                     break
             tokens.append(out)
         return Generation(tokens=tokens, texts=[request.decode(t) for t in tokens])

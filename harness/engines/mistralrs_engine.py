@@ -16,7 +16,6 @@ from typing import Any
 
 from harness.engines import register
 from harness.engines.base import Capabilities, Engine, Generation, Placement, Request
-from harness.engines.reference import resolve_logit_bias
 
 _PASS_THROUGH_TEMPLATE = '{{ messages[0]["content"] }}'
 
@@ -64,24 +63,25 @@ class MistralRsEngine(Engine):
     def generate(self, request: Request) -> Generation:
         from mistralrs import CompletionRequest
 
-        s = request.scenario
-        kwargs: dict = {"max_tokens": s.max_new_tokens, "ignore_eos": not s.stop_at_eos}
-        if s.sampling.mode == "sample":
-            kwargs |= {"temperature": s.sampling.temperature or 1.0, "top_k": s.sampling.top_k, "top_p": s.sampling.top_p}
-        else:
-            kwargs["temperature"] = 0.0
-        if s.sampling.repetition_penalty:
-            kwargs["repetition_penalty"] = s.sampling.repetition_penalty
-        bias = resolve_logit_bias(request)
-        if bias:
-            kwargs["logit_bias"] = {int(k): float(v) for k, v in bias.items()}
-        if s.features.json_schema is not None:
-            kwargs |= {"grammar": json.dumps(s.features.json_schema.schema_), "grammar_type": "json_schema"}
+        spec = request.spec
+        sampling = spec.sampling
+        kwargs: dict = {"max_tokens": spec.max_new_tokens, "ignore_eos": spec.stop_id is None,
+                        "temperature": sampling.temperature}
+        if not sampling.greedy:
+            kwargs |= {"top_k": sampling.top_k, "top_p": sampling.top_p}
+        if sampling.repetition_penalty:
+            kwargs["repetition_penalty"] = sampling.repetition_penalty
+        if spec.logit_bias:
+            kwargs["logit_bias"] = {int(k): float(v) for k, v in spec.logit_bias.items()}
+        if spec.json_schema is not None:
+            kwargs |= {"grammar": json.dumps(spec.json_schema), "grammar_type": "json_schema"}
         texts = []
-        for prompt in s.prompt_list:
+        for prompt in spec.prompts:
             request.on_phase("prefill")
             response = self.runner.send_completion_request(CompletionRequest(prompt=prompt, model="default", **kwargs))
             texts.append(response.choices[0].text)
+        # One request generates every token: no step the harness can see (and nothing is
+        # tracked: the engine is not torch, and runs on the CPU only).
         return Generation(tokens=[[] for _ in texts], texts=texts, decode_steps=0)
 
     def close(self) -> None:

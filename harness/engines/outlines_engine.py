@@ -51,29 +51,29 @@ class OutlinesEngine(Engine):
         tokenizer = AutoTokenizer.from_pretrained(request.model_dir)
         self.model = outlines.from_transformers(self.hf.model, tokenizer)  # type: ignore[arg-type]
 
+    def modules(self) -> list[torch.nn.Module]:
+        return self.hf.modules()
+
     def generate(self, request: Request) -> Generation:
         import outlines
         from outlines.types import JsonSchema
 
-        s = request.scenario
-        output_type = JsonSchema(json.dumps(s.features.json_schema.schema_)) if s.features.json_schema else None
+        spec = request.spec
+        output_type = JsonSchema(json.dumps(spec.json_schema)) if spec.json_schema is not None else None
         generator = outlines.Generator(self.model, output_type)
-        kwargs: dict = {"max_new_tokens": s.max_new_tokens}
-        if s.sampling.mode == "sample":
-            kwargs |= {"do_sample": True, "temperature": s.sampling.temperature or 1.0}
-            if s.sampling.top_k:
-                kwargs["top_k"] = s.sampling.top_k
-            if s.sampling.top_p:
-                kwargs["top_p"] = s.sampling.top_p
-        if s.features.beam_search:
-            kwargs |= {"num_beams": s.features.beam_search.num_beams}
-        texts, steps = [], 0
-        for prompt in s.prompt_list:
-            self.hf.phases.start(request)
-            torch.manual_seed(s.sampling.seed)
+        kwargs: dict = {"max_new_tokens": spec.max_new_tokens}
+        if not spec.sampling.greedy:
+            kwargs |= {"do_sample": True, "temperature": spec.sampling.temperature}
+            if spec.sampling.top_k:
+                kwargs["top_k"] = spec.sampling.top_k
+            if spec.sampling.top_p:
+                kwargs["top_p"] = spec.sampling.top_p
+        texts = []
+        for prompt in spec.prompts:
+            request.on_phase("prefill")
+            torch.manual_seed(spec.sampling.seed)
             texts.append(str(generator(prompt, **kwargs)))
-            steps += self.hf.phases.stop()
-        return Generation(tokens=[[] for _ in texts], texts=texts, decode_steps=steps)
+        return Generation(tokens=[[] for _ in texts], texts=texts)
 
     def teacher_forced_logits(self, ids: list[int]) -> torch.Tensor:
         return self.hf.teacher_forced_logits(ids)

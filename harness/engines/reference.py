@@ -31,15 +31,14 @@ class ReferenceEngine(Engine):
     def load(self, request: Request, placement: Placement) -> None:
         from reference_impl import load_model
 
-        s = request.scenario
-        quantization = s.features.quantization
+        spec = request.spec
         self.model = load_model(
             request.model_dir,
             list(placement.devices),
-            TORCH_DTYPES[s.model.dtype],
-            quantization=quantization.format if quantization else None,
-            quantize_router=quantization.router if quantization else False,
-            faults=s.faults,
+            TORCH_DTYPES[spec.dtype],
+            quantization=spec.quantization.format if spec.quantization else None,
+            quantize_router=spec.quantization.router if spec.quantization else False,
+            faults=spec.faults,
         )
 
     def generate(self, request: Request) -> Generation:
@@ -70,39 +69,25 @@ class ReferenceEngine(Engine):
 
 
 def build_config(request: Request) -> GenerateConfig:
-    """The scenario's sampling and features as a reference_impl GenerateConfig."""
+    """The resolved spec as a reference_impl GenerateConfig, field by field."""
     from reference_impl import GenerateConfig, JsonSpec
 
-    s = request.scenario
-    f = s.features
-    sampled = s.sampling.mode == "sample"
+    spec = request.spec
     json_spec = None
-    if f.json_schema is not None:
-        json_spec = JsonSpec(f.json_schema.schema_, (request.model_dir / "tokenizer.json").read_text(), request.eos_id)
+    if spec.json_schema is not None:
+        json_spec = JsonSpec(spec.json_schema, (request.model_dir / "tokenizer.json").read_text(), spec.eos_id)
     return GenerateConfig(
-        max_new_tokens=s.max_new_tokens,
-        eos_id=request.eos_id if s.stop_at_eos else None,
-        temperature=(s.sampling.temperature or 1.0) if sampled else 0.0,
-        top_k=s.sampling.top_k,
-        top_p=s.sampling.top_p,
-        repetition_penalty=s.sampling.repetition_penalty,
-        seed=s.sampling.seed,
-        logit_bias=resolve_logit_bias(request),
-        kv_cache=f.kv_cache.kind if f.kv_cache else "static",
+        max_new_tokens=spec.max_new_tokens,
+        eos_id=spec.stop_id,
+        temperature=spec.sampling.temperature,
+        top_k=spec.sampling.top_k,
+        top_p=spec.sampling.top_p,
+        repetition_penalty=spec.sampling.repetition_penalty,
+        seed=spec.sampling.seed,
+        logit_bias=dict(spec.logit_bias),
+        kv_cache=spec.kv_cache or "static",
         json=json_spec,
-        num_beams=f.beam_search.num_beams if f.beam_search else 1,
-        length_penalty=f.beam_search.length_penalty if f.beam_search else 1.0,
-        num_return=f.beam_search.num_return if f.beam_search else 1,
+        num_beams=spec.beams.num_beams if spec.beams else 1,
+        length_penalty=spec.beams.length_penalty if spec.beams else 1.0,
+        num_return=spec.beams.num_return if spec.beams else 1,
     )
-
-
-def resolve_logit_bias(request: Request) -> dict[int, float]:
-    """The scenario's bias as token id -> value (text entries: every token of the string)."""
-    feature = request.scenario.features.logit_bias
-    if feature is None:
-        return {}
-    bias = dict(feature.ids)
-    for text, value in feature.text.items():
-        for token_id in request.encode(text):
-            bias[token_id] = value
-    return bias

@@ -1,5 +1,12 @@
 """An example engine plugin: greedy decoding written by hand over a transformers model,
-with its own KV-cache loop, the way a small inference engine would do it."""
+with its own KV-cache loop, the way a small inference engine would do it.
+
+What the harness needs from it (README "Writing an engine"): `load` puts the model on the
+placement's device; `generate` runs every prompt of `request.spec` and marks each prompt's
+prefill; `teacher_forced_logits` scores given tokens through the same cached decode step
+that generation uses. The harness finds the model (an `nn.Module` attribute) by itself,
+checks where its weights live, and hooks its forward for the phases and the logits.
+"""
 
 from __future__ import annotations
 
@@ -23,30 +30,40 @@ class ExampleGreedyEngine(Engine):
         self.model = AutoModelForCausalLM.from_pretrained(request.model_dir).eval().to(self.device)
 
     def generate(self, request: Request) -> Generation:
-        if request.scenario.sampling.mode != "greedy":
+        spec = request.spec
+        if not spec.sampling.greedy:
             raise NotImplementedError("example-greedy only decodes greedily")
-        tokens = [self._greedy(ids, request) for ids in request.prompt_ids]
+        tokens = []
+        for prompt in spec.prompt_ids:
+            request.on_phase("prefill")  # the harness counts from here: prefill, then decode steps
+            tokens.append(self._greedy(list(prompt), spec.max_new_tokens, spec.stop_id))
         return Generation(tokens=tokens, texts=[request.decode(t) for t in tokens])
 
     @torch.no_grad()
-    def _greedy(self, prompt: list[int], request: Request) -> list[int]:
-        request.on_phase("prefill")
-        ids = torch.tensor([prompt], device=self.device)
-        out = self.model(ids, use_cache=True)
+    def _step(self, ids: list[int], past=None):
+        """One forward (the prompt, or one token with the cache): the last logits and the cache."""
+        out = self.model(torch.tensor([ids], device=self.device), past_key_values=past, use_cache=True)
+        return out.logits[:, -1], out.past_key_values
+
+    def _greedy(self, prompt: list[int], max_new_tokens: int, stop_id: int | None) -> list[int]:
+        logits, past = self._step(prompt)
         generated: list[int] = []
         while True:
-            token = out.logits[:, -1].argmax(-1, keepdim=True)  # [1, 1] on the model's device
-            generated.append(int(token.cpu()[0, 0]))
-            done = generated[-1] == request.eos_id and request.scenario.stop_at_eos
-            if done or len(generated) >= request.scenario.max_new_tokens:
+            token = int(logits.argmax(-1).cpu()[0])  # the one read-back per step
+            generated.append(token)
+            if token == stop_id or len(generated) >= max_new_tokens:
                 return generated
-            if len(generated) == 1:
-                request.on_phase("decode")
-            out = self.model(token, past_key_values=out.past_key_values, use_cache=True)
+            logits, past = self._step([token], past)
 
     def teacher_forced_logits(self, ids: list[int]) -> torch.Tensor:
-        with torch.no_grad():
-            return self.model(torch.tensor([ids], device=self.device)).logits[0].float().cpu()
+        """Row j scores ids[j + 1], through the cached step generation uses."""
+        rows = []
+        logits, past = self._step(ids[:1])
+        rows.append(logits[0].float().cpu())
+        for token in ids[1:]:
+            logits, past = self._step([token], past)
+            rows.append(logits[0].float().cpu())
+        return torch.stack(rows)
 
     def close(self) -> None:
         self.model = None
