@@ -108,6 +108,8 @@ def skip_reason(case: Case) -> tuple[str, bool] | None:
     if unavailable:
         return f"engine {case.engine} unavailable: {unavailable}", False
     caps = engine.capabilities
+    if case.scenario.sampling.mode == "sample" and not caps.sampling:
+        return f"engine {case.engine} does not sample (greedy only)", False
     missing = [f for f in case.scenario.features.names() if f not in caps.features]
     if missing:
         return f"engine {case.engine} lacks feature {', '.join(missing)}", False

@@ -170,13 +170,36 @@ def check_parity(e: ParityEvidence, config: ParityCheck) -> Outcome:
             out.fail("parity", f"prompt {nan[0]}, step {nan[1]}: the {side} run's logits hold NaN")
             return out
     for index, (mine, theirs) in enumerate(zip(e.tokens, e.cpu_tokens, strict=False)):
-        if mine == theirs:
-            continue
+        if _without_stop(mine, e.stop_id) == _without_stop(theirs, e.stop_id):
+            continue  # equal, or one engine keeps the final EOS and the other does not
         step = next((i for i, (a, b) in enumerate(zip(mine, theirs, strict=False)) if a != b), min(len(mine), len(theirs)))
         failure = _judge_flip(e, config, index, step, out)
         if failure is not None:
             out.fail("parity", failure)
             return out
+    return out
+
+
+def _without_stop(tokens: list[int], stop_id: int | None) -> list[int]:
+    return tokens[:-1] if tokens and stop_id is not None and tokens[-1] == stop_id else tokens
+
+
+def check_teacher_forcing(tokens: list[list[int]], prompt_ids: list[list[int]], score: Scorer) -> Outcome:
+    """Greedy on the CPU: at every step, the argmax of the engine's teacher-forced logits is
+    the token it generated (its scoring and its generation are the same computation)."""
+    out = Outcome()
+    for index, (prompt, generated) in enumerate(zip(prompt_ids, tokens, strict=True)):
+        if not generated:
+            continue
+        logits = score(prompt + generated)
+        start = len(prompt) - 1
+        chosen = logits[start : start + len(generated)].argmax(dim=-1).tolist()
+        for step, (want, got) in enumerate(zip(generated, chosen, strict=False)):
+            if want != got:
+                out.fail("teacher_forcing", f"prompt {index}, step {step}: the argmax of the engine's teacher-forced "
+                                            f"logits is {got}, but it generated {want}: teacher_forced_logits does not "
+                                            "score the way generate() chooses")
+                break
     return out
 
 

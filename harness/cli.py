@@ -88,10 +88,28 @@ def _parser() -> argparse.ArgumentParser:
     doc = sub.add_parser("doctor", help="versions, devices, simulation and engines available here")
     doc.set_defaults(func=cmd_doctor)
 
+    chk = sub.add_parser("check-engine", help="conformance battery for a registered engine (exit 0 only if conformant)")
+    chk.add_argument("engine", help="a registered engine name (see `samedevice doctor`)")
+    chk.add_argument("--device", "-d", action="append", default=[],
+                     help="only these devices: cpu, sim:cuda:0, sim:auto, cuda:0, auto (repeatable; default: every "
+                          "device kind the engine declares, simulated and real where present)")
+    chk.add_argument("--isolation", choices=("process", "none"), default="process",
+                     help="process: every case in a worker process, so a crash fails its line (default); none: in this process")
+    chk.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help=f"seconds per case (default {DEFAULT_TIMEOUT:g})")
+    chk.set_defaults(func=cmd_check_engine)
+
     from harness import compare
 
     compare.add_parser(sub)
     return parser
+
+
+def _report_broken_plugins() -> None:
+    """A plugin that failed to import, with its error: its engines' cases fail, naming it."""
+    from harness.engines import broken_plugins
+
+    for name, why in sorted(broken_plugins().items()):
+        print(f"samedevice: plugin {name} failed to load: {why}", file=sys.stderr)
 
 
 def _select(args: argparse.Namespace):
@@ -114,6 +132,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     from harness.cases import skip_reason
 
     errors, cases = _select(args)
+    _report_broken_plugins()
     for error in errors:
         print(f"invalid: {error}", file=sys.stderr)
     for case in cases:
@@ -144,6 +163,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not console.is_terminal:
         console = Console(stderr=True, width=200)  # CI logs: wide rows, not folded columns
     errors, cases = _select(args)
+    _report_broken_plugins()
     expected_ids = [c.id for c in cases]
     if args.shard:
         from harness.sharding import select_shard
@@ -307,6 +327,28 @@ def cmd_merge(args: argparse.Namespace) -> int:
     print(f"merged {len(args.run_dirs)} runs: {report.counts_line(outcome.results)}; "
           f"{len(outcome.gaps)} gaps, {len(outcome.duplicates)} duplicates -> {outcome.run_dir.path}", file=sys.stderr)
     return 1 if bad or not outcome.complete else 0
+
+
+def cmd_check_engine(args: argparse.Namespace) -> int:
+    from harness.conformance import check_engine
+    from harness.engines import UnknownEngine, get_engine
+    from harness.isolation import make_executor
+
+    try:
+        get_engine(args.engine)
+    except UnknownEngine as exc:
+        print(f"samedevice check-engine: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"samedevice check-engine {args.engine}")
+    execute = make_executor(args.isolation, args.timeout)
+    try:
+        lines = check_engine(args.engine, args.device, execute, lambda line: print(line, flush=True))
+    finally:
+        getattr(execute, "stop", lambda: None)()
+    tally = {v: sum(line.verdict == v for line in lines) for v in ("PASS", "FAIL", "SKIP")}
+    verdict = "conformant" if not tally["FAIL"] else "NOT conformant"
+    print(f"{args.engine}: {verdict} ({tally['PASS']} passed, {tally['FAIL']} failed, {tally['SKIP']} skipped)")
+    return 1 if tally["FAIL"] else 0
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

@@ -24,8 +24,9 @@ from pathlib import Path
 import torch
 
 from harness import checks, feature_checks, tinymodel
+from harness.capture import captured_output, quiet_libraries
 from harness.cases import Case, DeviceTarget, skip_reason
-from harness.engines import get_engine
+from harness.engines import UnknownEngine, get_engine
 from harness.engines.base import Engine, Generation, Request
 from harness.errors import ErrorInfo, describe
 from harness.ledger import Ledger
@@ -39,6 +40,9 @@ from harness.spec import GenerationSpec, resolve
 @dataclass
 class RunOptions:
     strict_devices: bool = False
+    # Greedy cases on the CPU also check that the engine's teacher forcing picks the tokens
+    # its generation chose (check-engine turns it on).
+    teacher_forcing_check: bool = False
 
 
 @dataclass
@@ -120,12 +124,11 @@ def execute(case: Case) -> Execution:
     """Load and generate; any exception becomes `Execution.error`, never the run's."""
     run = Execution()
     tracker = PhaseTracker(run.ledger, torch.cuda.synchronize if _real_gpu(case.target) else None)
-    # An engine's warnings are the engine's business: recorded as notes, never raised
-    # (pytest's filterwarnings=error must not turn a deprecation inside outlines into a failure).
-    with warnings.catch_warnings(record=True) as recorded:
-        warnings.simplefilter("always")
+    # An engine's warnings and output are the engine's business: recorded as notes, never
+    # raised (pytest's filterwarnings=error must not turn a deprecation inside outlines into
+    # a failure) and never printed between the run's progress lines.
+    with engine_output(run):
         _generate(case, run, tracker)
-    run.warnings = list(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in recorded))[:5]
     run.decode_seen = tracker.decode_forwards > 0 or tracker.engine_marks["decode"] > 0
     if run.generation is not None and tracker.decode_forwards == 0:
         # No decode forward was seen: the engine's own count is the steps (see harness.phases).
@@ -136,6 +139,17 @@ def execute(case: Case) -> Execution:
     if run.ledger.decode_tokens and seconds["decode"] > 0:
         run.timings["decode_tokens_per_s"] = round(run.ledger.decode_tokens / seconds["decode"], 2)
     return run
+
+
+@contextlib.contextmanager
+def engine_output(run: Execution) -> Iterator[None]:
+    """The engine's warnings and printed output (native code's too) into `run`'s notes."""
+    quiet_libraries()
+    with warnings.catch_warnings(record=True) as recorded, captured_output() as output:
+        warnings.simplefilter("always")
+        yield
+    run.warnings = list(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in recorded))[:5]
+    run.notes += [f"output: {line}" for line in output.lines()]
 
 
 def _generate(case: Case, run: Execution, tracker: PhaseTracker) -> None:
@@ -221,7 +235,7 @@ def scorer(case: Case, target: DeviceTarget) -> Callable[[list[int]], torch.Tens
     def score(ids: list[int]) -> torch.Tensor:
         engine = get_engine(case.engine)()
         request = build_request(Case(case.loaded, case.engine, target), lambda phase: None)
-        with device_context(target, Ledger()):
+        with engine_output(Execution()), device_context(target, Ledger()):
             engine.load(request, target.placement())
             try:
                 return engine.teacher_forced_logits(ids).float().cpu()
@@ -240,6 +254,11 @@ def run_case(case: Case, options: RunOptions, companions: Companions | None) -> 
         features=list(case.scenario.features.names()),
         worker=os.environ.get("PYTEST_XDIST_WORKER", f"{socket.gethostname()}:{os.getpid()}"),
     )
+    try:
+        get_engine(case.engine)
+    except UnknownEngine as exc:  # e.g. its plugin failed to import: the case fails, naming it
+        result.status, result.error = "error", ErrorInfo("UnknownEngine", str(exc), origin="engine")
+        return _finish(result)
     skip = skip_reason(case)
     if skip is not None:
         reason, missing_device = skip
@@ -250,14 +269,14 @@ def run_case(case: Case, options: RunOptions, companions: Companions | None) -> 
             result.status, result.reason = "skipped", reason
         return _finish(result)
     try:
-        _judge(case, result, companions)
+        _judge(case, result, companions, options)
     except Exception as exc:  # a bug in our own checks: the case's error, never the engine's
         result.error = describe(exc, origin="harness")
         result.status, result.failures = "error", []
     return _finish(result)
 
 
-def _judge(case: Case, result: CaseResult, companions: Companions | None) -> None:
+def _judge(case: Case, result: CaseResult, companions: Companions | None, options: RunOptions) -> None:
     run = execute(case)
     if companions is not None and case.target.kind == "cpu":
         companions.remember(case, run)
@@ -282,12 +301,17 @@ def _judge(case: Case, result: CaseResult, companions: Companions | None) -> Non
         generation = run.generation
         result.tokens, result.texts = generation.tokens, generation.texts
         outcome.notes += generation.notes
-        outcome.add(checks.check_output(generation.tokens, scenario, run.spec.eos_id))
+        if caps.token_ids:
+            outcome.add(checks.check_output(generation.tokens, scenario, run.spec.eos_id))
         if tracked and caps.simulated:
             outcome.add(checks.check_phases(case.engine, generation.tokens, run.decode_seen))
         if tracked:
             outcome.add(_transfers(case, run, companions, caps.simulated))
         outcome.add(feature_checks.check_features(run.spec, generation))
+        if (options.teacher_forcing_check and target.kind == "cpu" and caps.teacher_forcing and caps.token_ids
+                and run.spec.sampling.greedy and run.spec.beams is None and not run.spec.logit_bias):
+            prompts = [list(ids) for ids in run.spec.prompt_ids]
+            outcome.add(checks.check_teacher_forcing(generation.tokens, prompts, scorer(case, target)))
         wants_parity = (companions is not None and target.kind != "cpu" and scenario.checks.parity.enabled
                         and expect_error is None)
         if wants_parity:

@@ -75,8 +75,10 @@ def get_engine(name: str) -> type[Engine]:
     engines = all_engines()
     if name in engines:
         return engines[name]
+    if name in _BROKEN_PLUGINS:
+        raise UnknownEngine(f"engine {name!r} is unavailable: its plugin failed to load: {_BROKEN_PLUGINS[name]}")
     close = difflib.get_close_matches(name, engines, n=1)
     hint = f"did you mean {close[0]!r}?" if close else f"known engines: {', '.join(sorted(engines))}"
-    if name in _BROKEN_PLUGINS:
-        hint = f"its plugin failed to load: {_BROKEN_PLUGINS[name]}"
+    if _BROKEN_PLUGINS:  # the engine may live in a plugin that did not load
+        hint += "; plugins that failed to load: " + "; ".join(f"{k} ({v})" for k, v in sorted(_BROKEN_PLUGINS.items()))
     raise UnknownEngine(f"unknown engine {name!r} ({hint})")

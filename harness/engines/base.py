@@ -56,6 +56,7 @@ class Capabilities:
     # checks cannot see inside the engine, and the report says so.
     simulated: bool = False
     token_ids: bool = True  # returns token ids; else only text, and parity compares text
+    sampling: bool = True  # can sample (mode: sample); else sampled scenarios are skipped
     deterministic: bool = True  # same seed, same tokens; else sampled parity is not judged
     teacher_forcing: bool = True  # implements teacher_forced_logits
     faults: frozenset[str] = frozenset()  # fault switches it honours

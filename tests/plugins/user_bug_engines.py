@@ -73,6 +73,8 @@ class UserBugsEngine(Engine):
             logits = logits + torch.nn.functional.one_hot(torch.tensor(VOCAB - 1, device=logits.device), VOCAB) * 500
         if "near-tie" in self.tags and on_gpu:  # rounding on another device: a harmless flip
             logits = logits + torch.nn.functional.one_hot(torch.tensor(7, device=logits.device), VOCAB) * 1e-3
+        if "suppress" in self.tags:  # a token suppressed on every device: -inf in every row
+            logits = logits.index_fill(-1, torch.tensor([0], device=logits.device), float("-inf"))
         return logits
 
     def teacher_forced_logits(self, ids: list[int]) -> torch.Tensor:

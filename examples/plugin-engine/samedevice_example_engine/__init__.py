@@ -21,6 +21,7 @@ class ExampleGreedyEngine(Engine):
         features=frozenset(),  # greedy only: scenarios with features are skipped with a reason
         devices=frozenset({"cpu", "cuda"}),
         simulated=True,  # runs on torch, so simulated GPUs apply
+        sampling=False,  # sampled scenarios are skipped with a reason
     )
 
     def load(self, request: Request, placement: Placement) -> None:
@@ -31,8 +32,6 @@ class ExampleGreedyEngine(Engine):
 
     def generate(self, request: Request) -> Generation:
         spec = request.spec
-        if not spec.sampling.greedy:
-            raise NotImplementedError("example-greedy only decodes greedily")
         tokens = []
         for prompt in spec.prompt_ids:
             request.on_phase("prefill")  # the harness counts from here: prefill, then decode steps
@@ -40,28 +39,29 @@ class ExampleGreedyEngine(Engine):
         return Generation(tokens=tokens, texts=[request.decode(t) for t in tokens])
 
     @torch.no_grad()
-    def _step(self, ids: list[int], past=None):
-        """One forward (the prompt, or one token with the cache): the last logits and the cache."""
-        out = self.model(torch.tensor([ids], device=self.device), past_key_values=past, use_cache=True)
+    def _step(self, ids: torch.Tensor, past=None):
+        """One forward of ids [1, S] on the model's device (the prompt, or one token with the
+        cache): the last position's logits [1, V] and the cache."""
+        out = self.model(ids, past_key_values=past, use_cache=True)
         return out.logits[:, -1], out.past_key_values
 
     def _greedy(self, prompt: list[int], max_new_tokens: int, stop_id: int | None) -> list[int]:
-        logits, past = self._step(prompt)
+        logits, past = self._step(torch.tensor([prompt], device=self.device))  # the prompt: one host-to-device copy
         generated: list[int] = []
         while True:
-            token = int(logits.argmax(-1).cpu()[0])  # the one read-back per step
-            generated.append(token)
-            if token == stop_id or len(generated) >= max_new_tokens:
+            token = logits.argmax(-1, keepdim=True)  # [1, 1], stays on the device
+            generated.append(int(token.cpu()[0, 0]))  # the one read-back per step
+            if generated[-1] == stop_id or len(generated) >= max_new_tokens:
                 return generated
-            logits, past = self._step([token], past)
+            logits, past = self._step(token, past)
 
     def teacher_forced_logits(self, ids: list[int]) -> torch.Tensor:
         """Row j scores ids[j + 1], through the cached step generation uses."""
-        rows = []
-        logits, past = self._step(ids[:1])
-        rows.append(logits[0].float().cpu())
-        for token in ids[1:]:
-            logits, past = self._step([token], past)
+        given = torch.tensor([ids], device=self.device)
+        logits, past = self._step(given[:, :1])
+        rows = [logits[0].float().cpu()]
+        for position in range(1, len(ids)):
+            logits, past = self._step(given[:, position : position + 1], past)
             rows.append(logits[0].float().cpu())
         return torch.stack(rows)
 
