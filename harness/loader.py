@@ -155,26 +155,34 @@ def _load_file(path: Path, display: str) -> LoadResult:
             result.errors.append(_at(display, item, prefix.rstrip("."), f"expected a scenario mapping, got {_kind(item)}"))
             continue
         name = _name_of(item)
-        problems = _node_problems(display, item, prefix)
-        if problems:
-            result.errors.extend(_named(problems, name))
-            continue
         try:
-            data = _Constructor().construct_document(item)
-        except yaml.YAMLError as exc:
-            result.errors.append(_named([_yaml_error(display, exc)], name)[0])
-            continue
-        try:
-            scenario = Scenario.model_validate(data)
-        except ValidationError as exc:
-            result.errors.extend(_named(_validation_errors(display, item, exc, prefix), name))
-            continue
-        engine_errors = _unknown_engines(display, item, scenario, prefix, known_engines)
-        if engine_errors:
-            result.errors.extend(_named(engine_errors, name))
-            continue
-        result.scenarios.append(LoadedScenario(scenario, display, item.start_mark.line + 1))
+            loaded = _load_item(display, item, prefix, known_engines)
+        except Exception as exc:  # this item only: the others in the list still load
+            loaded = [_at(display, item, prefix.rstrip("."), f"could not be loaded ({type(exc).__name__}: {exc})")]
+        if isinstance(loaded, LoadedScenario):
+            result.scenarios.append(loaded)
+        else:
+            result.errors.extend(_named(loaded, name))
     return result
+
+
+def _load_item(display: str, item: yaml.MappingNode, prefix: str, known_engines: tuple[str, ...]) -> LoadedScenario | list[ScenarioError]:
+    """One scenario mapping: the scenario, or its problems."""
+    problems = _node_problems(display, item, prefix)
+    if problems:
+        return problems
+    try:
+        data = _Constructor().construct_document(item)
+    except yaml.YAMLError as exc:
+        return [_yaml_error(display, exc)]
+    try:
+        scenario = Scenario.model_validate(data)
+    except ValidationError as exc:
+        return _validation_errors(display, item, exc, prefix)
+    engine_errors = _unknown_engines(display, item, scenario, prefix, known_engines)
+    if engine_errors:
+        return engine_errors
+    return LoadedScenario(scenario, display, item.start_mark.line + 1)
 
 
 def _unknown_engines(display: str, root: yaml.MappingNode, scenario: Scenario, prefix: str,
@@ -230,18 +238,20 @@ def _read(path: Path, display: str) -> tuple[str, ScenarioError | None]:
     except OSError as exc:
         return refuse(_open_problem(path, exc))
     try:
-        kind = os.fstat(fd).st_mode
-        if stat.S_ISDIR(kind):
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
             return refuse("is a directory, not a scenario file")
-        if not stat.S_ISREG(kind):
+        if not stat.S_ISREG(info.st_mode):
             return refuse("not a regular file (a FIFO, socket or device): not a scenario file")
+        if info.st_size > MAX_FILE_BYTES:
+            return refuse(f"file is {info.st_size} bytes; scenario files are limited to {MAX_FILE_BYTES}")
         with os.fdopen(os.dup(fd), "rb") as handle:
             raw = handle.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         return refuse(f"cannot read: {exc.strerror or exc}")
     finally:
         os.close(fd)
-    if len(raw) > MAX_FILE_BYTES:
+    if len(raw) > MAX_FILE_BYTES:  # it grew after fstat
         return refuse(f"file is more than {MAX_FILE_BYTES} bytes; scenario files are limited to {MAX_FILE_BYTES}")
     try:
         text = raw.decode("utf-8")
