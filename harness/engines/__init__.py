@@ -48,7 +48,7 @@ class UnknownEngine(KeyError):
 def register(cls: type[Engine]) -> type[Engine]:
     """Class decorator: make an engine known by its `name`."""
     if cls.name in BUILTIN_ENGINES and not cls.__module__.startswith("harness.engines."):
-        raise ValueError(f"engine name {cls.name!r} is taken by a built-in engine")
+        raise ValueError(f"engine name {cls.name!r} is already registered by a built-in engine")
     existing = _REGISTRY.get(cls.name)
     if existing is not None and existing is not cls:
         raise ValueError(f"engine name {cls.name!r} is already registered by {existing.__module__}.{existing.__qualname__}")
