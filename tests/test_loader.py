@@ -531,7 +531,7 @@ def test_a_plugin_cannot_take_a_builtin_name() -> None:
         name = "reference"
         __module__ = "someones_plugin"
 
-    with pytest.raises(ValueError, match="engine name .reference. is already registered by a built-in engine"):
+    with pytest.raises(ValueError, match=r"engine name .reference. is already registered by a built-in engine"):
         register(Impostor)  # type: ignore[arg-type]
 
 
