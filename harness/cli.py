@@ -133,8 +133,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     errors, cases = _select(args)
     _report_broken_plugins()
-    for error in errors:
-        print(f"invalid: {error}", file=sys.stderr)
+    for error in errors:  # a scenario that would not load is listed as such, never as `runs`
+        print(f"{error.scenario or error.path}\tinvalid: {error}")
     for case in cases:
         skip = skip_reason(case)
         print(f"{case.id}\t{'skip: ' + skip[0] if skip else 'runs'}")

@@ -1,12 +1,20 @@
 """Read scenario files: safe YAML with node marks, one clear line per problem.
 
-A bad file never raises past `load_file`: it comes back as `ScenarioError`s
-(`path:line:col: field: what was expected`) and every other file still loads.
+A bad file never raises past `load_file` or `load_paths`: it comes back as
+`ScenarioError`s (`path:line:col: field: what was expected`) and every other file still
+loads. What is refused before validation, because pydantic or PyYAML would otherwise
+crash, hang or guess: nesting deeper than `MAX_DEPTH` (PyYAML's composer recurses),
+alias bombs and recursive aliases, duplicate keys (YAML would keep the last silently),
+lone surrogates (not text), files that are not regular readable files.
 """
 
 from __future__ import annotations
 
 import difflib
+import errno
+import os
+import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,13 +22,19 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from harness.scenario import Scenario
+from harness.scenario import FieldError, Scenario
 
 MAX_FILE_BYTES = 1_000_000
-# Aliases let a 1 KB file expand to billions of nodes ("billion laughs"); PyYAML shares
-# the objects, but validation walks them. Cap the expanded size before validating.
-MAX_EXPANDED_NODES = 50_000
+# Collections inside collections, counted through aliases too. Scenario files need about
+# ten; each level costs PyYAML, pydantic and jsonschema a few stack frames.
+MAX_DEPTH = 50
+# Aliases let a 1 KB file expand to billions of nodes ("billion laughs"); PyYAML shares the
+# objects, but validation walks them. What is capped is the nodes aliases add, not the
+# file's own nodes (those are bounded by MAX_FILE_BYTES).
+MAX_ALIAS_NODES = 50_000
 SCENARIO_SUFFIXES = (".yaml", ".yml")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_STR_TAG = "tag:yaml.org,2002:str"
 
 
 @dataclass(frozen=True)
@@ -30,6 +44,7 @@ class ScenarioError:
     column: int
     field: str
     message: str
+    scenario: str = ""  # the scenario's name where the item has a readable one
 
     def __str__(self) -> str:
         where = f"{self.path}:{self.line}:{self.column}" if self.line else self.path
@@ -51,23 +66,38 @@ class LoadResult:
 
 
 def find_scenario_files(paths: list[Path]) -> list[Path]:
-    """Every .yaml/.yml under the given files or directories, sorted, deduplicated."""
+    """Every *.yaml/*.yml under the given files or directories, sorted, deduplicated;
+    including the ones that cannot be read (`load_file` says why)."""
+    return _walk(paths)[0]
+
+
+def _walk(paths: list[Path]) -> tuple[list[Path], list[ScenarioError]]:
+    """Scenario-looking entries under `paths` (dangling symlinks, FIFOs and directories named
+    *.yaml included: they are errors, not silence) and the directories that cannot be listed."""
     found: dict[Path, None] = {}
+    errors: list[ScenarioError] = []
+
+    def unlistable(exc: OSError) -> None:
+        errors.append(ScenarioError(str(exc.filename), 0, 0, "", f"cannot list directory: {exc.strerror or exc}"))
+
     for path in paths:
-        if path.is_dir():
-            for sub in sorted(path.rglob("*")):
-                if sub.suffix in SCENARIO_SUFFIXES and sub.is_file():
-                    found[sub] = None
-        else:
+        if not path.is_dir():
             found[path] = None
-    return list(found)
+            continue
+        entries: list[Path] = []
+        for directory, dirnames, filenames in os.walk(path, onerror=unlistable):
+            names = filenames + [d for d in dirnames if d.endswith(SCENARIO_SUFFIXES)]
+            entries += [Path(directory, n) for n in names if n.endswith(SCENARIO_SUFFIXES)]
+        found.update(dict.fromkeys(sorted(entries)))
+    return list(found), errors
 
 
 def load_paths(paths: list[Path]) -> LoadResult:
     """Load every scenario file under `paths`; names must be unique across all of them."""
-    result = LoadResult()
+    files, walk_errors = _walk(paths)
+    result = LoadResult(errors=walk_errors)
     seen: dict[str, LoadedScenario] = {}
-    for path in find_scenario_files(paths):
+    for path in files:
         one = load_file(path)
         result.errors.extend(one.errors)
         for loaded in one.scenarios:
@@ -78,6 +108,7 @@ def load_paths(paths: list[Path]) -> LoadResult:
                         loaded.path, loaded.line, 1, "name",
                         f"duplicate scenario name {loaded.scenario.name!r} "
                         f"(first defined at {first.path}:{first.line})",
+                        loaded.scenario.name,
                     )
                 )
                 continue
@@ -88,13 +119,24 @@ def load_paths(paths: list[Path]) -> LoadResult:
 
 def load_file(path: Path) -> LoadResult:
     display = str(path)
-    node, error = _compose(path, display)
+    try:
+        return _load_file(path, display)
+    except Exception as exc:  # the promise: a bad file is a line, never a traceback
+        return LoadResult(errors=[ScenarioError(display, 0, 0, "", f"could not be loaded ({type(exc).__name__}: {exc})")])
+
+
+def _load_file(path: Path, display: str) -> LoadResult:
+    text, error = _read(path, display)
+    if error is not None:
+        return LoadResult(errors=[error])
+    node, error = _compose(text, display)
     if error is not None:
         return LoadResult(errors=[error])
     if node is None:
         return LoadResult(errors=[ScenarioError(display, 1, 1, "", "empty file: expected a scenario mapping or a list of them")])
-    if _expanded_size(node) > MAX_EXPANDED_NODES:
-        return LoadResult(errors=[_at(display, node, "", f"document expands to more than {MAX_EXPANDED_NODES} nodes (YAML aliases); refusing to load")])
+    error = _alias_problem(display, node)
+    if error is not None:
+        return LoadResult(errors=[error])
 
     if isinstance(node, yaml.SequenceNode):
         items = list(node.value)
@@ -103,40 +145,55 @@ def load_file(path: Path) -> LoadResult:
     else:
         items = [node]
 
+    from harness.engines import engine_names
+
+    known_engines = engine_names()
     result = LoadResult()
     for index, item in enumerate(items):
         prefix = f"[{index}]." if isinstance(node, yaml.SequenceNode) else ""
         if not isinstance(item, yaml.MappingNode):
             result.errors.append(_at(display, item, prefix.rstrip("."), f"expected a scenario mapping, got {_kind(item)}"))
             continue
+        name = _name_of(item)
         try:
-            data = _Constructor().construct_document(item)
-        except yaml.YAMLError as exc:
-            result.errors.append(_yaml_error(display, exc))
-            continue
-        try:
-            scenario = Scenario.model_validate(data)
-        except ValidationError as exc:
-            result.errors.extend(_validation_errors(display, item, exc, prefix))
-            continue
-        engine_errors = _unknown_engines(display, item, scenario, prefix)
-        if engine_errors:
-            result.errors.extend(engine_errors)
-            continue
-        result.scenarios.append(LoadedScenario(scenario, display, item.start_mark.line + 1))
+            loaded = _load_item(display, item, prefix, known_engines)
+        except Exception as exc:  # this item only: the others in the list still load
+            loaded = [_at(display, item, prefix.rstrip("."), f"could not be loaded ({type(exc).__name__}: {exc})")]
+        if isinstance(loaded, LoadedScenario):
+            result.scenarios.append(loaded)
+        else:
+            result.errors.extend(_named(loaded, name))
     return result
 
 
-def _unknown_engines(display: str, root: yaml.MappingNode, scenario: Scenario, prefix: str) -> list[ScenarioError]:
-    from harness.engines import UnknownEngine, get_engine
+def _load_item(display: str, item: yaml.MappingNode, prefix: str, known_engines: tuple[str, ...]) -> LoadedScenario | list[ScenarioError]:
+    """One scenario mapping: the scenario, or its problems."""
+    problems = _node_problems(display, item, prefix)
+    if problems:
+        return problems
+    try:
+        data = _Constructor().construct_document(item)
+    except yaml.YAMLError as exc:
+        return [_yaml_error(display, exc)]
+    try:
+        scenario = Scenario.model_validate(data)
+    except ValidationError as exc:
+        return _validation_errors(display, item, exc, prefix)
+    engine_errors = _unknown_engines(display, item, scenario, prefix, known_engines)
+    if engine_errors:
+        return engine_errors
+    return LoadedScenario(scenario, display, item.start_mark.line + 1)
+
+
+def _unknown_engines(display: str, root: yaml.MappingNode, scenario: Scenario, prefix: str,
+                     known: tuple[str, ...]) -> list[ScenarioError]:
+    from harness.engines import unknown_engine_message
 
     errors = []
     for index, name in enumerate(scenario.engines):
-        try:
-            get_engine(name)
-        except UnknownEngine as exc:
+        if name not in known:
             node, _, _ = _node_at(root, ("engines", index))
-            errors.append(_at(display, node, f"{prefix}engines[{index}]", str(exc)))
+            errors.append(_at(display, node, f"{prefix}engines[{index}]", unknown_engine_message(name, known)))
     return errors
 
 
@@ -147,46 +204,212 @@ class _Constructor(yaml.SafeLoader):
         yaml.constructor.SafeConstructor.__init__(self)
 
 
-def _compose(path: Path, display: str) -> tuple[yaml.Node | None, ScenarioError | None]:
+class _TooDeep(Exception):
+    def __init__(self, mark: yaml.Mark, path: list[str | int]) -> None:
+        self.mark, self.path = mark, path
+
+
+class _DepthLimitedLoader(yaml.SafeLoader):
+    """SafeLoader whose (recursive) composer stops at MAX_DEPTH, before Python's stack does."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self._path: list[str | int | None] = []  # where the composer is, for the error's field
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        # index: the key node of a mapping value, a list position, or None (root, a key)
+        self._path.append(index.value if isinstance(index, yaml.ScalarNode) else index)
+        try:
+            if len(self._path) > MAX_DEPTH + 1:
+                raise _TooDeep(self.peek_event().start_mark, [p for p in self._path if p is not None])
+            return super().compose_node(parent, index)
+        finally:
+            self._path.pop()
+
+
+def _read(path: Path, display: str) -> tuple[str, ScenarioError | None]:
+    """The file's text, or why it is not a readable scenario file."""
+    def refuse(message: str, line: int = 0) -> tuple[str, ScenarioError]:
+        return "", ScenarioError(display, line, 1 if line else 0, "", message)
+
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            return None, ScenarioError(display, 0, 0, "", f"file is {size} bytes; scenario files are limited to {MAX_FILE_BYTES}")
-        raw = path.read_bytes()
+        # O_NONBLOCK: a FIFO named x.yaml must not hang the run before fstat says what it is.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
-        return None, ScenarioError(display, 0, 0, "", f"cannot read: {exc.strerror or exc}")
+        return refuse(_open_problem(path, exc))
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            return refuse("is a directory, not a scenario file")
+        if not stat.S_ISREG(info.st_mode):
+            return refuse("not a regular file (a FIFO, socket or device): not a scenario file")
+        if info.st_size > MAX_FILE_BYTES:
+            return refuse(f"file is {info.st_size} bytes; scenario files are limited to {MAX_FILE_BYTES}")
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            raw = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        return refuse(f"cannot read: {exc.strerror or exc}")
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_FILE_BYTES:  # it grew after fstat
+        return refuse(f"file is more than {MAX_FILE_BYTES} bytes; scenario files are limited to {MAX_FILE_BYTES}")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        return None, ScenarioError(display, line, 1, "", f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})")
+        return refuse(f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})", line)
     if "\x00" in text:
         line = text[: text.index("\x00")].count("\n") + 1
-        return None, ScenarioError(display, line, 1, "", "binary content (NUL byte): not a YAML scenario file")
+        return refuse("binary content (NUL byte): not a YAML scenario file", line)
+    return text, None
+
+
+def _open_problem(path: Path, exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "cannot read: symlink loop (the link leads back to itself)"
+    if exc.errno == errno.ENOENT and path.is_symlink():
+        return f"cannot read: dangling symlink (its target {os.readlink(path)!r} does not exist)"
+    if exc.errno == errno.EISDIR:
+        return "is a directory, not a scenario file"
+    return f"cannot read: {exc.strerror or exc}"
+
+
+def _compose(text: str, display: str) -> tuple[yaml.Node | None, ScenarioError | None]:
+    loader = _DepthLimitedLoader(text)
     try:
-        documents = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+        documents: list[yaml.Node] = []
+        while loader.check_node():
+            node = loader.get_node()
+            if node is not None:
+                documents.append(node)
+    except _TooDeep as exc:
+        return None, _too_deep(display, exc.mark, exc.path)
+    except RecursionError:  # a stack already deep when loading began: still one line
+        return None, ScenarioError(display, 1, 1, "", f"nested too deeply to read (at most {MAX_DEPTH} levels)")
     except yaml.YAMLError as exc:
         return None, _yaml_error(display, exc)
-    documents = [d for d in documents if d is not None]
+    finally:
+        loader.dispose()
     if len(documents) > 1:
         return None, _at(display, documents[1], "", "several YAML documents ('---') in one file: put scenarios in a list instead")
     return (documents[0] if documents else None), None
 
 
-def _expanded_size(node: yaml.Node, budget: int = MAX_EXPANDED_NODES + 1) -> int:
-    """Nodes visited when aliases are expanded, stopping early past the budget."""
-    count = 0
-    stack = [node]
-    while stack and count <= budget:
-        current = stack.pop()
-        count += 1
-        if isinstance(current, yaml.SequenceNode):
-            stack.extend(current.value)
-        elif isinstance(current, yaml.MappingNode):
-            for key, value in current.value:
-                stack.append(key)
-                stack.append(value)
-    return count
+def _too_deep(display: str, mark: yaml.Mark, path: list[str | int]) -> ScenarioError:
+    field_name = _join(path)
+    if len(field_name) > 80:
+        field_name = field_name[:77] + "..."
+    return ScenarioError(display, mark.line + 1, mark.column + 1, field_name,
+                         f"nested more than {MAX_DEPTH} levels deep; scenario files are limited to {MAX_DEPTH}")
+
+
+def _alias_problem(display: str, root: yaml.Node) -> ScenarioError | None:
+    """Aliases measured, not expanded: the nodes they add, the depth they reach, cycles.
+
+    One post-order pass over the distinct nodes, memoising each node's expanded size and
+    height; an alias is a node reached a second time.
+    """
+    size: dict[int, int] = {}
+    height: dict[int, int] = {}
+    on_path: set[int] = set()
+    distinct = 0
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            children = _children(node)
+            size[key] = 1 + sum(size[id(c)] for c in children)
+            height[key] = (1 + max((height[id(c)] for c in children), default=0)) if children else 0
+            on_path.discard(key)
+            continue
+        if key in size:
+            continue
+        if key in on_path:
+            return _at(display, node, "", "recursive YAML alias (an anchor used inside itself); refusing to load")
+        distinct += 1
+        on_path.add(key)
+        stack.append((node, True))
+        for child in _children(node):
+            if id(child) in on_path:
+                return _at(display, child, "", "recursive YAML alias (an anchor used inside itself); refusing to load")
+            if id(child) not in size:
+                stack.append((child, False))
+    if size[id(root)] - distinct > MAX_ALIAS_NODES:
+        return _at(display, root, "", f"document expands to more than {MAX_ALIAS_NODES} extra nodes through "
+                                      "YAML aliases; refusing to load")
+    if height[id(root)] > MAX_DEPTH:
+        return _at(display, root, "", f"nested more than {MAX_DEPTH} levels deep once YAML aliases are "
+                                      f"expanded; scenario files are limited to {MAX_DEPTH}")
+    return None
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def _node_problems(display: str, item: yaml.MappingNode, prefix: str) -> list[ScenarioError]:
+    """Duplicate keys (both lines named) and lone surrogates, each at its own node and field."""
+    errors: list[ScenarioError] = []
+    visited: set[int] = set()
+    stack: list[tuple[yaml.Node, list[str | int]]] = [(item, [])]
+    while stack:
+        node, path = stack.pop()
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        if isinstance(node, yaml.ScalarNode):
+            found = _SURROGATE.search(node.value)
+            if found:
+                errors.append(_at(display, node, prefix + _join(path), f"lone surrogate {found.group()!r} in a string: "
+                                                                     "not valid Unicode text"))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((child, [*path, i]) for i, child in reversed(list(enumerate(node.value))))
+        elif isinstance(node, yaml.MappingNode):
+            first_line: dict[Any, int] = {}
+            for key, _value in node.value:
+                label = key.value if isinstance(key, yaml.ScalarNode) else "?"
+                identity = _key_identity(key)
+                if identity is not None and identity in first_line:
+                    errors.append(_at(display, key, prefix + _join([*path, label]),
+                                      f"duplicate key (first at line {first_line[identity]}); YAML would keep only the last"))
+                elif identity is not None:
+                    first_line[identity] = key.start_mark.line + 1
+            for key, value in reversed(node.value):
+                label = key.value if isinstance(key, yaml.ScalarNode) else "?"
+                stack.append((value, [*path, label]))
+                stack.append((key, [*path, label]))
+    errors.sort(key=lambda e: (e.line, e.column))
+    return errors
+
+
+def _key_identity(key: yaml.Node) -> Any:
+    """What a key becomes in the constructed dict (1, 0x1, 1.0 and true are one key), or None."""
+    if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+        return None
+    if key.tag == _STR_TAG:
+        return key.value
+    try:
+        value = _Constructor().construct_object(key, deep=True)
+        hash(value)
+    except Exception:  # not constructible or unhashable: the constructor reports it
+        return None
+    return value
+
+
+def _name_of(item: yaml.MappingNode) -> str:
+    for key, value in item.value:
+        if getattr(key, "value", None) == "name" and isinstance(value, yaml.ScalarNode):
+            return value.value if value.value.isprintable() else _label(value.value)
+    return ""
+
+
+def _named(errors: list[ScenarioError], name: str) -> list[ScenarioError]:
+    return [ScenarioError(e.path, e.line, e.column, e.field, e.message, name) for e in errors]
 
 
 def _yaml_error(display: str, exc: yaml.YAMLError) -> ScenarioError:
@@ -204,11 +427,15 @@ def _yaml_error(display: str, exc: yaml.YAMLError) -> ScenarioError:
 def _validation_errors(display: str, root: yaml.MappingNode, exc: ValidationError, prefix: str) -> list[ScenarioError]:
     errors = []
     for detail in exc.errors(include_url=False):
-        node, path, parent = _node_at(root, detail["loc"], want_key=detail["type"] == "extra_forbidden")
-        field_name = prefix + ".".join(path)
+        loc = tuple(detail["loc"])
+        cause = detail.get("ctx", {}).get("error")
+        if isinstance(cause, FieldError):  # a rule that names the field it is about
+            loc += cause.loc
+        node, path, parent = _node_at(root, loc, want_key=detail["type"] == "extra_forbidden")
+        field_name = prefix + _join(path)
         message = detail["msg"].removeprefix("Value error, ")
         if detail["type"] == "extra_forbidden":
-            message = _unknown_key_message(path[-1] if path else "", parent)
+            message = _unknown_key_message(loc[-1] if loc else "", parent)
         elif detail["type"] == "missing":
             message = "required field is missing"
         elif "input" in detail and detail["type"] not in ("value_error", "assertion_error"):
@@ -217,50 +444,63 @@ def _validation_errors(display: str, root: yaml.MappingNode, exc: ValidationErro
     return errors
 
 
-def _node_at(root: yaml.Node, loc: tuple[Any, ...], want_key: bool = False) -> tuple[yaml.Node, list[str], type[BaseModel] | None]:
+def _node_at(root: yaml.Node, loc: tuple[Any, ...], want_key: bool = False) -> tuple[yaml.Node, list[str | int], type[BaseModel] | None]:
     """Follow a pydantic error location through the YAML node tree.
 
-    Parts that name no node (union tags such as 'function-after[...]') are skipped.
-    Returns the deepest node reached, the readable field path and the pydantic model
-    that owns the last key (for 'did you mean').
+    Returns the deepest node reached, the readable field path and the pydantic model that
+    owns the last key (for 'did you mean'). A location part names a mapping key (of a model
+    or of a plain dict), a list index, or '[key]' (the key itself is wrong: point at it).
+    Parts past a scalar (a shorthand such as `- cuda:0` for `{device: cuda:0}`) and
+    pydantic's union tags name no node and are skipped.
     """
     node: yaml.Node = root
-    path: list[str] = []
+    path: list[str | int] = []
     model: type[BaseModel] | None = Scenario
     owner: type[BaseModel] | None = Scenario
-    for depth, part in enumerate(loc):
-        if isinstance(node, yaml.MappingNode) and isinstance(part, str):
-            for key, value in node.value:
-                if key.value == part:
-                    node = key if want_key and depth == len(loc) - 1 else value
-                    break
-            else:
-                if part in (model.model_fields if model else {}):
-                    path.append(part)
-                    owner = model
-                    continue
-                # Unknown key (extra_forbidden) points at the key itself.
-                for key, _ in node.value:
-                    if getattr(key, "value", None) == part:
-                        node = key
-                path.append(str(part))
-                owner = model
-                continue
+    parts = [p for p in loc if p != "[key]"]
+    key_parts = {i - 1 for i, p in enumerate(loc) if p == "[key]"}
+    depth = 0
+    for index, part in enumerate(loc):
+        if part == "[key]":
+            continue
+        last = depth == len(parts) - 1
+        depth += 1
+        if isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if 0 <= part < len(node.value):
+                node = node.value[part]
             path.append(part)
-            owner = model
-            model = _submodel(model, part)
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            node = node.value[part]
-            path[-1:] = [f"{path[-1]}[{part}]"] if path else [f"[{part}]"]
-        elif isinstance(part, int):
-            path[-1:] = [f"{path[-1]}[{part}]"] if path else [f"[{part}]"]
+            continue
+        if not isinstance(node, yaml.MappingNode):
+            continue  # past a scalar: the shorthand's own fields name no node
+        pair = _find_key(node, part)
+        if pair is None and model is not None and part not in _field_names(model):
+            continue  # a union tag such as 'function-after[...]'
+        if pair is not None:
+            node = pair[0] if (want_key and last) or index in key_parts else pair[1]
+        path.append(str(part))  # a key, even an int one (logit_bias ids)
+        owner = model
+        model = _submodel(model, part) if isinstance(part, str) else None
     return node, path, owner
 
 
+def _find_key(node: yaml.MappingNode, part: Any) -> tuple[yaml.Node, yaml.Node] | None:
+    for key, value in node.value:
+        if isinstance(key, yaml.ScalarNode) and (key.value == part or (not isinstance(part, str) and _key_identity(key) == part)):
+            return key, value
+    return None
+
+
+def _field_names(model: type[BaseModel]) -> set[str]:
+    return {n for name, f in model.model_fields.items() for n in (name, f.alias) if n}
+
+
 def _submodel(model: type[BaseModel] | None, name: str) -> type[BaseModel] | None:
-    if model is None or name not in model.model_fields:
+    if model is None:
         return None
-    annotation = model.model_fields[name].annotation
+    fields = {f.alias or n: f for n, f in model.model_fields.items()} | model.model_fields
+    if name not in fields:
+        return None
+    annotation = fields[name].annotation
     for candidate in (annotation, *getattr(annotation, "__args__", ())):
         if isinstance(candidate, type) and issubclass(candidate, BaseModel):
             return candidate
@@ -270,13 +510,29 @@ def _submodel(model: type[BaseModel] | None, name: str) -> type[BaseModel] | Non
     return None
 
 
-def _unknown_key_message(key: str, owner: type[BaseModel] | None) -> str:
+def _unknown_key_message(key: Any, owner: type[BaseModel] | None) -> str:
     known = sorted(
         (f.alias or name) for name, f in (owner.model_fields.items() if owner else [])
     )
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6) if isinstance(key, str) else []
     hint = f"did you mean {close[0]!r}?" if close else f"expected one of: {', '.join(known)}"
     return f"unknown key {key!r} ({hint})"
+
+
+def _label(key: str) -> str:
+    """A key as a field name: unprintable characters escaped (the field is printed)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in key) if key else "''"
+
+
+def _join(path: list[str | int]) -> str:
+    """['devices', 2, 'gpus'] -> 'devices[2].gpus' (str parts are keys, int parts indices)."""
+    text = ""
+    for part in path:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += ("." if text else "") + _label(part)
+    return text
 
 
 def _at(display: str, node: yaml.Node, field_name: str, message: str) -> ScenarioError:

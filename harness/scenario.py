@@ -6,12 +6,19 @@ says what a valid scenario is. `scenario_json_schema()` is what `samedevice sche
 
 from __future__ import annotations
 
+import math
 import re
-from typing import Any, Literal
+import warnings
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from harness import model_dims
+from harness.model_dims import VOCAB_SIZE
+
 FORMAT_VERSION: Literal[1] = 1
+MAX_SEED = 2**64 - 1  # torch generators take unsigned 64-bit seeds
+MAX_GPUS = 64
 
 FEATURES = ("logit_bias", "json_schema", "beam_search", "kv_cache", "quantization")
 
@@ -28,11 +35,25 @@ FAULTS = (
     "input_on_first_device",  # lm-eval-harness #1575: inputs to self.device, not the embedding's
 )
 
-_DEVICE_RE = re.compile(r"^(cpu|auto|cuda:(\d+))$")
+# cuda:N with N < MAX_GPUS, written without leading zeros (cuda:01 would be a second label).
+_DEVICE_RE = re.compile(r"^(cpu|auto|cuda:([0-9]|[1-5][0-9]|6[0-3]))$")
+
+NonEmptyStr = Annotated[str, Field(min_length=1)]
+
+
+class FieldError(ValueError):
+    """A rule broken at `loc`, a path below the model or field whose validator raises it,
+    so the loader points at that field's line rather than at the whole model."""
+
+    def __init__(self, loc: str | tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = (loc,) if isinstance(loc, str) else tuple(loc)
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # allow_inf_nan=False: every float field of the format is finite (NaN would pass any
+    # bound check silently, and inf makes a bias, a scale or a budget meaningless).
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
 
 class ModelSpec(_Strict):
@@ -43,7 +64,7 @@ class ModelSpec(_Strict):
         "tiny",
         description="tiny: hidden 64 (fast tests); parity: hidden 256; bench: hidden 512.",
     )
-    seed: int = Field(0, ge=0, description="Seed of the generated weights.")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the generated weights.")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     hidden_size: int | None = Field(None, ge=8, le=8192)
     num_layers: int | None = Field(None, ge=1, le=64)
@@ -56,24 +77,53 @@ class ModelSpec(_Strict):
     lm_head_scale: float = Field(
         50.0,
         gt=0,
+        le=1000,
         description="Random weights give near-flat logits; scaling the head gives clear "
         "top-1 margins, so parity is not decided by rounding.",
     )
 
+    @property
+    def dims(self) -> model_dims.Dims:
+        """The preset's dimensions with this spec's explicit fields laid over them."""
+        return model_dims.resolve_dims(self)
+
     @model_validator(mode="after")
-    def _heads_divide(self) -> ModelSpec:
+    def _dims_consistent(self) -> ModelSpec:
         if self.family == "llama" and (self.num_experts or self.experts_per_token):
             raise ValueError("num_experts and experts_per_token need family: mixtral")
+        d = self.dims
+        if d.hidden_size % d.num_heads:
+            raise FieldError(self._given("num_heads", "hidden_size"),
+                             f"{self._value('hidden_size')} is not divisible by {self._value('num_heads')}")
+        if d.head_dim % 2:
+            raise FieldError(self._given("num_heads", "hidden_size"),
+                             f"head dimension {d.head_dim} (hidden_size / num_heads) must be even: rotary "
+                             "embeddings rotate pairs of dimensions")
+        if d.num_heads % d.num_kv_heads:
+            raise FieldError(self._given("num_kv_heads", "num_heads"),
+                             f"{self._value('num_heads')} is not divisible by {self._value('num_kv_heads')}")
+        if d.experts_per_token > d.num_experts:
+            raise FieldError(self._given("experts_per_token", "num_experts"),
+                             f"{self._value('experts_per_token')} exceeds {self._value('num_experts')}")
         return self
+
+    def _given(self, *names: str) -> str:
+        """The first of `names` the scenario sets (where to point), else the first."""
+        return next((n for n in names if n in self.model_fields_set), names[0])
+
+    def _value(self, name: str) -> str:
+        origin = "" if name in self.model_fields_set else (
+            " (mixtral default)" if name in model_dims.MIXTRAL_EXPERTS else f" (size {self.size})")
+        return f"{name} {getattr(self.dims, name)}{origin}"
 
 
 class GreedyOrSample(_Strict):
     mode: Literal["greedy", "sample"] = "greedy"
     temperature: float | None = Field(None, gt=0, le=100)
-    top_k: int | None = Field(None, ge=1)
+    top_k: int | None = Field(None, ge=1, le=VOCAB_SIZE)
     top_p: float | None = Field(None, gt=0, le=1)
     repetition_penalty: float | None = Field(None, gt=0, le=10)
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
     @model_validator(mode="after")
     def _sampling_knobs_need_sample(self) -> GreedyOrSample:
@@ -85,21 +135,47 @@ class GreedyOrSample(_Strict):
 
 
 class LogitBias(_Strict):
-    ids: dict[int, float] = Field(default_factory=dict, description="token id -> bias")
-    text: dict[str, float] = Field(
+    ids: dict[int, float] = Field(
+        default_factory=dict, description=f"token id (0 to {VOCAB_SIZE - 1}) -> bias"
+    )
+    text: dict[NonEmptyStr, float] = Field(
         default_factory=dict,
         description="string -> bias, applied to every token of the string's encoding",
     )
 
+    @field_validator("ids")
+    @classmethod
+    def _ids_in_vocabulary(cls, value: dict[int, float]) -> dict[int, float]:
+        for token in value:
+            if token < 0:
+                # Python indexing would bias token VOCAB_SIZE + id: refused, not reinterpreted.
+                raise FieldError((token, "[key]"), f"token id {token} is negative; ids count from 0")
+            if token >= VOCAB_SIZE:
+                raise FieldError((token, "[key]"), f"token id {token} is outside the vocabulary (0 to {VOCAB_SIZE - 1})")
+        return value
+
 
 class JsonSchemaFeature(_Strict):
     schema_: dict[str, Any] = Field(alias="schema", description="The JSON Schema to obey.")
+
+    @field_validator("schema_")
+    @classmethod
+    def _valid_schema(cls, value: dict[str, Any]) -> dict[str, Any]:
+        _check_json_value(value, ())
+        _check_schema(value)
+        return value
 
 
 class BeamSearch(_Strict):
     num_beams: int = Field(3, ge=2, le=16)
     length_penalty: float = 1.0
     num_return: int = Field(1, ge=1, le=16)
+
+    @model_validator(mode="after")
+    def _return_at_most_the_beams(self) -> BeamSearch:
+        if self.num_return > self.num_beams:
+            raise FieldError("num_return", f"num_return {self.num_return} exceeds num_beams {self.num_beams}")
+        return self
 
 
 class KvCache(_Strict):
@@ -126,7 +202,7 @@ class DeviceSpec(_Strict):
     """`cpu`, `cuda:N` or `auto` (layers spread over `gpus` GPUs, like device_map='auto')."""
 
     device: str
-    gpus: int | None = Field(None, ge=1, le=64)
+    gpus: int | None = Field(None, ge=2, le=MAX_GPUS, description="auto only (default 2)")
 
     @model_validator(mode="before")
     @classmethod
@@ -136,9 +212,17 @@ class DeviceSpec(_Strict):
     @field_validator("device")
     @classmethod
     def _known_device(cls, value: str) -> str:
+        if re.fullmatch(r"cuda:\d+", value) and not _DEVICE_RE.match(value):
+            raise ValueError(f"cuda:N takes N from 0 to {MAX_GPUS - 1} without leading zeros, but got {value!r}")
         if not _DEVICE_RE.match(value):
             raise ValueError(f"must be one of cpu, cuda:N, auto, but got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _gpus_only_for_auto(self) -> DeviceSpec:
+        if self.gpus is not None and self.device != "auto":
+            raise FieldError("gpus", f"gpus only applies to device: auto, not {self.device}")
+        return self
 
     @property
     def gpus_needed(self) -> int:
@@ -277,8 +361,8 @@ class Scenario(_Strict):
         default_factory=lambda: [DeviceSpec(device="cpu"), DeviceSpec(device="cuda:0")],
         min_length=1,
     )
-    prompt: str | None = None
-    prompts: list[str] | None = Field(None, min_length=1, max_length=64)
+    prompt: NonEmptyStr | None = None
+    prompts: list[NonEmptyStr] | None = Field(None, min_length=1, max_length=64)
     max_new_tokens: int = Field(16, ge=1, le=4096)
     stop_at_eos: bool = True
     sampling: GreedyOrSample = Field(default_factory=GreedyOrSample)
@@ -296,8 +380,38 @@ class Scenario(_Strict):
     def _one_prompt_field(self) -> Scenario:
         if (self.prompt is None) == (self.prompts is None):
             raise ValueError("give exactly one of prompt or prompts")
-        if self.prompt is not None and not self.prompt:
-            raise ValueError("prompt must not be empty")
+        return self
+
+    @model_validator(mode="after")
+    def _fits_the_context(self) -> Scenario:
+        # The tokenizer is byte-level BPE: a prompt has at most one token per UTF-8 byte.
+        # That bound needs no tokenizer; only a prompt it cannot clear is counted exactly.
+        limit = self.model.max_seq_len - self.max_new_tokens
+        for index, prompt in enumerate(self.prompt_list):
+            if len(prompt.encode("utf-8", "surrogatepass")) <= limit:
+                continue
+            from harness.bundled_tokenizer import count_tokens
+
+            tokens = count_tokens(prompt)
+            if tokens > limit:
+                where: tuple[str | int, ...] = ("prompt",) if self.prompt is not None else ("prompts", index)
+                if "max_new_tokens" in self.model_fields_set:
+                    where = ("max_new_tokens",)
+                raise FieldError(where, f"the prompt ({tokens} token{'s' * (tokens != 1)}) plus max_new_tokens {self.max_new_tokens} "
+                                        f"exceeds model.max_seq_len {self.model.max_seq_len}")
+        return self
+
+    @model_validator(mode="after")
+    def _fits_in_memory(self) -> Scenario:
+        spec, dims = self.model, self.model.dims
+        weights = model_dims.parameter_count(spec.family, dims) * model_dims.CHECKPOINT_BYTES_PER_PARAM
+        batch = self.features.beam_search.num_beams if self.features.beam_search else 1
+        cache = model_dims.kv_cache_bytes(dims, spec.max_seq_len, batch, spec.dtype)
+        if weights + cache > model_dims.memory_limit_bytes():
+            beams = f" for {batch} beams" if batch > 1 else ""
+            raise FieldError("model", f"needs about {_gb(weights + cache)} of memory (float32 weights {_gb(weights)} + "
+                                      f"KV cache {_gb(cache)}{beams}), more than half of this machine's "
+                                      f"{_gb(model_dims.host_memory_bytes())}")
         return self
 
     @model_validator(mode="after")
@@ -323,9 +437,96 @@ class Scenario(_Strict):
             raise ValueError("engines are listed twice")
         return value
 
+    @field_validator("devices")
+    @classmethod
+    def _unique_devices(cls, value: list[DeviceSpec]) -> list[DeviceSpec]:
+        seen: set[str] = set()
+        for index, spec in enumerate(value):
+            if spec.device in seen:  # two cases would get one id
+                raise FieldError((index,), f"device {spec.device} is listed twice")
+            seen.add(spec.device)
+        return value
+
     @property
     def prompt_list(self) -> list[str]:
         return [self.prompt] if self.prompt is not None else list(self.prompts or [])
+
+
+def _gb(size: int) -> str:
+    return f"{size / 1e9:.1f} GB"
+
+
+def _check_json_value(value: Any, loc: tuple[str | int, ...]) -> None:
+    """A JSON document: string keys, finite numbers, no YAML-only types (dates, sets, bytes)."""
+    stack = [(value, loc)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, dict):
+            for key, sub in item.items():
+                if not isinstance(key, str):
+                    raise FieldError((*where, key, "[key]"), f"key {key!r} is not a string: JSON object keys are strings")
+                stack.append((sub, (*where, key)))
+        elif isinstance(item, list):
+            stack.extend((sub, (*where, i)) for i, sub in enumerate(item))
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise FieldError(where, f"{item} is not a JSON number (JSON has no NaN or infinity)")
+        elif item is not None and not isinstance(item, (str, int, float, bool)):
+            raise FieldError(where, f"a YAML {type(item).__name__} is not a JSON value (quote it to make a string)")
+
+
+def _check_schema(schema: dict[str, Any]) -> None:
+    """Against its meta-schema (its `$schema`, default the latest draft). `pattern` and
+    `patternProperties` are checked by the meta-schema's `format: regex`, which jsonschema
+    tests with Python's `re`: the dialect the output check uses at run time."""
+    try:
+        import jsonschema
+    except ImportError:  # an optional dependency: without it, compile the patterns at least
+        _check_patterns(schema)
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)  # jsonschema's word for an unknown $schema
+        try:
+            validator = jsonschema.validators.validator_for(schema)
+        except (DeprecationWarning, TypeError):
+            raise FieldError("$schema", f"unknown meta-schema {schema.get('$schema')!r}") from None
+    try:
+        validator.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        where = tuple(exc.absolute_path)
+        message = exc.message
+        if exc.validator == "format" and exc.validator_value == "regex":
+            message = f"{_regex_problem(exc.instance)} (got {exc.instance!r})"
+            if where and where[-1] == "patternProperties":
+                where = (*where, exc.instance, "[key]")
+        raise FieldError(where, f"not a valid JSON Schema: {message}") from None
+    except RecursionError:
+        raise FieldError((), "not a valid JSON Schema: nested too deeply to check") from None
+
+
+def _check_patterns(schema: Any) -> None:
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(schema, ())]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, list):
+            stack.extend((sub, (*where, i)) for i, sub in enumerate(item))
+        if not isinstance(item, dict):
+            continue
+        if isinstance(item.get("pattern"), str) and _regex_problem(item["pattern"]):
+            raise FieldError((*where, "pattern"), f"not a valid JSON Schema: {_regex_problem(item['pattern'])}")
+        for key in item.get("patternProperties", {}) if isinstance(item.get("patternProperties"), dict) else ():
+            if _regex_problem(key):
+                raise FieldError((*where, "patternProperties", key, "[key]"), f"not a valid JSON Schema: {_regex_problem(key)}")
+        stack.extend((sub, (*where, key)) for key, sub in item.items())
+
+
+def _regex_problem(pattern: Any) -> str:
+    if not isinstance(pattern, str):
+        return "a regular expression must be a string"
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        return f"not a regular expression Python's re compiles: {exc}"
+    return ""
 
 
 def scenario_json_schema() -> dict[str, Any]:

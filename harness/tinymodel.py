@@ -17,56 +17,20 @@ import os
 import shutil
 import tempfile
 import zlib
-from dataclasses import asdict, dataclass
-from functools import lru_cache
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+# Dimensions and tokenizer live in torch-free modules (the scenario format checks with them);
+# re-exported here for the factory's users.
+from harness.bundled_tokenizer import CORPUS, SPECIAL_TOKENS  # noqa: F401
+from harness.bundled_tokenizer import trained_tokenizer_json as _trained_tokenizer_json
+from harness.model_dims import PRESETS, VOCAB_SIZE, Dims, resolve_dims  # noqa: F401
 from harness.scenario import ModelSpec
 
 FACTORY_VERSION = 1  # bump when the weights or tokenizer a spec produces change
-VOCAB_SIZE = 512
-SPECIAL_TOKENS = ("<s>", "</s>", "<unk>")
 BOS_ID, EOS_ID = 0, 1
-CORPUS = Path(__file__).parent / "data" / "corpus.txt"
-
-
-@dataclass(frozen=True)
-class Dims:
-    hidden_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    intermediate_size: int
-    num_experts: int = 0
-    experts_per_token: int = 0
-
-
-PRESETS = {
-    "tiny": Dims(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128),
-    "parity": Dims(hidden_size=256, num_layers=2, num_heads=8, num_kv_heads=4, intermediate_size=512),
-    "bench": Dims(hidden_size=512, num_layers=2, num_heads=8, num_kv_heads=4, intermediate_size=1024),
-}
-
-
-def resolve_dims(spec: ModelSpec) -> Dims:
-    """The preset's dimensions with the spec's explicit fields laid over them."""
-    base = asdict(PRESETS[spec.size])
-    if spec.family == "mixtral":
-        base.update(num_experts=4, experts_per_token=2)
-    for name in base:
-        value = getattr(spec, name, None)
-        if value is not None:
-            base[name] = value
-    dims = Dims(**base)
-    if dims.hidden_size % dims.num_heads:
-        raise ValueError(f"hidden_size {dims.hidden_size} is not divisible by num_heads {dims.num_heads}")
-    if dims.num_heads % dims.num_kv_heads:
-        raise ValueError(f"num_heads {dims.num_heads} is not divisible by num_kv_heads {dims.num_kv_heads}")
-    if dims.experts_per_token > dims.num_experts:
-        raise ValueError("experts_per_token exceeds num_experts")
-    return dims
 
 
 def cache_root() -> Path:
@@ -176,7 +140,9 @@ def _weights(spec: ModelSpec, dims: Dims) -> dict[str, torch.Tensor]:
             weights[name] = torch.ones(shape)
             continue
         # One generator per tensor, seeded from its name: adding a tensor never shifts others.
-        generator = torch.Generator().manual_seed(spec.seed * 1_000_003 + zlib.crc32(name.encode()))
+        # Modulo 2**64: a seed near the format's 64-bit limit would overflow the generator
+        # (no change for any seed below about 1.8e13, so cached models stay valid).
+        generator = torch.Generator().manual_seed((spec.seed * 1_000_003 + zlib.crc32(name.encode())) % 2**64)
         std = 1.0 if name == "model.embed_tokens.weight" else shape[-1] ** -0.5
         weights[name] = torch.randn(shape, generator=generator) * std
     weights["lm_head.weight"] *= spec.lm_head_scale
@@ -192,21 +158,3 @@ def tokenizer_path(directory: Path) -> Path:
         "add_bos_token": False, "add_eos_token": False, "model_max_length": 8192,
     }))
     return directory / "tokenizer.json"
-
-
-@lru_cache(maxsize=1)
-def _trained_tokenizer_json() -> str:
-    """A byte-level BPE (vocab 512) trained on the corpus shipped with the harness (<1 s)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE,
-        special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(CORPUS.read_text().splitlines(), trainer)
-    return tokenizer.to_str()

@@ -33,6 +33,13 @@ def test_schema_validates_every_bundled_scenario_file(schema: dict) -> None:
     {"name": "x", "description": "d", "prompt": "hi", "devices": ["cuda:x"]},
     {"name": "x", "prompt": "hi"},
     {"name": "x", "description": "d", "prompt": "hi", "max_new_tokens": 0},
+    # bounds added with issue 11: what the schema can say, it says
+    {"name": "x", "description": "d", "prompts": ["hi", ""]},
+    {"name": "x", "description": "d", "prompt": "hi", "model": {"seed": 2**64}},
+    {"name": "x", "description": "d", "prompt": "hi", "sampling": {"mode": "sample", "top_k": 513}},
+    {"name": "x", "description": "d", "prompt": "hi", "devices": [{"device": "auto", "gpus": 1}]},
+    {"name": "x", "description": "d", "prompt": "hi", "devices": ["cuda:64"]},
+    {"name": "x", "description": "d", "prompt": "hi", "model": {"lm_head_scale": 1e30}},
 ])
 def test_schema_rejects_what_the_loader_rejects(schema: dict, bad: dict) -> None:
     with pytest.raises(jsonschema.ValidationError):

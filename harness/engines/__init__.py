@@ -1,20 +1,43 @@
 """Engine registry: built-in adapters plus user engines from the `samedevice.engines`
-entry point group. A name is registered once; a miss lists the known names."""
+entry point group. A name is registered once; a miss lists the known names.
+
+`engine_names()` answers which names exist without importing an adapter (or torch), so the
+scenario loader can check `engines:`; `get_engine()` imports what it needs to return a class.
+An entry point's name is its engine's name.
+"""
 
 from __future__ import annotations
 
 import difflib
 import importlib
 import os
+from functools import lru_cache
 from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any
 
-from harness.engines.base import Capabilities, Engine, Generation, Placement, Request
+if TYPE_CHECKING:
+    from harness.engines.base import Capabilities, Engine, Generation, Placement, Request
 
-__all__ = ["Capabilities", "Engine", "Generation", "Placement", "Request", "all_engines", "get_engine", "register"]
+__all__ = ["Capabilities", "Engine", "Generation", "Placement", "Request", "all_engines", "engine_names",
+           "get_engine", "register"]
 
 ENTRY_POINT_GROUP = "samedevice.engines"
+# The names the built-in adapter modules register (tests/test_loader.py keeps them in step).
+BUILTIN_ENGINES = ("llamacpp", "mistralrs", "outlines", "reference", "transformers")
+_BASE_NAMES = frozenset({"Capabilities", "Engine", "Generation", "Placement", "Request"})
 _REGISTRY: dict[str, type[Engine]] = {}
+_BROKEN_PLUGINS: dict[str, str] = {}
+_imported_env_plugins: set[str] = set()
 _loaded_plugins = False
+
+
+def __getattr__(name: str) -> Any:
+    """The adapter interface (`harness.engines.base`) imports torch: load it on first use."""
+    if name in _BASE_NAMES:
+        from harness.engines import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class UnknownEngine(KeyError):
@@ -24,6 +47,8 @@ class UnknownEngine(KeyError):
 
 def register(cls: type[Engine]) -> type[Engine]:
     """Class decorator: make an engine known by its `name`."""
+    if cls.name in BUILTIN_ENGINES and not cls.__module__.startswith("harness.engines."):
+        raise ValueError(f"engine name {cls.name!r} is already registered by a built-in engine")
     existing = _REGISTRY.get(cls.name)
     if existing is not None and existing is not cls:
         raise ValueError(f"engine name {cls.name!r} is already registered by {existing.__module__}.{existing.__qualname__}")
@@ -31,8 +56,46 @@ def register(cls: type[Engine]) -> type[Engine]:
     return cls
 
 
+def engine_names() -> tuple[str, ...]:
+    """Every engine name a scenario may use, sorted: the built-ins, the entry points' names
+    (not loaded) and the engines registered so far, including by $SAMEDEVICE_PLUGINS modules
+    (imported here: their names are known no other way; they are the user's code)."""
+    _import_env_plugins()
+    return tuple(sorted({*BUILTIN_ENGINES, *_entry_point_names(), *_REGISTRY}))
+
+
+def unknown_engine_message(name: str, known: tuple[str, ...] | list[str]) -> str:
+    """Why `name` is no engine: its plugin failed to load, or a "did you mean", naming any
+    plugin that failed to load (the engine may live in one)."""
+    if name in _BROKEN_PLUGINS:
+        return f"engine {name!r} is unavailable: its plugin failed to load: {_BROKEN_PLUGINS[name]}"
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"known engines: {', '.join(sorted(known))}"
+    if _BROKEN_PLUGINS:
+        hint += "; plugins that failed to load: " + "; ".join(f"{k} ({v})" for k, v in sorted(_BROKEN_PLUGINS.items()))
+    return f"unknown engine {name!r} ({hint})"
+
+
+@lru_cache(maxsize=1)
+def _entry_point_names() -> tuple[str, ...]:
+    return tuple(point.name for point in entry_points(group=ENTRY_POINT_GROUP))
+
+
+def _import_env_plugins() -> None:
+    """Modules named in $SAMEDEVICE_PLUGINS register engines on import: a plugin without packaging."""
+    for module in filter(None, (m.strip() for m in os.environ.get("SAMEDEVICE_PLUGINS", "").split(","))):
+        if module in _imported_env_plugins:
+            continue
+        _imported_env_plugins.add(module)
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # a broken plugin must not take the run down
+            _BROKEN_PLUGINS[module] = f"{type(exc).__name__}: {exc}"
+
+
 def _load_builtins_and_plugins() -> None:
     global _loaded_plugins
+    _import_env_plugins()
     if _loaded_plugins:
         return
     _loaded_plugins = True
@@ -41,13 +104,8 @@ def _load_builtins_and_plugins() -> None:
     import harness.engines.mistralrs_engine
     import harness.engines.outlines_engine
     import harness.engines.reference  # noqa: F401
+    from harness.engines.base import Engine
 
-    # Modules named in $SAMEDEVICE_PLUGINS register engines on import: a plugin without packaging.
-    for module in filter(None, os.environ.get("SAMEDEVICE_PLUGINS", "").split(",")):
-        try:
-            importlib.import_module(module.strip())
-        except Exception as exc:
-            _BROKEN_PLUGINS[module] = f"{type(exc).__name__}: {exc}"
     for point in entry_points(group=ENTRY_POINT_GROUP):
         try:
             cls = point.load()
@@ -56,9 +114,8 @@ def _load_builtins_and_plugins() -> None:
             continue
         if isinstance(cls, type) and issubclass(cls, Engine):
             register(cls)
-
-
-_BROKEN_PLUGINS: dict[str, str] = {}
+            if cls.name != point.name:  # engine_names() promised the entry point's name
+                _BROKEN_PLUGINS[point.name] = f"its entry point names engine {cls.name!r}; name both alike"
 
 
 def all_engines() -> dict[str, type[Engine]]:
@@ -75,10 +132,4 @@ def get_engine(name: str) -> type[Engine]:
     engines = all_engines()
     if name in engines:
         return engines[name]
-    if name in _BROKEN_PLUGINS:
-        raise UnknownEngine(f"engine {name!r} is unavailable: its plugin failed to load: {_BROKEN_PLUGINS[name]}")
-    close = difflib.get_close_matches(name, engines, n=1)
-    hint = f"did you mean {close[0]!r}?" if close else f"known engines: {', '.join(sorted(engines))}"
-    if _BROKEN_PLUGINS:  # the engine may live in a plugin that did not load
-        hint += "; plugins that failed to load: " + "; ".join(f"{k} ({v})" for k, v in sorted(_BROKEN_PLUGINS.items()))
-    raise UnknownEngine(f"unknown engine {name!r} ({hint})")
+    raise UnknownEngine(unknown_engine_message(name, list(engines)))
