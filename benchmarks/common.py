@@ -15,7 +15,7 @@ Measuring (the same for asv and for `samedevice compare` runs):
 - torch runs with one intra-op thread (``$SAMEDEVICE_BENCH_THREADS``, default 1): on two
   shared cores, OpenMP workers spin-waiting on a busy neighbour turned a 10 ms decode
   into 370 ms (62 tokens/s against 2,400 with one thread), which is noise, not the engine.
-- Timings are the runner's `perf_counter` phase clock (`harness.runner._PhaseClock`).
+- Timings are the harness's `perf_counter` phase clock (`harness.phases.PhaseTracker`).
   On a real GPU that clock is only correct where the engine synchronises at the phase
   boundaries; the reference implementation does: prefill ends, and every decode step
   ends, with the blocking `token.cpu()` read-back, so no GPU work is still queued when the

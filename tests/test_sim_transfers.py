@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import torch
 
 from harness.devices import simulated_gpus, track_transfers
-from harness.devices.tracking import memcpy_events, phase_marks, record_memcpys
+from harness.devices.tracking import memcpy_events, replay, timeline_marks
 from harness.ledger import Ledger
 from tests import sim_user_bugs as user
 
@@ -116,8 +116,12 @@ def test_track_transfers_inside_a_simulation_points_it_at_the_ledger():
 
 
 class FakeKinetoEvent:
-    def __init__(self, name: str, start_us: float, nbytes: int = 0, metadata: str = ""):
+    def __init__(self, name: str, start_us: float, nbytes: int = 0, metadata: str = "", correlation: int = 0):
         self._name, self._start, self._nbytes, self._metadata = name, start_us, nbytes, metadata
+        self._correlation = correlation
+
+    def correlation_id(self):
+        return self._correlation
 
     def name(self):
         return self._name
@@ -132,30 +136,51 @@ class FakeKinetoEvent:
         return self._metadata
 
 
-def test_profiler_memcpy_events_are_parsed_into_the_ledger_by_phase():
+def test_profiler_memcpy_events_are_replayed_into_the_ledger_by_phase_and_step():
+    calls = [("phase", "prefill"), ("phase", "decode"), ("record", "sync", 0, "cuda sync", "gen.py:7"), ("step",),
+             ("phase", "finish")]
     events = [
-        FakeKinetoEvent("samedevice::phase::prefill", 10.0),
+        FakeKinetoEvent("samedevice::ledger::0", 10.0),
         FakeKinetoEvent("Memcpy HtoD (Pageable -> Device)", 11.0, nbytes=64),
         FakeKinetoEvent("aten::add", 12.0),
-        FakeKinetoEvent("samedevice::phase::decode", 20.0),
+        FakeKinetoEvent("samedevice::ledger::1", 20.0),
         FakeKinetoEvent("Memcpy DtoH (Device -> Pageable)", 21.0, metadata='"bytes": 8, "memory bandwidth (GB/s)": 1.0'),
+        FakeKinetoEvent("samedevice::ledger::2", 21.5),
         FakeKinetoEvent("Memcpy DtoD (Device -> Device)", 22.0, nbytes=128),
         FakeKinetoEvent("Memcpy PtoP (Device -> Device)", 23.0, nbytes=256),
+        FakeKinetoEvent("samedevice::ledger::3", 30.0),
+        FakeKinetoEvent("samedevice::ledger::4", 40.0),
+        FakeKinetoEvent("Memcpy DtoH (Device -> Pageable)", 41.0, nbytes=8),
         FakeKinetoEvent("Memcpy HtoD (Pinned -> Device)", 5.0, nbytes=4),  # before any marker: load
     ]
     copies = memcpy_events(events)
     assert sorted(copies) == sorted([("h2d", 64, 11.0), ("d2h", 8, 21.0), ("d2d", 128, 22.0), ("d2d", 256, 23.0),
-                                     ("h2d", 4, 5.0)])
-    marks = phase_marks(events)
-    assert marks == [(10.0, "prefill"), (20.0, "decode")]
+                                     ("d2h", 8, 41.0), ("h2d", 4, 5.0)])
+    assert timeline_marks(events) == [(10.0, 0), (20.0, 1), (21.5, 2), (30.0, 3), (40.0, 4)]
     ledger = Ledger()
     sites = {("decode", "d2h"): deque([("cpu", "sampler.py:12")])}
-    record_memcpys(ledger, copies, marks, first_phase="load", sites=sites)
-    assert ledger.to_json()["counts"] == {"load.h2d": 1, "prefill.h2d": 1, "decode.d2h": 1, "decode.d2d": 2}
+    replay(ledger, "load", calls, timeline_marks(events), copies, sites)
+    assert ledger.to_json()["counts"] == {"load.h2d": 1, "prefill.h2d": 1, "decode.d2h": 1, "decode.d2d": 2,
+                                          "decode.sync": 1, "finish.d2h": 1}
+    assert ledger.decode_tokens == 1, "one complete step"
     assert ledger.bytes[("decode", "d2d")] == 384
     assert ledger.top_sites("decode", "d2h") == [("cpu", "sampler.py:12", 1)]
     assert ledger.top_sites("prefill", "h2d") == [("memcpy", "?", 1)]
-    assert ledger.phase == "load", "parsing leaves the ledger's phase as it was"
+    assert ledger.top_sites("decode", "sync") == [("cuda sync", "gen.py:7", 1)]
+
+
+def test_an_asynchronous_copy_counts_where_the_host_launched_it():
+    events = [
+        FakeKinetoEvent("samedevice::ledger::0", 10.0),
+        FakeKinetoEvent("cudaMemcpyAsync", 12.0, correlation=7),
+        FakeKinetoEvent("samedevice::ledger::1", 13.0),
+        FakeKinetoEvent("samedevice::ledger::2", 13.5),
+        FakeKinetoEvent("Memcpy HtoD (Pageable -> Device)", 14.0, nbytes=4, correlation=7),  # ran after decode ended
+    ]
+    ledger = Ledger()
+    calls = [("phase", "decode"), ("step",), ("phase", "finish")]
+    replay(ledger, "load", calls, timeline_marks(events), memcpy_events(events), {})
+    assert (ledger.count("decode", "h2d"), ledger.count("finish", "h2d")) == (1, 0)
 
 
 def test_function_events_from_the_profiler_table_are_understood_too():

@@ -9,10 +9,12 @@ sync-debug APIs; only its event parsing is unit-tested, with fake events).
   few methods only, so the cost is paid per host read, not per op.
 - Real CUDA: `torch.profiler` memcpy events give the copies and their bytes ("Memcpy HtoD",
   "Memcpy DtoH", "Memcpy DtoD"/"PtoP"); `torch.cuda.set_sync_debug_mode("warn")` warnings
-  give the syncs, recorded with their call site as they happen; hooks on `Tensor.to`,
-  `.cuda`, `.cpu` and `.copy_` remember the call site of each copy, matched in order to the
-  profiler's events of the same kind and phase. The phase of a profiler event is the
-  ledger's phase at its start time (phase changes are marked on the profiler timeline).
+  give the syncs, with their call site; hooks on `Tensor.to`, `.cuda`, `.cpu` and `.copy_`
+  remember the call site of each copy, matched in order to the profiler's events of the
+  same kind and phase. Copies are only known afterwards, so while tracked every ledger call
+  (phase change, decode step, sync) is marked on the profiler timeline, and the calls and
+  the copies are replayed in time order into the ledger at the end: a copy counts in the
+  phase and step that launched it (its host-side runtime call, linked by correlation id).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from harness.ledger import Ledger
 
 _MEMCPY = re.compile(r"Memcpy (HtoD|DtoH|DtoD|PtoP)")
 _MEMCPY_KIND = {"HtoD": "h2d", "DtoH": "d2h", "DtoD": "d2d", "PtoP": "d2d"}
-PHASE_MARK = "samedevice::phase::"
+MARK = "samedevice::ledger::"
 
 
 @contextmanager
@@ -83,25 +85,44 @@ def _track_host_reads(ledger: Ledger) -> Iterator[None]:
 
 def memcpy_events(events: Iterable[Any]) -> list[tuple[Any, int, float]]:
     """(kind, bytes, start in us) of the memcpy events in profiler `events`: Kineto events
-    (`name()`, `nbytes()`, `start_ns()`) or FunctionEvents (`name`, `time_range.start`)."""
+    (`name()`, `nbytes()`, `start_ns()`) or FunctionEvents (`name`, `time_range.start`).
+    The start is the launch on the host where the event links to its runtime call (a
+    correlation id), so an asynchronous copy counts in the step that issued it."""
+    events = list(events)
+    launches = {}
+    for event in events:
+        name = _name(event)
+        correlation = _correlation(event)
+        if correlation is not None and name.startswith("cuda") and "Memcpy" in name:
+            launches[correlation] = _event_start_us(event)
     found = []
     for event in events:
-        name = event.name() if callable(getattr(event, "name", None)) else getattr(event, "name", "")
-        match = _MEMCPY.search(name or "")
+        match = _MEMCPY.search(_name(event))
         if not match:
             continue
-        found.append((_MEMCPY_KIND[match.group(1)], _event_bytes(event), _event_start_us(event)))
+        start = launches.get(_correlation(event), _event_start_us(event))
+        found.append((_MEMCPY_KIND[match.group(1)], _event_bytes(event), start))
     return found
 
 
-def phase_marks(events: Iterable[Any]) -> list[tuple[float, str]]:
-    """(start in us, phase) of the phase markers `_PhaseClock` put on the profiler timeline."""
+def timeline_marks(events: Iterable[Any]) -> list[tuple[float, int]]:
+    """(start in us, index) of the ledger calls `_Timeline` put on the profiler timeline."""
     marks = []
     for event in events:
-        name = event.name() if callable(getattr(event, "name", None)) else getattr(event, "name", "")
-        if name and name.startswith(PHASE_MARK):
-            marks.append((_event_start_us(event), name[len(PHASE_MARK):]))
+        name = _name(event)
+        if name.startswith(MARK):
+            marks.append((_event_start_us(event), int(name[len(MARK):])))
     return sorted(marks)
+
+
+def _name(event: Any) -> str:
+    return (event.name() if callable(getattr(event, "name", None)) else getattr(event, "name", "")) or ""
+
+
+def _correlation(event: Any) -> int | None:
+    value = getattr(event, "correlation_id", None)
+    value = value() if callable(value) else value
+    return int(value) if value else None
 
 
 def _event_bytes(event: Any) -> int:
@@ -128,40 +149,61 @@ def _event_start_us(event: Any) -> float:
     return float(time_range.start) if time_range is not None else 0.0
 
 
-def phase_at(marks: list[tuple[float, str]], start_us: float, default: str) -> Any:
-    phase = default
-    for mark_us, mark_phase in marks:
-        if mark_us > start_us:
-            break
-        phase = mark_phase
-    return phase
+Call = tuple  # ("phase", name) | ("step",) | ("move", phase) | ("record", kind, nbytes, op, site)
 
 
-def record_memcpys(ledger: Ledger, copies: list[tuple[Any, int, float]], marks: list[tuple[float, str]],
-                   first_phase: str, sites: dict[tuple[str, str], deque]) -> None:
-    """Record profiler copies into `ledger`, each in its phase, with the call site the hooks
-    saw for the same (phase, kind) in the same order ('?' when none did)."""
-    saved_phase = ledger.phase
-    try:
-        for kind, nbytes, start in sorted(copies, key=lambda c: c[2]):
-            ledger.phase = phase_at(marks, start, first_phase)
-            queue = sites.get((ledger.phase, kind))
+class _Timeline(Ledger):
+    """The ledger, while tracked on CUDA. Copies are only known from the profiler's events
+    afterwards, so every ledger call (phase changes, steps, live sync records) is kept in
+    `calls` and marked on the profiler timeline; `replay` then applies calls and copies in
+    time order. Installed by swapping the instance's class for the duration."""
+
+    calls: list[Call]
+
+    def _mark(self, call: Call) -> None:
+        self.calls.append(call)
+        with torch.profiler.record_function(MARK + str(len(self.calls) - 1)):
+            pass
+
+    def set_phase(self, phase: Any) -> None:
+        self._mark(("phase", phase))
+        object.__setattr__(self, "phase", phase)  # read live by the phase tracker and the site hooks
+
+    def end_step(self) -> None:
+        self._mark(("step",))
+
+    def move_step(self, phase: str) -> None:
+        self._mark(("move", phase))
+
+    def record(self, kind: Any, nbytes: int = 0, op: str = "", site: str = "") -> None:
+        self._mark(("record", kind, nbytes, op, site))
+
+
+def replay(ledger: Ledger, first_phase: Any, calls: list[Call], marks: list[tuple[float, int]],
+           copies: list[tuple[Any, int, float]], sites: dict[tuple[str, str], deque]) -> None:
+    """Apply the ledger calls and the profiler's copies to `ledger`, in time order (a call
+    before a copy at the same instant). Each copy gets the call site the hooks saw for the
+    same (phase, kind), in order ('?' when none did)."""
+    ledger.phase = first_phase
+    if calls and not marks:  # no marker reached the profiler: the calls in order, then the copies
+        marks = [(float("-inf"), index) for index in range(len(calls))]
+    timeline = [(start, 0, ("call", index)) for start, index in marks]
+    timeline += [(start, 1, ("copy", kind, nbytes)) for kind, nbytes, start in copies]
+    for _, _, item in sorted(timeline, key=lambda row: (row[0], row[1])):
+        if item[0] == "copy":
+            queue = sites.get((ledger.phase, item[1]))
             op, site = queue.popleft() if queue else ("memcpy", "?")
-            ledger.record(kind, nbytes, op, site)
-    finally:
-        ledger.phase = saved_phase
-
-
-class _PhaseClock(Ledger):
-    """The ledger, while tracked on CUDA: a phase change drops a marker on the profiler
-    timeline, so copies found afterwards are booked to the phase they happened in. Installed
-    by swapping the instance's class for the duration, so the Ledger type stays untouched."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name == "phase" and value != self.__dict__.get("phase"):
-            with torch.profiler.record_function(PHASE_MARK + str(value)):
-                pass
-        object.__setattr__(self, name, value)
+            ledger.record(item[1], item[2], op, site)
+            continue
+        call = calls[item[1]]
+        if call[0] == "phase":
+            ledger.set_phase(call[1])
+        elif call[0] == "step":
+            ledger.end_step()
+        elif call[0] == "move":
+            ledger.move_step(call[1])
+        else:
+            ledger.record(*call[1:])
 
 
 def _copy_kind(source: torch.device, target: torch.device) -> str | None:
@@ -222,11 +264,13 @@ def _track_cuda(ledger: Ledger) -> Iterator[None]:
     originals = {name: torch.Tensor.__dict__.get(name) for name in _COPY_METHODS}
     previous_mode = torch.cuda.get_sync_debug_mode()
     activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
-    ledger.__class__ = _PhaseClock
+    calls: list[Call] = []
     try:
         for name in _COPY_METHODS:
             setattr(torch.Tensor, name, _copy_hook(name, getattr(torch.Tensor, name), remember))
         with warnings.catch_warnings(), torch.profiler.profile(activities=activities) as profiler:
+            ledger.__class__ = _Timeline
+            ledger.calls = calls  # type: ignore[attr-defined]
             warnings.filterwarnings("always", message=".*synchronizing", category=UserWarning)
             show_other, warnings.showwarning = warnings.showwarning, on_warning
             torch.cuda.set_sync_debug_mode("warn")
@@ -235,11 +279,13 @@ def _track_cuda(ledger: Ledger) -> Iterator[None]:
             finally:
                 torch.cuda.set_sync_debug_mode(previous_mode)
                 torch.cuda.synchronize()
+                ledger.__class__ = Ledger
+                del ledger.calls  # type: ignore[attr-defined]
     finally:
         ledger.__class__ = Ledger
         _restore(torch.Tensor, originals)
-    events = profiler.profiler.kineto_results.events() if profiler.profiler else []
-    record_memcpys(ledger, memcpy_events(events), phase_marks(events), first_phase, sites)
+    events = list(profiler.profiler.kineto_results.events()) if profiler.profiler else []
+    replay(ledger, first_phase, calls, timeline_marks(events), memcpy_events(events), sites)
 
 
 def _restore(owner: Any, originals: dict[str, Any]) -> None:
