@@ -110,7 +110,8 @@ class ResultsWriteError(OSError):
         self.path = Path(path)
 
     def __str__(self) -> str:
-        code = f" [{errno.errorcode[self.errno]}]" if self.errno in errno.errorcode else ""
+        name = errno.errorcode.get(self.errno) if self.errno is not None else None
+        code = f" [{name}]" if name else ""
         return f"cannot write {self.path}: {self.strerror}{code}"
 
 
