@@ -54,7 +54,7 @@ def _read_source(source: Path, problems: list[str]) -> tuple[dict, list[CaseResu
     if info.get("write_error"):
         problems.append(f"{source}: that run stopped early: {info['write_error']}")
     elif info and "finished" not in info:
-        problems.append(f"{source}: that run never recorded its end (killed, or still running)")
+        problems.append(f"{source}: that run never recorded its end: killed, still running, or unable to write run.json")
     return info, read.results, read.damaged
 
 

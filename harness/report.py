@@ -78,7 +78,7 @@ def _stop_cause(run_info: dict[str, Any]) -> str | None:
     if run_info.get("exitstatus") in (2, 3):  # pytest: interrupted, internal error
         return f"pytest ended with exit status {run_info['exitstatus']}"
     if run_info and "finished" not in run_info and "merged_from" not in run_info:
-        return "the run never recorded its end (killed, or still running)"
+        return "the run never recorded its end: killed, still running, or unable to write run.json"
     return None
 
 

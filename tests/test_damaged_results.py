@@ -60,7 +60,7 @@ def test_report_of_a_corrupt_run_json_names_it_and_still_reports_the_cases(tmp_p
 
 @pytest.mark.parametrize(("info", "cause"), [
     ({"interrupted": "SIGTERM", "finished": 2.0}, "interrupted by SIGTERM"),
-    ({}, "the run never recorded its end (killed, or still running)"),  # SIGKILL: run.json as first written
+    ({}, "the run never recorded its end: killed, still running, or unable to write run.json"),  # SIGKILL: run.json as first written
 ])
 def test_an_incomplete_run_says_how_many_cases_never_ran(tmp_path: Path, capsys, info: dict, cause: str) -> None:
     path = run_dir(tmp_path / "run", IDS[:2], {"expected_ids": IDS, "selected_ids": IDS, "complete": False} | info)
