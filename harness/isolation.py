@@ -25,6 +25,7 @@ The worker's life:
 from __future__ import annotations
 
 import contextlib
+import importlib
 import multiprocessing
 import os
 import signal
@@ -58,6 +59,7 @@ def _worker_main(conn: Connection, lifeline: Connection, parent_pid: int) -> Non
     from harness.runner import OracleCache, run_case
 
     set_threads()
+    _import_what_every_case_imports()
     tinymodel.remove_stale_staging()
     conn.send(("ready", os.getpid()))
     oracles = OracleCache()
@@ -72,6 +74,16 @@ def _worker_main(conn: Connection, lifeline: Connection, parent_pid: int) -> Non
         _prepare(case)
         conn.send(("started", None))
         conn.send(("result", run_case(case, options, oracles)))
+
+
+def _import_what_every_case_imports() -> None:
+    """Imports the first case would otherwise pay on its own clock: torch imports its
+    compiler stack lazily (torch._dynamo and sympy, about 2 s, on the first call of a function
+    wrapped in torch's disable-dynamo decorator), and every case reads a tokenizer and
+    safetensors weights."""
+    for module in ("torch._dynamo", "tokenizers", "safetensors.torch"):
+        with contextlib.suppress(ImportError):
+            importlib.import_module(module)
 
 
 def _prepare(case: Case) -> None:
@@ -193,6 +205,7 @@ class CaseWorker:
         started = time.time()
         try:
             if self._process is None or not self._process.is_alive():
+                self._release()  # a worker that died between cases (already reaped)
                 self._start()
                 ready = self._receive(self.start_limit)
                 if ready is _TIMED_OUT:
@@ -231,8 +244,8 @@ class CaseWorker:
         return _error_result(case, started, kind, message.format(exit=_describe_exit(exitcode)))
 
     def _kill(self) -> int | None:
-        """Kill the worker and its whole process group; returns its exit code. The group is
-        killed before the worker is reaped, while its id cannot belong to anyone else."""
+        """Kill the worker and its whole process group; returns its exit code. Called only
+        while the worker is not yet reaped, so the group id cannot belong to anyone else."""
         process, exitcode = self._process, None
         if process is not None:
             if process.pid and hasattr(os, "killpg") and process.pid != os.getpgrp():
@@ -241,23 +254,32 @@ class CaseWorker:
             process.kill()
             process.join(5)
             exitcode = process.exitcode
+        self._release()
+        return exitcode
+
+    def _release(self) -> None:
+        if self._process is not None:
             from harness.tinymodel import remove_stale_staging
 
-            remove_stale_staging(owner=process.pid)  # a model build it did not finish
+            remove_stale_staging(owner=self._process.pid)  # a model build it did not finish
         for conn in (self._conn, self._lifeline):
             if conn is not None:
                 conn.close()
         self._process, self._conn, self._lifeline = None, None, None
-        return exitcode
 
     def stop(self) -> None:
+        """Let the worker exit (its guard then kills anything left in its group); kill it if
+        it does not within 2 s."""
         if self._process is not None and self._process.is_alive() and self._conn is not None:
             try:
                 self._conn.send(None)
                 self._process.join(2)
             except (BrokenPipeError, OSError):
                 pass
-        self._kill()
+        if self._process is not None and self._process.exitcode is None:
+            self._kill()  # still running
+        else:
+            self._release()
 
 
 def _describe_exit(code: int | None) -> str:

@@ -129,13 +129,13 @@ SMALL_TIMEOUTS = """\
   devices: [cpu]
   prompt: hi
   max_new_tokens: 2
-  timeout: 2.5
+  timeout: 3
 - name: second
   description: the same, run second or alone
   devices: [cpu]
   prompt: hello
   max_new_tokens: 2
-  timeout: 2.5
+  timeout: 3
 """
 
 
