@@ -127,7 +127,7 @@ def test_compare_names_damaged_input_and_exits_2(tmp_path: Path, capsys, damage,
     assert f"samedevice compare: error: {expected.format(head=head)}" in capsys.readouterr().err
 
 
-def test_run_json_written_by_a_run_round_trips_through_the_reader(tmp_path: Path) -> None:
+def test_the_null_fields_a_run_writes_pass_the_run_json_checks(tmp_path: Path) -> None:
     path = run_dir(tmp_path / "run", IDS, FINISHED | {"interrupted": None, "shard": None, "write_error": None})
     assert RunDirectory(path).read_run_info()["selected_ids"] == IDS
     assert json.loads((path / "run.json").read_text())["complete"] is True
