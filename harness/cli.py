@@ -183,6 +183,8 @@ def _empty_selection(args: argparse.Namespace, selected_before_shard: int) -> st
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from rich.text import Text
+
     from harness import report
     from harness.isolation import make_executor
     from harness.results import ResultsWriteError, RunDirectory, environment_info
@@ -260,8 +262,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     console.print(report.console_table(results))
     for r in results:
         if r.status in ("failed", "error"):
-            line = terminal_text(r.status.upper(), "bold red")
-            line.append(f" {terminal(r.id)} ({terminal(r.file)}:{r.line})")
+            line = Text.assemble((r.status.upper(), "bold red"), f" {terminal(r.id)} ({terminal(r.file)}:{r.line})")
             console.print(line, soft_wrap=True)
             for f in r.failures:
                 console.print(terminal_text(f"    {f.check}: {f.message}", indent="      "), soft_wrap=True)
