@@ -1,8 +1,14 @@
 """The `samedevice` command: run, list, report, schema.
 
 Exit codes: 0 nothing failed; 1 a case failed or errored, or a scenario file is invalid
-(the valid ones still ran); 2 usage error or unusable results directory; 130 interrupted
-(every finished case is kept).
+(the valid ones still ran), or `report` found damaged lines; 2 usage error (checked before
+any case runs: paths, timeouts, filters, an empty selection, the junit path) or unusable
+results (a results file that cannot be written mid-run stops the run: every finished case
+is kept and run.json says the run is incomplete); 130 interrupted (every finished case is
+kept).
+
+Everything printed that came from data (ids, paths, keys, messages) goes through
+harness.render: control characters are escaped and nothing is read as rich markup.
 """
 
 from __future__ import annotations
@@ -13,8 +19,17 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from harness import __version__
+from harness.arguments import (
+    build_timeout,
+    device_filter_problems,
+    engine_filter_problems,
+    output_file_problem,
+    timeout_seconds,
+)
+from harness.render import terminal, terminal_text
 
 # ./scenarios where it exists, else the suite bundled next to the harness package.
 DEFAULT_SCENARIOS = Path("scenarios") if Path("scenarios").is_dir() else Path(__file__).resolve().parent.parent / "scenarios"
@@ -51,8 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     selection(run)
     run.add_argument("--results", type=Path, default=None, help="results root (default: results/ or $SAMEDEVICE_RESULTS)")
     run.add_argument("--strict-devices", action="store_true", help="a case whose device is absent fails instead of skipping")
-    run.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
-                     help=f"seconds per case where the scenario sets none (default {DEFAULT_TIMEOUT:g})")
+    run.add_argument("--timeout", type=timeout_seconds, default=DEFAULT_TIMEOUT,
+                     help=f"seconds per case where the scenario sets none, counted from the case's own start "
+                          f"(worker start, imports and model building excluded; default {DEFAULT_TIMEOUT:g})")
     run.add_argument("--isolation", choices=("process", "none"), default="process",
                      help="process: cases run in a worker process, so a crash or hang is that case's error "
                           "(default); none: in this process (debugging)")
@@ -61,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--junit", type=Path, default=None, metavar="FILE",
                      help="also write JUnit XML here (default: only results/<run-id>/junit.xml)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown on a terminal)")
+    run.add_argument("--allow-empty", action="store_true",
+                     help="a selection with no case is not an error (default: exit 2, so a typo never makes a green job)")
     run.set_defaults(func=cmd_run)
 
     lst = sub.add_parser("list", help="list the cases and why any would be skipped")
@@ -123,21 +141,29 @@ def _report_broken_plugins() -> None:
     from harness.engines import broken_plugins
 
     for name, why in sorted(broken_plugins().items()):
-        print(f"samedevice: plugin {name} failed to load: {why}", file=sys.stderr)
+        print(f"samedevice: plugin {terminal(name)} failed to load: {terminal(why)}", file=sys.stderr)
+
+
+def _usage_error(message: str) -> NoReturn:
+    print(f"samedevice: error: {terminal(message)}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def _select(args: argparse.Namespace):
     from harness.cases import expand, selected
     from harness.loader import load_paths
 
+    problems = device_filter_problems(args.device) + engine_filter_problems(args.engine)
+    if problems:
+        _usage_error("; ".join(problems))
     paths = args.paths or [DEFAULT_SCENARIOS]
     if getattr(args, "model", None):
         if args.paths:
-            raise SystemExit("samedevice: error: give scenario paths or --model (the standard suite), not both")
+            _usage_error("give scenario paths or --model (the standard suite), not both")
         paths = [_standard_suite_file(args)]
     missing = [p for p in paths if not p.exists()]
     if missing:
-        raise SystemExit(f"samedevice: error: no such file or directory: {missing[0]}")
+        _usage_error(f"no such file or directory: {missing[0]}")
     loaded = load_paths(paths)
     cases = [c for s in loaded.scenarios for c in expand(s)]
     cases = [c for c in cases if selected(c, args.engine, args.device)]
@@ -199,10 +225,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     errors, cases = _select(args)
     _report_broken_plugins()
     for error in errors:  # a scenario that would not load is listed as such, never as `runs`
-        print(f"{error.scenario or error.path}\tinvalid: {error}")
+        print(f"{terminal(error.scenario or error.path)}\tinvalid: {terminal(str(error))}")
     for case in cases:
         skip = skip_reason(case)
-        print(f"{case.id}\t{'skip: ' + skip[0] if skip else 'runs'}")
+        print(f"{terminal(case.id)}\t{'skip: ' + terminal(skip[0]) if skip else 'runs'}")
     print(f"{len(cases)} cases, {len(errors)} invalid scenario file problems", file=sys.stderr)
     return 1 if errors else 0
 
@@ -215,18 +241,48 @@ def _on_sigterm(signum, frame):  # pragma: no cover - exercised through a subpro
     raise _Terminated()
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _console():
+    """stderr console: markup, highlighting and emoji codes off, so data prints literally."""
     from rich.console import Console
-    from rich.markup import escape
+
+    console = Console(stderr=True, markup=False, highlight=False, emoji=False)
+    if not console.is_terminal:  # CI logs: wide rows, not folded columns
+        console = Console(stderr=True, width=200, markup=False, highlight=False, emoji=False)
+    return console
+
+
+def _eprint(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _empty_selection(args: argparse.Namespace, selected_before_shard: int) -> str:
+    paths = ", ".join(str(p) for p in (args.paths or [DEFAULT_SCENARIOS]))
+    if args.shard and selected_before_shard:
+        return f"shard {args.shard} holds none of the {selected_before_shard} selected cases"
+    filters = [f"-e {e}" for e in args.engine] + [f"-d {d}" for d in args.device]
+    filters += [f"-k {args.keyword}"] if args.keyword else []
+    if filters:
+        return f"no case in {paths} matches {' '.join(filters)}"
+    return f"no valid scenario in {paths}"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from rich.text import Text
 
     from harness import report
     from harness.isolation import make_executor
-    from harness.results import RunDirectory, environment_info
+    from harness.results import ResultsWriteError, RunDirectory, environment_info
     from harness.runner import RunOptions, results_root_default
 
-    console = Console(stderr=True)
-    if not console.is_terminal:
-        console = Console(stderr=True, width=200)  # CI logs: wide rows, not folded columns
+    console = _console()
+    try:
+        build_timeout()
+    except ValueError as exc:
+        _usage_error(str(exc))
+    if args.junit is not None:
+        problem = output_file_problem(args.junit, "--junit")
+        if problem:
+            _usage_error(problem)
     errors, cases = _select(args)
     _report_broken_plugins()
     expected_ids = [c.id for c in cases]
@@ -236,30 +292,43 @@ def cmd_run(args: argparse.Namespace) -> int:
         try:
             cases = select_shard(cases, args.shard)
         except ValueError as exc:
-            print(f"samedevice: error: {exc}", file=sys.stderr)
-            return 2
+            _usage_error(str(exc))
+    for error in errors:
+        _eprint(f"invalid scenario: {terminal(error)}")
+    if not cases and not args.allow_empty:
+        _usage_error(f"nothing to run: {_empty_selection(args, len(expected_ids))} "
+                     "(--allow-empty accepts an empty run)")
     root = args.results or results_root_default()
     try:
         run_dir = RunDirectory.create(root)
     except OSError as exc:
-        print(f"samedevice: error: results directory {root} is not writable: {exc.strerror or exc}", file=sys.stderr)
+        _eprint(f"samedevice: error: results directory {terminal(root)} is not writable: {terminal(exc.strerror or exc)}")
         return 2
-    for error in errors:
-        print(f"invalid scenario: {error}", file=sys.stderr)
 
     info = environment_info() | {"run_id": run_dir.path.name, "started": time.time(), "cases_selected": len(cases),
                                  "shard": args.shard, "expected_ids": expected_ids,
+                                 "selected_ids": [c.id for c in cases], "complete": False,
                                  "invalid_files": [str(e) for e in errors]}
-    run_dir.write_run_info(info)
+    try:
+        run_dir.write_run_info(info)
+    except ResultsWriteError as exc:
+        _eprint(f"samedevice: error: {terminal(exc)}")
+        return 2
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     options = RunOptions(strict_devices=args.strict_devices)
     execute = make_executor(args.isolation, args.timeout)
-    results, interrupted = [], None
+    results: list = []
+    interrupted: str | None = None
+    write_error: ResultsWriteError | None = None
     try:
         with _progress(console, len(cases), enabled=not args.no_progress) as advance:
             for case in cases:
                 result = execute(case, options)
-                run_dir.append(result)
+                try:
+                    run_dir.append(result)
+                except ResultsWriteError as exc:  # a full disk, a read-only filesystem: stop here
+                    write_error = exc
+                    break
                 results.append(result)
                 advance(case.id, result.status)
     except (KeyboardInterrupt, _Terminated) as exc:
@@ -267,29 +336,58 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         getattr(execute, "stop", lambda: None)()
         signal.signal(signal.SIGTERM, previous)
-        info |= {"finished": time.time(), "interrupted": interrupted, "cases_finished": len(results)}
-        run_dir.write_run_info(info)
-        (run_dir.path / "report.md").write_text(report.markdown(results, info, [str(e) for e in errors]))
-        from harness.junit import write_junit
-
-        write_junit(results, run_dir.path / "junit.xml")  # every run has one
-        if args.junit:
-            write_junit(results, args.junit)
+        if write_error is not None:
+            _eprint(f"samedevice: error: {terminal(write_error)}; the run stopped after {len(results)} of "
+                    f"{len(cases)} cases (every finished case is kept)")
+        info |= {"finished": time.time(), "interrupted": interrupted, "cases_finished": len(results),
+                 "complete": interrupted is None and write_error is None and len(results) == len(cases),
+                 "write_error": str(write_error) if write_error else None}
+        unwritten = _write_run_outputs(run_dir, results, info, args.junit)
 
     console.print(report.console_table(results))
     for r in results:
         if r.status in ("failed", "error"):
-            console.print(f"[bold red]{r.status.upper()}[/] {escape(r.id)} ({r.file}:{r.line})")
+            line = Text.assemble((r.status.upper(), "bold red"), f" {terminal(r.id)} ({terminal(r.file)}:{r.line})")
+            console.print(line, soft_wrap=True)
             for f in r.failures:
-                console.print(f"    {f.check}: {f.message}", markup=False, highlight=False)
+                console.print(terminal_text(f"    {f.check}: {f.message}", indent="      "), soft_wrap=True)
             if r.status == "error" and r.error is not None:
-                console.print(f"    {r.error.one_line()}", markup=False, highlight=False)
-    console.print(f"{report.counts_line(results)}; {len(errors)} invalid scenario problem(s). Results: {run_dir.path}")
+                console.print(terminal_text(f"    {r.error.one_line()}"), soft_wrap=True)
+    console.print(terminal_text(f"{report.counts_line(results)}; {len(errors)} invalid scenario problem(s). "
+                                f"Results: {run_dir.path}"), soft_wrap=True)
+    if write_error is not None or unwritten:
+        return 2
     if interrupted:
-        console.print(f"[bold]interrupted ({interrupted})[/]: {len(results)} of {len(cases)} cases finished and kept")
+        console.print(terminal_text(f"interrupted ({interrupted}): {len(results)} of {len(cases)} cases finished and kept"),
+                      soft_wrap=True)
         return 130
     bad = any(r.status in ("failed", "error") for r in results)
     return 1 if bad or errors else 0
+
+
+def _write_run_outputs(run_dir, results: list, info: dict, junit: Path | None) -> list[str]:
+    """run.json (final), report.md, junit.xml and --junit; each failure is one line on stderr
+    (and returned). run.json was first written saying `complete: false`, so if it cannot be
+    rewritten it still says the run is incomplete."""
+    from harness import report
+    from harness.junit import write_junit
+    from harness.results import ResultsWriteError, write_file
+
+    failures = []
+    steps = [
+        (lambda: run_dir.write_run_info(info), "; run.json keeps saying the run is incomplete"),
+        (lambda: write_file(run_dir.path / "report.md", report.markdown(results, info)), ""),
+        (lambda: write_junit(results, run_dir.path / "junit.xml"), ""),  # every run has one
+    ]
+    if junit:
+        steps.append((lambda: write_junit(results, junit), ""))
+    for write, consequence in steps:
+        try:
+            write()
+        except ResultsWriteError as exc:
+            failures.append(f"samedevice: error: {terminal(exc)}{consequence}")
+            _eprint(failures[-1])
+    return failures
 
 
 class _progress:
@@ -310,7 +408,7 @@ class _progress:
                 TimeElapsedColumn,
             )
 
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            self.bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
                                 TimeElapsedColumn(), console=self.console, transient=True)
             self.bar.start()
             self.task = self.bar.add_task("running", total=self.total)
@@ -319,9 +417,9 @@ class _progress:
     def advance(self, case_id: str, status: str) -> None:
         self.done += 1
         if self.enabled:
-            self.bar.update(self.task, advance=1, description=case_id[:60])
+            self.bar.update(self.task, advance=1, description=terminal(case_id)[:60])
         else:
-            print(f"[{self.done}/{self.total}] {status:7} {case_id}", file=sys.stderr, flush=True)
+            print(f"[{self.done}/{self.total}] {status:7} {terminal(case_id)}", file=sys.stderr, flush=True)
 
     def __exit__(self, *exc) -> None:
         if self.enabled:
@@ -330,18 +428,38 @@ class _progress:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from harness import report
-    from harness.results import RunDirectory
+    from harness.results import DamagedResults, ResultsWriteError, RunDirectory, write_file
 
     run_dir = RunDirectory(args.run_dir)
     if not run_dir.cases_path.exists() and not run_dir.run_path.exists():
-        print(f"samedevice: error: {args.run_dir} is not a run directory (no cases.jsonl or run.json)", file=sys.stderr)
+        _eprint(f"samedevice: error: {terminal(args.run_dir)} is not a run directory (no cases.jsonl or run.json)")
         return 2
-    info = run_dir.read_run_info()
-    text = report.markdown(run_dir.read_cases(), info, info.get("invalid_files"))
+    damaged: list = []
+    try:
+        try:
+            info = run_dir.read_run_info()
+        except DamagedResults as exc:
+            damaged.append(str(exc))
+            info = {}
+        read = run_dir.load_cases()
+    except OSError as exc:
+        _eprint(f"samedevice: error: cannot read {terminal(exc.filename or args.run_dir)}: {terminal(exc.strerror or exc)}")
+        return 2
+    damaged += read.damaged
+    for item in damaged:
+        _eprint(f"damaged: {terminal(item)}")
+    text = report.markdown(read.results, info, damaged=damaged)
     if args.output:
-        args.output.write_text(text)
+        try:
+            write_file(args.output, text)
+        except ResultsWriteError as exc:
+            _eprint(f"samedevice: error: {terminal(exc)}")
+            return 2
     else:
         sys.stdout.write(text)
+    if damaged:
+        _eprint(f"samedevice report: {len(damaged)} damaged line(s) in {terminal(args.run_dir)}, listed in the report")
+        return 1
     return 0
 
 
@@ -358,7 +476,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     args.engine, args.device = [], []
     errors, cases = _select(args)
     for error in errors:
-        print(f"invalid scenario: {error}", file=sys.stderr)
+        print(f"invalid scenario: {terminal(error)}", file=sys.stderr)
     jobs, unschedulable = build_matrix(cases, args.gpus_per_runner, args.cost_per_job)
     for case_id in unschedulable:
         print(f"unschedulable: {case_id} needs more than {args.gpus_per_runner} GPUs per runner", file=sys.stderr)
@@ -379,18 +497,27 @@ def cmd_merge(args: argparse.Namespace) -> int:
     from harness.merge import merge_runs
     from harness.runner import results_root_default
 
-    outcome = merge_runs(args.run_dirs, args.results or results_root_default())
+    try:
+        outcome = merge_runs(args.run_dirs, args.results or results_root_default())
+    except OSError as exc:  # the merged run cannot be written
+        _eprint(f"samedevice: error: {terminal(exc)}")
+        return 2
     for label, items in (("duplicate", outcome.duplicates), ("gap", outcome.gaps),
-                         ("unexpected", outcome.unexpected), ("problem", outcome.problems)):
+                         ("unexpected", outcome.unexpected), ("problem", outcome.problems),
+                         ("damaged", outcome.damaged)):
         for item in items:
-            print(f"{label}: {item}", file=sys.stderr)
-    text = (outcome.run_dir.path / "report.md").read_text()
+            _eprint(f"{label}: {terminal(item)}")
     if args.summary:
-        with open(args.summary, "a") as summary:
-            summary.write(text)
+        try:
+            with open(args.summary, "a", encoding="utf-8", errors="backslashreplace") as summary:
+                summary.write(outcome.report)
+        except OSError as exc:
+            _eprint(f"samedevice: error: cannot append the summary to {terminal(args.summary)}: {terminal(exc.strerror or exc)}")
+            return 2
     bad = [r for r in outcome.results if r.status in ("failed", "error")]
-    print(f"merged {len(args.run_dirs)} runs: {report.counts_line(outcome.results)}; "
-          f"{len(outcome.gaps)} gaps, {len(outcome.duplicates)} duplicates -> {outcome.run_dir.path}", file=sys.stderr)
+    _eprint(f"merged {len(args.run_dirs)} runs: {report.counts_line(outcome.results)}; "
+            f"{len(outcome.gaps)} gaps, {len(outcome.duplicates)} duplicates, {len(outcome.damaged)} damaged lines, "
+            f"{len(outcome.problems)} problems -> {terminal(outcome.run_dir.path)}")
     return 1 if bad or not outcome.complete else 0
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from harness.figures import CaseFigures, pool
 from harness.ledger import KINDS
+from harness.render import markdown_code, terminal
 from harness.results import CaseResult, RunDirectory
 
 LABELS = {"h2d": "h2d", "d2h": "d2h", "d2d": "d2d", "sync": "syncs"}
@@ -91,11 +92,11 @@ def compare(base: dict[str, CaseFigures], head: dict[str, CaseFigures], factor: 
     for case_id in sorted(set(base) | set(head)):
         b, h = base.get(case_id), head.get(case_id)
         if b is None or h is None:
-            result.not_compared.append(f"`{case_id}`: only in {'base' if h is None else 'head'}")
+            result.not_compared.append(f"{markdown_code(case_id)}: only in {'base' if h is None else 'head'}")
             continue
         if b.runs == 0:
             why = f"errored on base ({b.error})" if b.error else f"skipped on base ({b.skipped or 'no figures'})"
-            result.not_compared.append(f"`{case_id}`: {why}")
+            result.not_compared.append(f"{markdown_code(case_id)}: {markdown_code(why)}")
             continue
         row = Row(case_id, b, h)
         if h.error and not b.error:
@@ -106,13 +107,14 @@ def compare(base: dict[str, CaseFigures], head: dict[str, CaseFigures], factor: 
             if h.error:
                 result.rows.append(row)
             else:
-                result.not_compared.append(f"`{case_id}`: skipped on head ({h.skipped or 'no figures'})")
+                why = f"skipped on head ({h.skipped or 'no figures'})"
+                result.not_compared.append(f"{markdown_code(case_id)}: {markdown_code(why)}")
             continue
         _judge_transfers(row)
         _judge_throughput(row, factor)
         for side, figures in (("base", b), ("head", h)):
             if figures.nondeterministic:
-                result.notes.append(f"`{case_id}`: transfer counts varied between runs on {side} "
+                result.notes.append(f"{markdown_code(case_id)}: transfer counts varied between runs on {side} "
                                     f"({', '.join(sorted(figures.nondeterministic))}); the largest is compared")
         result.rows.append(row)
     return result
@@ -147,27 +149,39 @@ def _judge_throughput(row: Row, factor: float | None) -> None:
         row.improvements.append(finding)
 
 
-def load_side(path: Path) -> dict[str, CaseFigures]:
-    """A run directory's figures; ValueError if it is not one."""
+def load_side(path: Path, warnings: list[str] | None = None) -> dict[str, CaseFigures]:
+    """A run directory's figures. ValueError if it is not one, or if its run.json or a line of
+    its cases.jsonl is damaged (naming the file and line: a gate must not judge part of a
+    run as if it were all of it); OSError if it cannot be read. A torn last line (a writer
+    killed mid-case) is not a case: it is left out and named in `warnings`."""
     directory = RunDirectory(path)
-    if not directory.cases_path.exists():
+    if not directory.cases_path.is_file():
         raise ValueError(f"{path} is not a run directory (no cases.jsonl)")
-    return summarise(directory.read_cases())
+    directory.read_run_info()  # DamagedResults (a ValueError) names the file
+    read = directory.load_cases()
+    damaged = [d for d in read.damaged if not d.torn]
+    if damaged:
+        more = f" (and {len(damaged) - 1} more damaged lines)" if len(damaged) > 1 else ""
+        raise ValueError(f"damaged result line: {damaged[0]}{more}")
+    if warnings is not None:
+        warnings += [f"left out: {d}" for d in read.damaged if d.torn]
+    return summarise(read.results)
 
 
-def compare_dirs(base: Path, head: Path, factor: float | None = DEFAULT_FACTOR) -> Comparison:
-    return compare(load_side(base), load_side(head), factor)
+def compare_dirs(base: Path, head: Path, factor: float | None = DEFAULT_FACTOR,
+                 warnings: list[str] | None = None) -> Comparison:
+    return compare(load_side(base, warnings), load_side(head, warnings), factor)
 
 
 # --- output ------------------------------------------------------------------------------------
 
 def _side_label(path: Path) -> str:
     info = RunDirectory(path).read_run_info()
-    parts = [f"`{path}`"]
+    parts = [markdown_code(path)]
     if info.get("label"):
-        parts.append(str(info["label"]))
+        parts.append(markdown_code(info["label"]))
     elif info.get("git_commit"):
-        parts.append(f"commit {str(info['git_commit'])[:10]}")
+        parts.append(f"commit {markdown_code(str(info['git_commit'])[:10])}")
     if info.get("rounds"):
         parts.append(f"{info['rounds']} round(s)")
     return ", ".join(parts)
@@ -207,16 +221,16 @@ def markdown(comparison: Comparison, base_label: str = "base", head_label: str =
         prefill_h = sum(row.head.prefill.values()) if row.head.runs else prefill_b
         prefill = str(prefill_b) if prefill_b == prefill_h else f"{prefill_b} -> {prefill_h}"
         verdict = "**REGRESSION**" if row.regressions else ("improved" if row.improvements else "ok")
-        lines.append(f"| `{row.case_id}` | {_cell(row, 'h2d')} | {_cell(row, 'd2h')} | {_cell(row, 'd2d')} | "
+        lines.append(f"| {markdown_code(row.case_id, table=True)} | {_cell(row, 'h2d')} | {_cell(row, 'd2h')} | {_cell(row, 'd2d')} | "
                      f"{_cell(row, 'sync')} | {prefill} | {_tps_cell(row)} | {verdict} |")
     if not comparison.rows:
         lines.append("| (no case ran on both sides) | | | | | | | |")
     if comparison.regressions:
-        lines += ["", "### Regressions", ""] + [f"- `{f.case_id}` (scenario {f.scenario}): {f.what} {f.before} -> {f.after}"
+        lines += ["", "### Regressions", ""] + [f"- {markdown_code(f.case_id)} (scenario {markdown_code(f.scenario)}): {markdown_code(f'{f.what} {f.before} -> {f.after}')}"
                                                 for f in comparison.regressions]
     improvements = [f for row in comparison.rows for f in row.improvements]
     if improvements:
-        lines += ["", "### Improvements", ""] + [f"- `{f.case_id}`: {f.what} {f.before} -> {f.after}" for f in improvements]
+        lines += ["", "### Improvements", ""] + [f"- {markdown_code(f.case_id)}: {markdown_code(f'{f.what} {f.before} -> {f.after}')}" for f in improvements]
     if comparison.not_compared:
         lines += ["", "### Not compared", ""] + [f"- {text}" for text in comparison.not_compared]
     if comparison.notes:
@@ -256,12 +270,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    warnings: list[str] = []
     try:
-        comparison = compare_dirs(args.run_a, args.run_b, None if args.no_throughput else args.throughput_factor)
+        comparison = compare_dirs(args.run_a, args.run_b, None if args.no_throughput else args.throughput_factor,
+                                  warnings)
+        labels = _side_label(args.run_a), _side_label(args.run_b)
     except (ValueError, OSError) as exc:
-        print(f"samedevice compare: error: {exc}", file=sys.stderr)
+        print(f"samedevice compare: error: {terminal(exc)}", file=sys.stderr)
         return 2
-    text = markdown(comparison, _side_label(args.run_a), _side_label(args.run_b))
+    for warning in warnings:
+        print(f"samedevice compare: {terminal(warning)}", file=sys.stderr)
+    text = markdown(comparison, *labels)
     sys.stdout.write(text)
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
@@ -271,7 +290,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         with open(summary, "a") as handle:
             handle.write(text)
     for finding in comparison.regressions:
-        print(f"REGRESSION {finding}", file=sys.stderr)
+        print(f"REGRESSION {terminal(finding)}", file=sys.stderr)
     if not comparison.rows:
         print("samedevice compare: error: no case has figures on both sides; nothing was compared", file=sys.stderr)
         return 2

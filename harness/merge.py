@@ -1,5 +1,7 @@
-"""Merge shard run directories into one run: duplicates and gaps reported, and the merged
-case set must equal the expanded set the shards were cut from, or the merge fails."""
+"""Merge shard run directories into one run: duplicates, gaps, unexpected cases, damaged
+lines and unusable inputs are reported, and the merged case set must equal the expanded set
+the shards were cut from, or the merge fails. Damaged input is named (file and line), never
+a traceback; the merged run.json keeps all of it, so its report (the CI job summary) says so."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import report
-from harness.results import CaseResult, RunDirectory
+from harness.results import CaseResult, DamagedLine, DamagedResults, RunDirectory, write_file
 
 
 @dataclass
@@ -19,31 +21,58 @@ class MergeOutcome:
     gaps: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    damaged: list[DamagedLine] = field(default_factory=list)
+    report: str = ""  # the merged run's report.md
 
     @property
     def complete(self) -> bool:
-        return not (self.duplicates or self.gaps or self.unexpected or self.problems)
+        return not (self.duplicates or self.gaps or self.unexpected or self.problems or self.damaged)
+
+
+def _read_source(source: Path, problems: list[str]) -> tuple[dict, list[CaseResult], list[DamagedLine]] | None:
+    """One shard's run.json and cases; None (with a problem recorded) if it is unusable."""
+    run = RunDirectory(source)
+    if not run.run_path.exists() and not run.cases_path.exists():
+        problems.append(f"{source}: not a run directory (no run.json or cases.jsonl)")
+        return None
+    info: dict = {}
+    try:
+        info = run.read_run_info()
+    except DamagedResults as exc:
+        problems.append(f"{exc} (its expected cases are unknown)")
+    except OSError as exc:
+        problems.append(f"{run.run_path}: cannot be read: {exc.strerror or exc}")
+    try:
+        read = run.load_cases()
+    except OSError as exc:
+        problems.append(f"{run.cases_path}: cannot be read: {exc.strerror or exc}")
+        return None
+    if info and "expected_ids" not in info:
+        problems.append(f"{source}: run.json lists no expected_ids (not written by samedevice run?)")
+    if info.get("interrupted"):
+        problems.append(f"{source}: that run was interrupted ({info['interrupted']})")
+    if info.get("write_error"):
+        problems.append(f"{source}: that run stopped early: {info['write_error']}")
+    elif info and "finished" not in info:
+        problems.append(f"{source}: that run never recorded its end: killed, still running, or unable to write run.json")
+    return info, read.results, read.damaged
 
 
 def merge_runs(sources: list[Path], root: Path) -> MergeOutcome:
+    """Merge `sources` into a new run under `root`. OSError if the merged run cannot be written."""
     expected: set[str] = set()
     seen: dict[str, CaseResult] = {}
-    outcome_problems, duplicates, merged = [], [], []
-    infos = []
+    problems: list[str] = []
+    duplicates, merged, damaged, infos = [], [], [], []
     for source in sources:
-        run = RunDirectory(source)
-        info = run.read_run_info()
-        if not info and not run.cases_path.exists():
-            outcome_problems.append(f"{source}: not a run directory (no run.json or cases.jsonl)")
+        one = _read_source(Path(source), problems)
+        if one is None:
             continue
+        info, results, bad_lines = one
         infos.append(info)
-        if "expected_ids" in info:
-            expected.update(info["expected_ids"])
-        else:
-            outcome_problems.append(f"{source}: run.json lists no expected_ids (not written by samedevice run?)")
-        if info.get("interrupted"):
-            outcome_problems.append(f"{source}: that run was interrupted ({info['interrupted']})")
-        for result in run.read_cases():
+        damaged += bad_lines
+        expected.update(info.get("expected_ids", []))
+        for result in results:
             if result.id in seen:
                 duplicates.append(result.id)
                 continue
@@ -54,7 +83,7 @@ def merge_runs(sources: list[Path], root: Path) -> MergeOutcome:
         run_dir.append(result)
     outcome = MergeOutcome(
         run_dir, merged, sorted(set(duplicates)), sorted(expected - seen.keys()),
-        sorted(seen.keys() - expected) if expected else [], outcome_problems,
+        sorted(seen.keys() - expected) if expected else [], problems, damaged,
     )
     base = infos[0] if infos else {}
     info = {k: base.get(k) for k in ("samedevice", "python", "torch", "transformers", "git_commit")}
@@ -63,7 +92,11 @@ def merge_runs(sources: list[Path], root: Path) -> MergeOutcome:
         "devices": sorted({d for i in infos for d in i.get("devices", [])}),
         "expected_ids": sorted(expected), "duplicates": outcome.duplicates, "gaps": outcome.gaps,
         "unexpected": outcome.unexpected, "problems": outcome.problems,
+        "damaged": [str(d) for d in damaged],
+        "invalid_files": sorted({f for i in infos for f in i.get("invalid_files", [])}),
+        "complete": outcome.complete,
     }
     run_dir.write_run_info(info)
-    (run_dir.path / "report.md").write_text(report.markdown(merged, info, outcome.problems))
+    outcome.report = report.markdown(merged, info)
+    write_file(run_dir.path / "report.md", outcome.report)
     return outcome

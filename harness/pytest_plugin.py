@@ -5,6 +5,10 @@ Only files under the configured scenario paths (ini `samedevice_paths`, default
 unrelated YAML. Each case is an item `file.yaml::name[engine-device]` with a marker per
 device kind (cpu, gpu, multigpu, sim). Results stream to results/<run-id>/cases.jsonl;
 under xdist the controller creates the run directory and every worker appends to it.
+
+Loading this plugin imports nothing POSIX-only (it loads in every pytest of an environment
+with samedevice installed, Windows included); options are checked at configure time
+(pytest.UsageError), before any case runs.
 """
 
 from __future__ import annotations
@@ -15,7 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from harness.results import CaseResult, RunDirectory, environment_info
+from harness.arguments import (
+    build_timeout,
+    device_filter_problems,
+    engine_filter_problems,
+    timeout_seconds,
+)
+from harness.render import terminal
+from harness.results import CaseResult, ResultsWriteError, RunDirectory, environment_info
 
 MARKERS = {
     "cpu": "samedevice case on the CPU",
@@ -41,8 +52,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--samedevice-isolation", choices=("process", "none"), default="process",
                     help="process: cases run in a worker process, so a crash or hang fails only that case "
                          "(default: process)")
-    group.addoption("--samedevice-timeout", type=float, default=600.0, metavar="SECONDS",
-                    help="seconds per case where the scenario sets none (default: 600)")
+    group.addoption("--samedevice-timeout", type=timeout_seconds, default=600.0, metavar="SECONDS",
+                    help="seconds per case where the scenario sets none, counted from the case's own start "
+                         "(default: 600)")
     group.addoption("--strict-devices", action="store_true", default=False,
                     help="a case whose device is absent fails instead of skipping (default: skip)")
     parser.addini("samedevice_paths", type="paths", default=[],
@@ -52,6 +64,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     for name, text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
+    _check_options(config)
     config._samedevice_run_dir = None  # type: ignore[attr-defined]
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None:
@@ -59,6 +72,19 @@ def pytest_configure(config: pytest.Config) -> None:
         config._samedevice_run_dir = RunDirectory(Path(path)) if path else None  # type: ignore[attr-defined]
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(), "samedevice-xdist")
+
+
+def _check_options(config: pytest.Config) -> None:
+    """A device or engine filter naming nothing known is a usage error (a typo must not
+    make a green job); so is an unusable $SAMEDEVICE_BUILD_TIMEOUT."""
+    problems = device_filter_problems(config.getoption("samedevice_device"))
+    problems += engine_filter_problems(config.getoption("samedevice_engine"))
+    try:
+        build_timeout()
+    except ValueError as exc:
+        problems.append(str(exc))
+    if problems:
+        raise pytest.UsageError("samedevice: " + terminal("; ".join(problems)))
 
 
 class _XdistHooks:
@@ -143,7 +169,12 @@ class ScenarioItem(pytest.Item):
         result = _executor(self.session)(self.case, options)
         run_dir = _ensure_run_dir(self.config)
         if run_dir is not None:
-            run_dir.append(result)
+            try:
+                run_dir.append(result)
+            except ResultsWriteError as exc:  # a full disk: this case's verdict is lost, stop the session
+                self.session.shouldstop = f"samedevice: {terminal(exc)}"
+                pytest.fail(f"{terminal(self.case.id)} {result.status}, but its result could not be recorded: "
+                            f"{terminal(exc)}", pytrace=False)
         self.user_properties.append(("samedevice_status", result.status))
         if result.status == "skipped":
             # Reported at the scenario's file:line (reportinfo), not at this line.
@@ -154,13 +185,13 @@ class ScenarioItem(pytest.Item):
     def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, CaseFailed):
             r = excinfo.value.result
-            lines = [f"{r.id} {r.status} ({r.file}:{r.line})"]
-            lines += [f"  {f.check}: {f.message}" for f in r.failures]
+            lines = [f"{terminal(r.id)} {r.status} ({terminal(r.file)}:{r.line})"]
+            lines += [f"  {terminal(f.check)}: {terminal(f.message, indent='    ')}" for f in r.failures]
             if r.status == "error" and r.error is not None:
-                lines.append(f"  error: {r.error.one_line()}")
+                lines.append(f"  error: {terminal(r.error.one_line(), indent='    ')}")
                 if r.error.traceback:
-                    lines.append(r.error.traceback.rstrip())
-            lines += [f"  note: {n}" for n in r.notes]
+                    lines.append(terminal(r.error.traceback.rstrip(), indent="    "))
+            lines += [f"  note: {terminal(n)}" for n in r.notes]
             return "\n".join(lines)
         return super().repr_failure(excinfo, style=style)
 
@@ -191,7 +222,7 @@ class InvalidScenario(pytest.Item):
         raise ValueError(self.error)
 
     def repr_failure(self, excinfo, style=None):
-        return f"invalid scenario: {self.error}"
+        return f"invalid scenario: {terminal(self.error)}"
 
     def reportinfo(self):
         return self.path, None, f"invalid scenario {self.path.name}"
@@ -206,12 +237,19 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if run_dir is None:
         return
     from harness import report
+    from harness.results import DamagedResults, write_file
 
-    info = run_dir.read_run_info() | {"finished": time.time(), "exitstatus": int(exitstatus)}
-    run_dir.write_run_info(info)
-    results = run_dir.read_cases()
-    (run_dir.path / "report.md").write_text(report.markdown(results, info))
-    config._samedevice_summary = f"samedevice: {report.counts_line(results)}; results in {os.path.relpath(run_dir.path)}"  # type: ignore[attr-defined]
+    try:
+        info = run_dir.read_run_info() | {"finished": time.time(), "exitstatus": int(exitstatus)}
+        read = run_dir.load_cases()
+        run_dir.write_run_info(info)
+        write_file(run_dir.path / "report.md", report.markdown(read.results, info, damaged=read.damaged))
+    except (OSError, DamagedResults) as exc:  # never a traceback at the end of a session
+        config._samedevice_summary = f"samedevice: error: {terminal(exc)}"  # type: ignore[attr-defined]
+        return
+    damaged = f"; {len(read.damaged)} damaged result line(s)" if read.damaged else ""
+    config._samedevice_summary = (  # type: ignore[attr-defined]
+        f"samedevice: {report.counts_line(read.results)}{damaged}; results in {terminal(os.path.relpath(run_dir.path))}")
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:

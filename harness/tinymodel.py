@@ -7,6 +7,11 @@ the same directory, so the reference and transformers run the *same* weights.
 Random weights give near-flat logits (top-1/top-2 gaps of 1e-3) and greedy parity would
 flip on any rounding change; the lm_head is scaled up (`lm_head_scale`, x50 by default)
 so top-1 margins are clear.
+
+A model is written into a staging directory beside its target and renamed into place. A
+staging directory is named `.build-<host>-<pid>-<random>` after the process building it, so
+one left by a killed build is removed: by the harness right after it kills a case worker,
+and on the next build or worker start (its builder is gone, or it is over an hour old).
 """
 
 from __future__ import annotations
@@ -14,8 +19,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
 import zlib
 from dataclasses import asdict
 from pathlib import Path
@@ -37,6 +45,61 @@ def cache_root() -> Path:
     return Path(os.environ.get("SAMEDEVICE_CACHE", Path.home() / ".cache" / "samedevice"))
 
 
+STAGING_PREFIX = ".build-"
+STALE_STAGING_S = 3600.0  # a build takes seconds; an hour-old staging directory is abandoned
+
+
+def _host_tag() -> str:
+    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())[:40] or "host"
+
+
+def _staging_owner(name: str) -> tuple[str, int] | None:
+    """(host, pid) from a staging directory's name, or None for an older unnamed one."""
+    parts = name[len(STAGING_PREFIX):].rsplit("-", 2)
+    if len(parts) != 3 or not parts[1].isdigit():
+        return None
+    return parts[0], int(parts[1])
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) would terminate it there: rely on the age instead
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_staging(owner: int | None = None) -> list[Path]:
+    """Remove model staging directories left by killed builds: those built by process
+    `owner` on this host (a worker just killed), or with no owner, every one whose builder
+    on this host is gone or that is older than STALE_STAGING_S. Returns what was removed."""
+    models = cache_root() / "models"
+    try:
+        entries = [e for e in models.iterdir() if e.name.startswith(STAGING_PREFIX)]
+    except OSError:
+        return []
+    host, removed = _host_tag(), []
+    for entry in entries:
+        built_by = _staging_owner(entry.name)
+        builder = built_by[1] if built_by is not None and built_by[0] == host else None  # a pid on this host
+        if owner is not None:
+            stale = builder == owner
+        else:
+            try:
+                age = time.time() - entry.stat().st_mtime
+            except OSError:
+                continue
+            stale = (builder is not None and not _pid_alive(builder)) or age > STALE_STAGING_S
+        if stale:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
 def model_dir(spec: ModelSpec) -> Path:
     """The model directory for `spec`, generating it on first use (safe across processes)."""
     dims = resolve_dims(spec)
@@ -49,7 +112,8 @@ def model_dir(spec: ModelSpec) -> Path:
     if (target / "model.safetensors").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".build-", dir=target.parent))
+    remove_stale_staging()
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{_host_tag()}-{os.getpid()}-", dir=target.parent))
     try:
         _write_model(staging, spec, dims)
         try:

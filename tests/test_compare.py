@@ -130,7 +130,7 @@ def test_cases_on_one_side_only_and_skipped_cases_are_listed_not_judged(tmp_path
     assert rc == 0
     assert "`old-one[reference-cpu]`: only in base" in out
     assert "`new-one[reference-cpu]`: only in head" in out
-    assert "`greedy[reference-cuda:0]`: skipped on base (needs 1 CUDA device, 0 visible)" in out
+    assert "`greedy[reference-cuda:0]`: `skipped on base (needs 1 CUDA device, 0 visible)`" in out, "the reason is data: in a code span"
 
 
 def test_a_case_that_errors_on_head_but_ran_on_base_fails(tmp_path, capsys):
@@ -170,8 +170,8 @@ def test_the_side_labels_name_the_commit_and_rounds(tmp_path, capsys):
     head = run_dir(tmp_path / "head", case(), info={"label": "HEAD (commit 89abcdef01)", "rounds": 3})
     assert main([str(base), str(head)]) == 0
     out = capsys.readouterr().out
-    assert "commit 0123456789, 3 round(s)" in out
-    assert "HEAD (commit 89abcdef01), 3 round(s)" in out
+    assert "commit `0123456789`, 3 round(s)" in out, "run.json's values are data: in code spans"
+    assert "`HEAD (commit 89abcdef01)`, 3 round(s)" in out
 
 
 def test_compare_dirs_is_usable_as_a_library(tmp_path):
