@@ -15,7 +15,9 @@ import torch
 
 from harness.engines import register
 from harness.engines.base import TORCH_DTYPES, Capabilities, Engine, Generation, Placement, Request
+from harness.engines.hf_compat import dtype_argument, sequence_bias_argument
 from harness.engines.reference import resolve_logit_bias
+from harness.versions import engine_problem
 
 
 def balanced_device_map(num_layers: int, devices: tuple[str, ...]) -> dict[str, str]:
@@ -109,23 +111,23 @@ class TransformersEngine(Engine):
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
-        try:
-            import accelerate  # noqa: F401
-            import transformers  # noqa: F401
-        except ImportError as exc:
-            return f"{exc.name} is not installed (pip install 'samedevice[engines]')"
-        return None
+        return engine_problem(cls.name)  # versions declared in harness/versions.py
 
     def load(self, request: Request, placement: Placement) -> None:
         from transformers import AutoModelForCausalLM
 
-        model: Any = AutoModelForCausalLM.from_pretrained(request.model_dir, dtype=TORCH_DTYPES[request.scenario.model.dtype])
+        model: Any = AutoModelForCausalLM.from_pretrained(request.model_dir, **dtype_argument(TORCH_DTYPES[request.scenario.model.dtype]))
         model.eval()
         if placement.kind == "auto":
             from accelerate import dispatch_model
 
             device_map = balanced_device_map(model.config.num_hidden_layers, placement.devices)
-            model = dispatch_model(model, device_map=device_map)
+            # main_device: else accelerate picks one from a set. skip_keys: the cache stays where
+            # each layer put it, as from_pretrained(device_map=...) dispatches (transformers passes
+            # model._skip_keys_device_placement); without it a tuple past_key_values handed to the
+            # model (Outlines 0.0.x) is moved whole to the main device.
+            model = dispatch_model(model, device_map=device_map, main_device=placement.devices[0],
+                                   skip_keys=model._skip_keys_device_placement)
         elif placement.devices[0] != "cpu":
             model = model.to(placement.devices[0])
         self.model = model
@@ -149,7 +151,7 @@ class TransformersEngine(Engine):
             kwargs["repetition_penalty"] = s.sampling.repetition_penalty
         bias = resolve_logit_bias(request)
         if bias:
-            kwargs["sequence_bias"] = [[[token], value] for token, value in bias.items()]
+            kwargs["sequence_bias"] = sequence_bias_argument(bias)
         if beams is not None:
             kwargs |= {"num_beams": beams.num_beams, "length_penalty": beams.length_penalty,
                        "num_return_sequences": beams.num_return, "output_scores": True,

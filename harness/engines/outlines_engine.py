@@ -20,6 +20,8 @@ import torch
 from harness.engines import register
 from harness.engines.base import Capabilities, Engine, Generation, Placement, Request
 from harness.engines.hf_transformers import TransformersEngine
+from harness.engines.outlines_compat import generate_legacy, is_legacy, legacy_problem, wrap_model
+from harness.versions import engine_problem
 
 
 @register
@@ -36,22 +38,19 @@ class OutlinesEngine(Engine):
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
-        try:
-            import outlines  # noqa: F401
-        except ImportError:
-            return "outlines is not installed (pip install 'samedevice[engines]')"
-        return TransformersEngine.unavailable_reason()
+        return engine_problem(cls.name) or legacy_problem()  # versions: harness/versions.py
 
     def load(self, request: Request, placement: Placement) -> None:
-        import outlines
         from transformers import AutoTokenizer
 
         self.hf = TransformersEngine()
         self.hf.load(request, placement)
         tokenizer = AutoTokenizer.from_pretrained(request.model_dir)
-        self.model = outlines.from_transformers(self.hf.model, tokenizer)  # type: ignore[arg-type]
+        self.model = wrap_model(self.hf.model, tokenizer, request.model_dir)  # Outlines 1.x or 0.0.x
 
     def generate(self, request: Request) -> Generation:
+        if is_legacy():
+            return generate_legacy(self, request)  # Outlines 0.0.x: harness/engines/outlines_compat.py
         import outlines
         from outlines.types import JsonSchema
 
