@@ -1,4 +1,5 @@
-"""torch.tensor over Python lists holding simulated tensors behaves as over CUDA tensors.
+"""What Python code sees of a simulated tensor is what it sees of a CUDA tensor: torch.tensor
+over lists holding them, and `type(t) == torch.Tensor`.
 
 A plain Tensor is not a Python sequence (`PySequence_Check` is false: its `__getitem__` is a
 mapping slot), so torch.tensor takes each tensor element as a scalar and reads it with
@@ -71,3 +72,17 @@ def test_a_multi_element_tensor_inside_a_list_fails_as_on_a_gpu():
     with simulated_gpus(), pytest.raises(TypeError) as simulated:
         torch.tensor([torch.tensor([1, 2], device="cuda:0")])
     assert str(simulated.value) == str(on_cpu.value)
+
+
+def test_type_compares_equal_to_tensor_as_for_a_cuda_tensor():
+    """Outlines 0.1.x-0.2.x return processed logits only when `type(logits) == torch.Tensor`
+    (outlines/processors/base_logits_processor.py `_from_torch`), else raise TypeError; on a
+    real GPU that holds. Identity and hashing stay the subclass's own."""
+    with simulated_gpus():
+        x = torch.ones(2, device="cuda:0")
+    assert isinstance(x, torch.Tensor)
+    assert type(x) == torch.Tensor and torch.Tensor == type(x)  # noqa: E721 (== is the point)
+    assert (type(x) != torch.Tensor) is False  # noqa: E721
+    assert type(x) is SimTensor and type(x) is not torch.Tensor
+    assert {torch.Tensor: "plain"}.get(type(x)) is None, "type-keyed tables still tell them apart"
+    assert SimTensor != int  # noqa: E721
