@@ -26,7 +26,7 @@ from harness.versions import at_least
 
 
 def is_legacy() -> bool:
-    """Outlines before 1.0: the 0.0.x API."""
+    """Outlines before 1.0 (0.0.x to 0.2.x): the generate.json / samplers API."""
     return not at_least("outlines", "1.0")
 
 
@@ -70,7 +70,7 @@ def _sampler(request: Request) -> Any:
 
 
 def generate_legacy(engine: Any, request: Request) -> Generation:
-    """The outlines engine's generate() on Outlines 0.0.x: raw text out (the JSON is not parsed
+    """The outlines engine's generate() on Outlines before 1.0: raw text out (the JSON is not parsed
     here, so a truncated or invalid document reaches the harness's checks as it came)."""
     import outlines
 
@@ -80,7 +80,7 @@ def generate_legacy(engine: Any, request: Request) -> Generation:
     model = engine.model
     if s.features.json_schema is not None:
         generator = outlines.generate.json(model, json.dumps(s.features.json_schema.schema_), _sampler(request))
-        generator.format_sequence = lambda text: text  # keep the text; 0.0.x would json.loads it
+        generator.format_sequence = lambda text: text  # keep the text; it would json.loads it
     else:
         generator = outlines.generate.text(model, _sampler(request))
     takes_rng = "rng" in inspect.signature(generator.__call__).parameters

@@ -1,4 +1,5 @@
-"""Outlines 1.x as an engine: JSON-schema generation over a transformers model.
+"""Outlines as an engine: JSON-schema generation over a transformers model (Outlines 1.x
+here; 0.0.28-0.2.x through outlines_compat.py).
 
 Outlines returns text, not token ids, so parity is text-level. Its default backend
 (outlines_core) was seen ignoring integer bounds and emitting flexible whitespace; the
@@ -46,11 +47,11 @@ class OutlinesEngine(Engine):
         self.hf = TransformersEngine()
         self.hf.load(request, placement)
         tokenizer = AutoTokenizer.from_pretrained(request.model_dir)
-        self.model = wrap_model(self.hf.model, tokenizer, request.model_dir)  # Outlines 1.x or 0.0.x
+        self.model = wrap_model(self.hf.model, tokenizer, request.model_dir)  # Outlines 1.x or older
 
     def generate(self, request: Request) -> Generation:
         if is_legacy():
-            return generate_legacy(self, request)  # Outlines 0.0.x: harness/engines/outlines_compat.py
+            return generate_legacy(self, request)  # Outlines before 1.0 (outlines_compat.py)
         import outlines
         from outlines.types import JsonSchema
 
