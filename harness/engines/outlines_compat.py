@@ -14,6 +14,7 @@ engine's requirements there say which ones are supported at all.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
 from typing import Any
@@ -45,19 +46,21 @@ def wrap_model(hf_model: Any, hf_tokenizer: Any, model_dir: Any) -> Any:
         import outlines
 
         return outlines.from_transformers(hf_model, hf_tokenizer)
-    from outlines import models
-
+    models = _legacy("outlines.models")
     if hasattr(models, "Transformers"):  # 0.0.37 and later: wraps the tokenizer object
         return models.Transformers(hf_model, hf_tokenizer)
-    from outlines.models.transformers import Transformer, TransformerTokenizer
-
+    wrappers = _legacy("outlines.models.transformers")
     # Before 0.0.37 the tokenizer wrapper loads the tokenizer itself, from the model directory.
-    return Transformer(hf_model, TransformerTokenizer(str(model_dir)))
+    return wrappers.Transformer(hf_model, wrappers.TransformerTokenizer(str(model_dir)))
+
+
+def _legacy(module: str) -> Any:
+    """An Outlines module, untyped: the installed Outlines' stubs (if 1.x) describe another API."""
+    return importlib.import_module(module)
 
 
 def _sampler(request: Request) -> Any:
-    from outlines import samplers
-
+    samplers = _legacy("outlines.samplers")
     sampling = request.scenario.sampling
     if sampling.mode != "sample":
         return samplers.greedy()
@@ -72,24 +75,23 @@ def _sampler(request: Request) -> Any:
 def generate_legacy(engine: Any, request: Request) -> Generation:
     """The outlines engine's generate() on Outlines before 1.0: raw text out (the JSON is not parsed
     here, so a truncated or invalid document reaches the harness's checks as it came)."""
-    import outlines
-
+    generate = _legacy("outlines.generate")
     s = request.scenario
     if s.features.beam_search is not None:
         raise NotImplementedError("the outlines engine does not run beam search")
     model = engine.model
     if s.features.json_schema is not None:
-        generator = outlines.generate.json(model, json.dumps(s.features.json_schema.schema_), _sampler(request))
+        generator = generate.json(model, json.dumps(s.features.json_schema.schema_), _sampler(request))
         generator.format_sequence = lambda text: text  # keep the text; it would json.loads it
     else:
-        generator = outlines.generate.text(model, _sampler(request))
+        generator = generate.text(model, _sampler(request))
     takes_rng = "rng" in inspect.signature(generator.__call__).parameters
     texts, steps = [], 0
     for prompt in s.prompt_list:
         engine.hf.phases.start(request)
         torch.manual_seed(s.sampling.seed)
         if takes_rng:  # its own token loop draws from `rng`, made on the model's device as it does
-            seeding = {"rng": torch.Generator(device=engine.hf.input_device).manual_seed(s.sampling.seed)}
+            seeding: dict[str, Any] = {"rng": torch.Generator(device=engine.hf.input_device).manual_seed(s.sampling.seed)}
         else:
             seeding = {"seed": s.sampling.seed}
         texts.append(str(generator(prompt, max_tokens=s.max_new_tokens, **seeding)))
