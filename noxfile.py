@@ -121,3 +121,124 @@ def llamacpp(session: nox.Session) -> None:
     install(session, extras="dev,engines,llamacpp")
     session.run("pytest", "tests/test_llamacpp.py", "-p", "no:cacheprovider", *session.posargs)
     session.run("samedevice", "run", "-e", "llamacpp", "-d", "cpu", "--no-progress")
+
+
+# ---- compat: the built-in transformers and outlines engines on the versions users are on ----
+# One nox venv per stack: the project installed with pip as a user would, the stack's versions
+# pinned beside it and torch pinned by constraints.txt. Each session runs the engine scenarios
+# on cpu and sim plus the version-sensitive tests, writes results/compat/<stack>.json and
+# prints the table of every stack run so far (results/compat/table.md). The tiny-model cache
+# is shared by all stacks on purpose: the newest tokenizers writes it first, so a cache key
+# that forgot the tokenizer.json format would break the 4.44 stack (tokenizers 0.19).
+
+OLD_NUMPY = "numpy<2"  # what the 4.4x-era stacks were used with
+LEGACY_OUTLINES = ["datasets==2.18.0", "fsspec<=2024.2.0", "pyarrow<18"]  # pyarrow 18+ needs numpy 2
+# The pyproject floors (accelerate 0.34.0 needs safetensors >= 0.4.3, so that is the floor).
+TRANSFORMERS_4_44 = ["transformers==4.44.0", "tokenizers==0.19.1", "accelerate==0.34.0", "safetensors==0.4.3", OLD_NUMPY]
+TRANSFORMERS_4_46 = ["transformers==4.46.3", "accelerate==0.34.2", OLD_NUMPY]
+TRANSFORMERS_4_48 = ["transformers==4.48.3", "accelerate==0.34.2", OLD_NUMPY]
+COMPAT_STACKS: dict[str, tuple[list[str], list[str]]] = {  # id -> (pins, engines)
+    "transformers-5.x": ([], ["transformers", "outlines"]),  # the newest releases pip resolves
+    "transformers-4.44": (TRANSFORMERS_4_44, ["transformers", "outlines"]),  # pyproject floors
+    "transformers-4.46": (TRANSFORMERS_4_46, ["transformers"]),
+    "transformers-4.48": (TRANSFORMERS_4_48, ["transformers"]),
+    "transformers-4.57": (["transformers==4.57.6", "accelerate==1.10.1"], ["transformers", "outlines"]),
+    "outlines-0.0.28": (["outlines==0.0.28", *LEGACY_OUTLINES, *TRANSFORMERS_4_44], ["outlines"]),
+    "outlines-0.0.31": (["outlines==0.0.31", *LEGACY_OUTLINES, *TRANSFORMERS_4_46], ["outlines"]),
+    # Outlines 0.1.x wraps the tokenizer after importing LlamaTokenizer: sentencepiece on 4.48.
+    "outlines-0.1.14": (["outlines==0.1.14", "sentencepiece", *LEGACY_OUTLINES, *TRANSFORMERS_4_48], ["outlines"]),
+}
+# Released device bugs the simulated GPUs catch on a stack: (stack, device) -> (where, why).
+# Such a failure is the harness working; a stack passes when its failures are exactly these.
+KNOWN_RELEASED_BUGS = {
+    ("outlines-0.0.28", "sim:cuda:0"): ("outlines/generate/generator.py", "Outlines #651 (fixed in 0.0.30)"),
+    ("outlines-0.0.28", "sim:auto"): ("outlines/generate/generator.py", "Outlines #651 (fixed in 0.0.30)"),
+}
+COMPAT_TESTS = ["tests/test_engines.py", "tests/test_sim_beam_search.py", "tests/test_sim_python_views.py",
+                "tests/test_sim_transformers.py", "tests/test_versions.py"]
+
+
+@nox.session(default=False)
+@nox.parametrize("stack", list(COMPAT_STACKS))
+def compat(session: nox.Session, stack: str) -> None:
+    """Engine scenarios on cpu + sim and the version tests on one library stack (see COMPAT_STACKS)."""
+    import json
+    import pathlib
+
+    pins, engines = COMPAT_STACKS[stack]
+    out = pathlib.Path("results", "compat")
+    out.mkdir(parents=True, exist_ok=True)
+    if pins:  # can the releases be had at all? (no network, no such release: skip, with the reason)
+        try:
+            session.run("pip", "download", "-q", "--no-deps", "-d", session.create_tmp(), *pins, silent=True)
+        except nox.command.CommandFailed:
+            reason = f"cannot fetch {' '.join(pins)} (no network, or no such release for this Python)"
+            _compat_record(out, stack, {"skipped": reason})
+            session.skip(f"{stack}: {reason}")
+    session.install(*CONSTRAINTS, "-e", ".[dev,engines]", *pins)  # a conflict here is a real failure
+    session.install("--no-deps", "-e", "examples/plugin-engine")
+    env = {"SAMEDEVICE_CACHE": str(pathlib.Path(".nox", "compat-cache").resolve()),
+           "OUTLINES_CACHE_DIR": str(pathlib.Path(".nox", "compat-outlines-cache", stack).resolve()),
+           "SAMEDEVICE_RESULTS": str(out / stack)}
+    versions = session.run("python", "-c", "import json; from harness.versions import library_versions; "
+                           "print(json.dumps(library_versions()))", silent=True, env=env)
+    engine_args = [arg for engine in engines for arg in ("-e", engine)]
+    session.run("samedevice", "run", "scenarios/engines.yaml", *engine_args, "-d", "cpu", "-d", "sim",
+                "--no-progress", env=env, success_codes=[0, 1])
+    junit = out / f"{stack}-tests.xml"
+    session.run("pytest", *COMPAT_TESTS, "-q", "-p", "no:cacheprovider", f"--junitxml={junit}", env=env,
+                success_codes=[0, 1])
+    run_dir = max((out / stack).glob("2*/"))
+    cases = [json.loads(line) for line in (run_dir / "cases.jsonl").read_text().splitlines()]
+    row = {"versions": json.loads(str(versions).strip().splitlines()[-1]), "run": str(run_dir), "cells": {},
+           "tests": _junit_counts(junit)}
+    unexpected = []
+    for case in cases:
+        device = "sim" if case["device"].startswith("sim") else case["device"]
+        verdict = case["status"]
+        known = KNOWN_RELEASED_BUGS.get((stack, case["device"]))
+        error_site = (case.get("error") or {}).get("site") or ""
+        if verdict == "failed" and known and error_site.startswith(known[0]):
+            verdict = f"caught {known[1]}"
+        elif verdict not in ("passed", "skipped"):
+            unexpected.append(f"{case['id']}: {verdict}: {case.get('reason') or case['failures'] or case.get('error')}")
+        row["cells"].setdefault(f"{case['engine']} {device}", []).append(verdict)
+    _compat_record(out, stack, row)
+    if unexpected or "failed" in row["tests"]:
+        session.error(f"{stack}: " + ("; ".join(unexpected) or f"the version tests: {row['tests']}"))
+
+
+def _junit_counts(path) -> str:
+    """'34 passed, 2 skipped' (or '... 1 failed') from a pytest JUnit XML file."""
+    import xml.etree.ElementTree as ET
+
+    suite = ET.parse(path).getroot().find("testsuite")
+    assert suite is not None
+    failed = int(suite.get("failures", 0)) + int(suite.get("errors", 0))
+    skipped = int(suite.get("skipped", 0))
+    passed = int(suite.get("tests", 0)) - failed - skipped
+    return ", ".join(f"{n} {what}" for n, what in ((passed, "passed"), (failed, "failed"), (skipped, "skipped")) if n)
+
+
+def _compat_record(out, stack: str, row: dict) -> None:
+    """Write results/compat/<stack>.json and rebuild results/compat/table.md from all stacks."""
+    import json
+    from collections import Counter
+
+    (out / f"{stack}.json").write_text(json.dumps(row, indent=2))
+    lines = ["| stack | versions | cells (engine device: verdicts) | tests |", "|---|---|---|---|"]
+    for name in COMPAT_STACKS:
+        path = out / f"{name}.json"
+        if not path.exists():
+            continue
+        data = json.loads(path.read_text())
+        if "skipped" in data:
+            lines.append(f"| {name} | - | skipped: {data['skipped']} | - |")
+            continue
+        v = data["versions"]
+        shown = ", ".join(f"{lib} {v[lib]}" for lib in ("transformers", "tokenizers", "accelerate", "outlines", "numpy") if v.get(lib))
+        cells = "; ".join(f"{cell}: " + ", ".join(f"{n} {verdict}" for verdict, n in Counter(verdicts).items())
+                          for cell, verdicts in data["cells"].items())
+        lines.append(f"| {name} | {shown} | {cells} | {data['tests']} |")
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))

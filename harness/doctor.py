@@ -12,18 +12,18 @@ def report_lines() -> list[str]:
     from harness import __version__
     from harness.cases import simulation_unavailable_reason
     from harness.engines import all_engines, broken_plugins
+    from harness.versions import describe_requirements, library_versions
 
     lines = [
         f"samedevice {__version__}",
         f"python     {platform.python_version()} ({sys.executable})",
         f"torch      {torch.__version__} (CUDA build: {torch.version.cuda or 'no'})",
     ]
-    try:
-        import transformers
-
-        lines.append(f"transformers {transformers.__version__}")
-    except ImportError:
-        lines.append("transformers not installed")
+    installed = {name: version for name, version in library_versions().items() if name != "torch"}
+    lines.append("libraries  " + ", ".join(f"{name} {version}" for name, version in installed.items() if version))
+    missing = [name for name, version in installed.items() if not version]
+    if missing:
+        lines.append("           not installed: " + ", ".join(missing))
     if torch.cuda.is_available():
         for index in range(torch.cuda.device_count()):
             lines.append(f"device     cuda:{index} {torch.cuda.get_device_name(index)}")
@@ -35,8 +35,10 @@ def report_lines() -> list[str]:
         why = engine.unavailable_reason()
         caps = engine.capabilities
         state = "ok" if why is None else f"unavailable: {why}"
+        needs = describe_requirements(name)
         lines.append(f"engine     {name}: {state}; features {', '.join(sorted(caps.features)) or '-'}; "
-                     f"devices {', '.join(sorted(caps.devices))}{', sim' if caps.simulated else ''}")
+                     f"devices {', '.join(sorted(caps.devices))}{', sim' if caps.simulated else ''}"
+                     f"{'; needs ' + needs if needs else ''}")
     for name, why in sorted(broken_plugins().items()):
         lines.append(f"engine     {name}: plugin failed to load: {why}")
     return lines

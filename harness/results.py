@@ -376,6 +376,7 @@ def environment_info() -> dict[str, Any]:
     import torch
 
     from harness import __version__
+    from harness.versions import library_versions
 
     info: dict[str, Any] = {
         "samedevice": __version__,
@@ -394,6 +395,7 @@ def environment_info() -> dict[str, Any]:
         info["transformers"] = transformers.__version__
     except ImportError:
         info["transformers"] = None
+    info["libraries"] = library_versions()  # every engine library (harness/versions.py)
     devices = ["cpu"]
     if torch.cuda.is_available():
         devices += [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]

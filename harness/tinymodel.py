@@ -105,7 +105,7 @@ def model_dir(spec: ModelSpec) -> Path:
     dims = resolve_dims(spec)
     key = json.dumps(
         {"v": FACTORY_VERSION, "family": spec.family, "seed": spec.seed, "scale": spec.lm_head_scale,
-         "max_seq_len": spec.max_seq_len, **asdict(dims)},
+         "max_seq_len": spec.max_seq_len, **asdict(dims), **file_format_generations()},
         sort_keys=True,
     )
     target = cache_root() / "models" / f"{spec.family}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
@@ -124,6 +124,16 @@ def model_dir(spec: ModelSpec) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def file_format_generations() -> dict[str, str]:
+    """What, besides the spec and FACTORY_VERSION, changes the files `_write_model` writes: the
+    tokenizer.json format of the installed tokenizers (0.19 cannot read what 0.20+ writes).
+    config.json and generation_config.json are written here as plain JSON and the weights with
+    safetensors' stable format, so the transformers and safetensors versions do not enter."""
+    from harness.versions import tokenizer_json_generation
+
+    return {"tokenizer_json": tokenizer_json_generation()}
 
 
 def _write_model(directory: Path, spec: ModelSpec, dims: Dims) -> None:

@@ -216,6 +216,29 @@ def _nonzero(self, *, out=None, as_tuple=False):
     return result if out is None else copy_between(out, result)
 
 
+def host_elements(data: Any, op: str) -> Any:
+    """`data` for torch.tensor & co. with each simulated tensor inside a list or tuple replaced
+    by its inner CPU tensor, counting the host read a GPU makes for it (one sync per element,
+    as `item()`); `data` itself when nothing inside is simulated.
+
+    Needed because SimTensor is a Python sequence and a plain Tensor is not: its rerouted
+    Python `__getitem__` fills the type's `sq_item` slot, so `PySequence_Check` is true for it.
+    torch.tensor's shape inference (`compute_sizes` in torch/csrc/utils/tensor_new.cpp) walks
+    down while `PySequence_Check` holds and calls `len()` on the element: `len() of a 0-d
+    tensor` for a 0-d SimTensor, where a real CUDA tensor is taken as a scalar and read with
+    `item()` (`recursive_store` -> `store_scalar`). transformers 4.46-4.48 beam search does
+    exactly that: `torch.tensor(best_idx)` over a tuple of 0-d index tensors
+    (generation/beam_search.py:404)."""
+    if type(data) is SimTensor:
+        record("sync", 0, op)
+        return data._inner
+    if type(data) is list or type(data) is tuple:
+        items = [host_elements(item, op) for item in data]
+        if any(new is not old for new, old in zip(items, data, strict=True)):
+            return items if type(data) is list else tuple(items)
+    return data
+
+
 def new_from_data(self: Any, data: Any, op: str, **kwargs: Any) -> Any:
     """`torch.tensor(data, device=...)` / `x.new_tensor(data)` with a simulated target: host
     data is an H2D copy on a GPU, data on another GPU a D2D one."""
@@ -226,7 +249,7 @@ def new_from_data(self: Any, data: Any, op: str, **kwargs: Any) -> Any:
         target = self._dev if type(self) is SimTensor else data._dev
     else:
         target = -1
-    source = data._inner if type(data) is SimTensor else data
+    source = data._inner if type(data) is SimTensor else host_elements(data, op)
     with _no_tf():
         out = torch.tensor(source, **kwargs)
         if type(target) is not int:

@@ -27,6 +27,7 @@ from torch.overrides import TorchFunctionMode
 
 from harness.devices import errors
 from harness.devices.sim_methods import (
+    host_elements,
     map_int_device,
     new_from_data,
     parse_device,
@@ -271,6 +272,11 @@ def _from_data(op: str):
         data = args[0] if args else kwargs.get("data", kwargs.get("obj"))
         device = kwargs.get("device")
         if device is None and type(data) is not SimTensor:
+            host = host_elements(data, op)  # simulated scalars in a list: read to the host
+            if host is not data and args:
+                args = (host, *args[1:])
+            elif host is not data:
+                kwargs = {**kwargs, "data" if "data" in kwargs else "obj": host}
             return func(*args, **kwargs)
         dtype = kwargs.get("dtype")
         if shares and type(data) is SimTensor and (device is None or parse_device(map_int_device(device)) == data._dev):

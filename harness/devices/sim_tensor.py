@@ -32,7 +32,22 @@ _strided = torch.strided
 _no_tf = torch._C.DisableTorchFunction
 
 
-class SimTensor(Tensor):
+class _LooksLikeTensor(type(Tensor)):  # type: ignore[misc]
+    """SimTensor's metaclass: `type(t) == torch.Tensor` holds for a simulated tensor, as it
+    does for a real CUDA tensor (Outlines 0.1.x-0.2.x hand logits back only when
+    `type(logits) == torch.Tensor`, outlines/processors/base_logits_processor.py). Identity
+    (`type(t) is torch.Tensor`) and hashing stay those of the subclass."""
+
+    def __eq__(cls, other: object) -> bool:
+        return other is Tensor or type.__eq__(cls, other) is True
+
+    def __ne__(cls, other: object) -> bool:
+        return not _LooksLikeTensor.__eq__(cls, other)
+
+    __hash__ = type.__hash__
+
+
+class SimTensor(Tensor, metaclass=_LooksLikeTensor):
     """A tensor on simulated `cuda:<_dev>`, holding its data in the CPU tensor `_inner`.
 
     No `__slots__`: `torch.utils.swap_tensors` (used by `module.to()`) needs a `__dict__`.

@@ -24,7 +24,9 @@ from harness.engines.base import (
     Request,
     Unsupported,
 )
+from harness.engines.hf_compat import dtype_argument, sequence_bias_argument
 from harness.scenario import Assistant, PeftAdapter, TransformersOptions
+from harness.versions import engine_problem
 
 
 def balanced_device_map(num_layers: int, devices: tuple[str, ...]) -> dict[str, str]:
@@ -93,12 +95,7 @@ class TransformersEngine(Engine):
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
-        try:
-            import accelerate  # noqa: F401
-            import transformers  # noqa: F401
-        except ImportError as exc:
-            return f"{exc.name} is not installed (pip install 'samedevice[engines]')"
-        return None
+        return engine_problem(cls.name)  # versions declared in harness/versions.py
 
     def load(self, request: Request, placement: Placement) -> None:
         self.options: TransformersOptions = request.options or TransformersOptions()
@@ -131,7 +128,7 @@ class TransformersEngine(Engine):
         if sampling.repetition_penalty:
             kwargs["repetition_penalty"] = sampling.repetition_penalty
         if spec.logit_bias:
-            kwargs["sequence_bias"] = [[[token], value] for token, value in spec.logit_bias.items()]
+            kwargs["sequence_bias"] = sequence_bias_argument(spec.logit_bias)
         if beams is not None:
             kwargs |= {"num_beams": beams.num_beams, "length_penalty": beams.length_penalty,
                        "num_return_sequences": beams.num_return, "output_scores": True,
@@ -173,7 +170,7 @@ class TransformersEngine(Engine):
 def load_causal_lm(directory: Path, dtype: str, extra: dict[str, Any]) -> Any:
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(directory, dtype=TORCH_DTYPES[dtype], **extra).eval()
+    return AutoModelForCausalLM.from_pretrained(directory, **dtype_argument(TORCH_DTYPES[dtype]), **extra).eval()
 
 
 def place(model: Any, placement: Placement) -> Any:
@@ -182,9 +179,13 @@ def place(model: Any, placement: Placement) -> Any:
         from accelerate import dispatch_model
 
         device_map = balanced_device_map(model.config.num_hidden_layers, placement.devices)
-        # main_device: accelerate otherwise picks it from a set, so the copies per token
-        # would depend on PYTHONHASHSEED.
-        return dispatch_model(model, device_map=device_map, main_device=placement.devices[0])
+        # main_device: else accelerate picks one from a set, so the copies per token would
+        # depend on PYTHONHASHSEED. skip_keys: the cache stays where each layer put it, as
+        # from_pretrained(device_map=...) dispatches (transformers passes
+        # model._skip_keys_device_placement); without it a tuple past_key_values handed to
+        # the model (Outlines 0.0.x) is moved whole to the main device.
+        return dispatch_model(model, device_map=device_map, main_device=placement.devices[0],
+                              skip_keys=model._skip_keys_device_placement)
     if placement.devices[0] != "cpu":
         return model.to(placement.devices[0])
     return model

@@ -1,4 +1,5 @@
-"""Outlines 1.x as an engine: JSON-schema generation over a transformers model.
+"""Outlines as an engine: JSON-schema generation over a transformers model (Outlines 1.x
+here; 0.0.28-0.2.x through outlines_compat.py).
 
 Outlines returns text, not token ids, so parity is text-level. Its default backend
 (outlines_core) was seen ignoring integer bounds and emitting flexible whitespace; the
@@ -21,6 +22,8 @@ import torch
 from harness.engines import register
 from harness.engines.base import Capabilities, Engine, Generation, Placement, Request
 from harness.engines.hf_transformers import TransformersEngine
+from harness.engines.outlines_compat import generate_legacy, is_legacy, legacy_problem, wrap_model
+from harness.versions import engine_problem
 
 
 @register
@@ -37,25 +40,22 @@ class OutlinesEngine(Engine):
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
-        try:
-            import outlines  # noqa: F401
-        except ImportError:
-            return "outlines is not installed (pip install 'samedevice[engines]')"
-        return TransformersEngine.unavailable_reason()
+        return engine_problem(cls.name) or legacy_problem()  # versions: harness/versions.py
 
     def load(self, request: Request, placement: Placement) -> None:
-        import outlines
         from transformers import AutoTokenizer
 
         self.hf = TransformersEngine()
         self.hf.load(dataclasses.replace(request, options=None), placement)  # outlines' options are not transformers'
         tokenizer = AutoTokenizer.from_pretrained(request.model_dir)
-        self.model = outlines.from_transformers(self.hf.model, tokenizer)  # type: ignore[arg-type]
+        self.model = wrap_model(self.hf.model, tokenizer, request.model_dir)  # Outlines 1.x or older
 
     def modules(self) -> list[torch.nn.Module]:
         return self.hf.modules()
 
     def generate(self, request: Request) -> Generation:
+        if is_legacy():
+            return generate_legacy(self, request)  # Outlines before 1.0 (outlines_compat.py)
         import outlines
         from outlines.types import JsonSchema
 

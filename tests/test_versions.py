@@ -1,0 +1,114 @@
+"""Library versions: read from metadata, declared per engine, reported by doctor and run.json,
+and what the version shims and the tiny-model cache key make of them."""
+
+from __future__ import annotations
+
+import json
+from importlib import metadata
+
+import pytest
+
+from harness import tinymodel, versions
+from harness.engines import get_engine
+from harness.engines.hf_compat import dtype_argument, sequence_bias_argument
+from harness.scenario import ModelSpec
+
+
+@pytest.fixture
+def pretend(monkeypatch):
+    """pretend({"outlines": "0.0.27"}): those libraries report those versions (None: absent)."""
+
+    def apply(fake: dict[str, str | None]) -> None:
+        real = versions.installed_version
+        monkeypatch.setattr(versions, "installed_version", lambda name: fake[name] if name in fake else real(name))
+
+    return apply
+
+
+def test_library_versions_are_the_installed_distributions():
+    found = versions.library_versions()
+    assert set(found) == set(versions.LIBRARIES)
+    for name in ("torch", "transformers", "tokenizers", "safetensors", "numpy"):
+        assert found[name] == metadata.version(name)
+    assert found["llama_cpp"] == versions.installed_version("llama-cpp-python")
+
+
+def test_a_library_that_is_absent_is_none(monkeypatch):
+    monkeypatch.setitem(versions.LIBRARIES, "nothing", ("samedevice-no-such-distribution",))
+    assert versions.library_versions()["nothing"] is None
+
+
+def test_run_json_records_every_engine_library():
+    from harness.results import environment_info
+
+    info = environment_info()
+    assert info["libraries"] == versions.library_versions()
+    json.dumps(info)  # run.json must serialise it
+
+
+@pytest.mark.parametrize(("installed", "problem"), [
+    ({"outlines": "0.0.27"}, "outlines 0.0.27 is not supported: needs >= 0.0.28"),
+    ({"outlines": None}, "outlines is not installed (pip install 'samedevice[engines]')"),
+    ({"outlines": "1.3.3", "transformers": "4.43.4"}, "transformers 4.43.4 is not supported: needs >= 4.44"),
+    ({"outlines": "1.3.3", "transformers": "5.0.0", "accelerate": "0.33.0"}, "accelerate 0.33.0 is not supported: needs >= 0.34"),
+])
+def test_an_engine_below_its_floor_is_unavailable_and_says_why(pretend, installed, problem):
+    from harness.doctor import report_lines
+
+    pretend(installed)
+    assert get_engine("outlines").unavailable_reason() == problem
+    assert f"engine     outlines: unavailable: {problem}" in "\n".join(report_lines())
+
+
+def test_legacy_outlines_without_datasets_is_unavailable(pretend):
+    pretend({"outlines": "0.0.31", "transformers": "4.44.0", "accelerate": "0.34.2", "datasets": None})
+    assert get_engine("outlines").unavailable_reason() == "outlines 0.0.31 needs datasets (pip install datasets)"
+
+
+def test_the_transformers_engine_takes_its_floor(pretend):
+    pretend({"transformers": "4.44.0", "accelerate": "0.34.0"})
+    assert get_engine("transformers").unavailable_reason() is None
+
+
+@pytest.mark.parametrize(("transformers", "keyword"), [("4.44.0", "torch_dtype"), ("4.55.4", "torch_dtype"),
+                                                        ("4.56.0", "dtype"), ("5.24.0", "dtype")])
+def test_from_pretrained_gets_the_dtype_keyword_its_release_takes(pretend, transformers, keyword):
+    import torch
+
+    pretend({"transformers": transformers})
+    assert dtype_argument(torch.float16) == {keyword: torch.float16}
+
+
+def test_sequence_bias_takes_the_form_its_release_takes(pretend):
+    pretend({"transformers": "4.44.0"})
+    assert sequence_bias_argument({5: -100.0, 7: 2.0}) == {(5,): -100.0, (7,): 2.0}
+    pretend({"transformers": "4.45.0"})
+    assert sequence_bias_argument({5: -100.0, 7: 2.0}) == [[[5], -100.0], [[7], 2.0]]
+
+
+@pytest.mark.parametrize(("tokenizers", "generation"), [("0.19.1", "merges-strings"), ("0.20.0", "merges-pairs"),
+                                                        ("0.23.3", "merges-pairs"), (None, "none")])
+def test_tokenizer_json_generation_boundary(pretend, tokenizers, generation):
+    pretend({"tokenizers": tokenizers})
+    assert versions.tokenizer_json_generation() == generation
+
+
+def test_the_generation_names_what_the_installed_tokenizers_writes(tmp_path):
+    merges = json.loads(tinymodel.tokenizer_path(tmp_path).read_text())["model"]["merges"]
+    pairs = isinstance(merges[0], list)
+    assert versions.tokenizer_json_generation() == ("merges-pairs" if pairs else "merges-strings")
+
+
+def test_the_model_cache_key_holds_the_tokenizer_format(monkeypatch, tmp_path, pretend):
+    """A model cached by tokenizers 0.20+ is never served to 0.19 (which cannot read it)."""
+    monkeypatch.setenv("SAMEDEVICE_CACHE", str(tmp_path))
+    spec = ModelSpec()
+    pretend({"tokenizers": "0.19.1"})
+    old = tinymodel.model_dir(spec)
+    pretend({"tokenizers": "0.20.0"})
+    new = tinymodel.model_dir(spec)
+    pretend({"tokenizers": "0.23.3"})
+    assert tinymodel.model_dir(spec) == new, "0.20-0.23 write the same files: one cache entry"
+    assert old != new
+    monkeypatch.setattr(tinymodel, "FACTORY_VERSION", tinymodel.FACTORY_VERSION + 1)
+    assert tinymodel.model_dir(spec) != new, "the factory version is in the key too"
