@@ -90,6 +90,11 @@ def _parser() -> argparse.ArgumentParser:
     mrg.set_defaults(func=cmd_merge)
 
     doc = sub.add_parser("doctor", help="versions, devices, simulation and engines available here")
+    doc.add_argument("--selftest", action="store_true",
+                     help="also run a workload of known transfers through the active tracker (real CUDA where "
+                          "present, else simulated GPUs) and check the ledger against it; exit 1 on any mismatch")
+    doc.add_argument("--tracker", choices=("auto", "sim", "cuda"), default="auto",
+                     help="the tracker --selftest checks: auto (cuda where available, else sim; default)")
     doc.set_defaults(func=cmd_doctor)
 
     ini = sub.add_parser("init", help="write starter files: `init scenarios` (the standard suite as YAML)")
@@ -420,7 +425,14 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from harness.doctor import report_lines
 
     print("\n".join(report_lines()))
-    return 0
+    if not args.selftest:
+        return 0
+    from harness.selftest import run_selftest
+
+    print()
+    report = run_selftest(args.tracker)
+    print("\n".join(report.lines()), flush=True)
+    return 0 if report.ok else 1
 
 
 if __name__ == "__main__":
