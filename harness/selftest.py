@@ -100,6 +100,9 @@ class Workload(torch.nn.Module):
     the prompt, of one position a decode step. Each forward makes its phase's copies and
     syncs, then computes logits on its own device (same-device work, never a transfer)."""
 
+    weight: torch.Tensor
+    bias: torch.Tensor
+
     def __init__(self, profile: Profile, peer: torch.device | None) -> None:
         super().__init__()
         self.profile, self.peer = profile, peer
