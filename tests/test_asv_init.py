@@ -174,7 +174,9 @@ def _asv(*args: str, repo: Path, env: dict[str, str]) -> subprocess.CompletedPro
 def test_asv_discovers_runs_and_publishes_the_suite_in_a_fresh_repository(user_repo, tmp_path):
     done = _samedevice("init", "asv", "--scenarios", "bench", "--plugin", "my_engine", cwd=user_repo)
     assert done.returncode == 0, done.stderr
-    env = _clean_env(HOME=str(tmp_path / "home"), SAMEDEVICE_BENCH_REPEATS="1", SAMEDEVICE_BENCH_ROUNDS="1")
+    models = os.environ.get("SAMEDEVICE_CACHE", str(Path.home() / ".cache" / "samedevice"))  # not under the new $HOME
+    env = _clean_env(HOME=str(tmp_path / "home"), SAMEDEVICE_CACHE=models, SAMEDEVICE_BENCH_REPEATS="1",
+                     SAMEDEVICE_BENCH_ROUNDS="1")
     (tmp_path / "home").mkdir()
     _asv("machine", "--yes", "--machine", "ci-box", repo=user_repo, env=env)  # into $HOME/.asv-machine.json
     run = _asv("run", "--quick", "--set-commit-hash", "HEAD", "--machine", "ci-box", "--show-stderr",
@@ -205,3 +207,13 @@ def test_asv_discovers_runs_and_publishes_the_suite_in_a_fresh_repository(user_r
         assert shown[metric] == pretty, "the per-token transfer counts are on the dashboard beside throughput"
         assert list(html.glob(f"graphs/**/bench_samedevice.Scenarios.{metric}.json")), f"no graph for {metric}"
     assert list(html.glob("graphs/**/bench_samedevice.Scenarios.track_decode_tokens_per_s.json"))
+
+
+def test_the_wheel_carries_every_harness_package():
+    """Another repository installs samedevice from a wheel, not this checkout: the suite
+    needs harness.devices (simulated GPUs) there too."""
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is Python 3.11+")
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    on_disk = {".".join(p.parent.relative_to(REPO).parts) for p in REPO.glob("harness/**/__init__.py")}
+    assert on_disk <= listed, f"add to [tool.setuptools] packages: {sorted(on_disk - listed)}"
