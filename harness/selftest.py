@@ -251,20 +251,24 @@ def _choose(tracker: str) -> str:
 
 
 @contextlib.contextmanager
-def _tracked(which: str, ledger: Ledger) -> Iterator[tuple[torch.device, torch.device | None]]:
+def _tracked(which: str, ledger: Ledger, profile: Profile) -> Iterator[tuple[torch.device, torch.device | None]]:
     """(device, peer or None) inside the chosen tracker, recording into `ledger`."""
     from harness import devices
+    from harness.phases import PhaseTracker
 
     with torch.no_grad():
         if which == "sim":
             with devices.simulated_gpus(count=2, ledger=ledger):
                 yield torch.device("cuda:0"), torch.device("cuda:1")
             return
+        device = torch.device("cuda:0")
         peer = torch.device("cuda:1") if torch.cuda.device_count() >= 2 else None
-        torch.ones(8, device="cuda:0").sum().item()  # CUDA context and allocator up before counting
+        # One untracked pass first: the CUDA context, cuBLAS, the caching allocator and peer
+        # access are set up before anything is counted.
+        drive(Workload(profile, peer), device, PhaseTracker(Ledger()))
         torch.cuda.synchronize()
         with devices.track_transfers(ledger):
-            yield torch.device("cuda:0"), peer
+            yield device, peer
 
 
 def run_selftest(tracker: str = "auto", profile: Profile | None = None) -> SelftestReport:
@@ -296,7 +300,7 @@ def run_selftest(tracker: str = "auto", profile: Profile | None = None) -> Selft
     ledger = Ledger()
     phases = PhaseTracker(ledger, torch.cuda.synchronize if which == "cuda" else None)
     try:
-        with _tracked(which, ledger) as (device, peer):
+        with _tracked(which, ledger, profile) as (device, peer):
             drive(Workload(profile, peer), device, phases)
     except Exception as exc:  # the tracker or the device broke: the self-test fails saying so
         phases.unhook()

@@ -100,3 +100,27 @@ def test_a_lost_decode_step_fails_the_step_line(monkeypatch):
     assert not report.ok
     assert report.steps == (3, 2)
     assert "decode steps (expected 3, seen 2)" in report.lines()[-1]
+
+
+@pytest.mark.parametrize("gpus", [1, 2])
+def test_the_cuda_branch_runs_where_torch_cuda_answers(gpus):
+    """No GPU here: inside simulated GPUs torch.cuda answers, so the CUDA branch's own code
+    (device and peer choice, the untracked warm-up pass, the phase tracker synchronising at
+    phase boundaries as the runner does on real GPUs) runs, with the simulator counting.
+    Every copy line matches; the only extra syncs are the phase tracker's own
+    torch.cuda.synchronize() (the simulator counts that call; whether CUDA's sync debug
+    mode reports it is for a GPU run to show)."""
+    from harness.devices import simulated_gpus
+
+    with simulated_gpus(count=gpus):
+        report = selftest.run_selftest("cuda")
+    assert not report.error, report.error
+    assert report.tracker.startswith(f"real CUDA (harness.devices.track_transfers: torch.profiler memcpy events "
+                                     f"and sync debug mode, {gpus} device(s)")
+    assert all(row.ok for row in report.rows if row.kind != "sync"), "\n".join(report.lines())
+    assert report.steps == (3, 3)
+    assert (gpus == 1) == any("D2D copies need two" in note for note in report.notes)
+    extra = [site for row in report.mismatches for _, site, _ in row.sites if row.seen > row.expected]
+    assert extra and any(site.startswith("harness/phases.py") for site in extra), extra
+    for row in report.mismatches:
+        assert row.kind == "sync" and row.seen == row.expected + 1, row
