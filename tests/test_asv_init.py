@@ -147,6 +147,9 @@ def test_init_asv_refuses_to_replace_existing_files_without_force(user_repo):
 def test_init_asv_needs_scenarios_and_warns_about_what_would_not_work(tmp_path, capsys):
     assert main(["init", "asv", str(tmp_path)]) == 2
     assert "no scenarios/ in" in capsys.readouterr().err
+    assert main(["init", "asv", str(tmp_path), "--scenarios", str(tmp_path / "nowhere")]) == 2
+    assert "no such scenario file or directory" in capsys.readouterr().err
+    assert not (tmp_path / "asv.conf.json").exists()
     (tmp_path / "scenarios").mkdir()
     (tmp_path / "scenarios" / "plain.yaml").write_text(textwrap.dedent("""\
         - name: plain
@@ -155,12 +158,13 @@ def test_init_asv_needs_scenarios_and_warns_about_what_would_not_work(tmp_path, 
           prompt: "The cat"
           max_new_tokens: 3
         """))
-    assert main(["init", "asv", str(tmp_path), "--plugin", "no_such_engine_module_here"]) == 0
-    err = capsys.readouterr().err
-    assert "is marked `benchmark: true`" in err
-    assert "plugin module 'no_such_engine_module_here' is not importable" in err
-    assert "is not a git work tree" in err
-    assert os.environ.get("SAMEDEVICE_PLUGINS", "") == "", "the survey leaves the process's plugins alone"
+    # In a process of its own: the survey imports the plugins, and the engine registry of
+    # this one would remember the broken module for every later test.
+    done = _samedevice("init", "asv", str(tmp_path), "--plugin", "no_such_engine_module_here", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "is marked `benchmark: true`" in done.stderr
+    assert "plugin module 'no_such_engine_module_here' is not importable" in done.stderr
+    assert "is not a git work tree" in done.stderr
 
 
 def _asv(*args: str, repo: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
