@@ -83,7 +83,7 @@ def _asv_machine(session: nox.Session) -> list[str]:
     name = os.environ.get("SAMEDEVICE_ASV_MACHINE")
     flag = ["--machine", name] if name else []
     session.run("asv", "machine", "--yes", *flag)
-    session.run("python", "benchmarks/common.py", "asv-machine", *flag)
+    session.run("python", "-m", "harness.asv_suite", "asv-machine", *flag)
     return flag
 
 

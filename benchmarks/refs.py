@@ -10,7 +10,8 @@ worktree, names it in `ASV_PYTHONPATH` (asv's way to put a directory first on th
 benchmark processes' sys.path) and tags the results with the ref's commit
 (`--set-commit-hash`). A directory (default `.`, this working tree) is measured as it is
 and tagged with its HEAD commit (with a warning when it has uncommitted changes). asv is
-given only the suite (`bench_*.py` with `common.py`), not the scripts beside it.
+given only the suite (a copy of this checkout's `harness/asv_suite.py` and the lines of
+`benchmarks/bench_scenarios.py` importing it), not the scripts beside it.
 
 `compare`: a side is a directory (a checkout, used as it is, uncommitted changes included) or a git
 ref (checked out with `git worktree add --detach` into a temporary directory, removed
@@ -19,7 +20,8 @@ A CI job on a pull request passes `--base origin/main --head HEAD`.
 
 Each side runs in its own interpreter with `PYTHONPATH=<side>`, so `harness` and
 `reference_impl` come from that side (the editable install is kept out of the way:
-`common.prefer_path_checkout`), and its own `benchmark: true` scenarios are measured.
+`asv_suite.prefer_path_checkout`), and its own `benchmark: true` scenarios are measured by
+this checkout's suite (`harness/asv_suite.py`, copied: `python samedevice_suite.py run-cases`).
 Base and head alternate for `--rounds` rounds (base-head, head-base, ...) so a change in
 the machine's load hits both; each round runs every case `--repeats` times; all runs of a
 side pool in one harness run directory, judged by `samedevice compare` (harness.compare):
@@ -75,28 +77,46 @@ def checkout(spec: str):
         subprocess.run(["rm", "-rf", str(target.parent)], capture_output=True)
 
 
+SUITE = REPO / "harness" / "asv_suite.py"
+SUITE_COPY = "samedevice_suite.py"
+
+
+def copy_suite(directory: Path) -> Path:
+    """This checkout's suite (`harness/asv_suite.py`) as a top-level module in `directory`.
+    Every side is measured by the same suite, imported this way: a side's own
+    `harness.asv_suite` may differ, and an older commit has none."""
+    target = directory / SUITE_COPY
+    shutil.copy2(SUITE, target)
+    return target
+
+
 def run_side(checkout_dir: Path, results_dir: Path, repeats: int, label: str) -> None:
     env = dict(os.environ, PYTHONPATH=str(checkout_dir), SAMEDEVICE_BENCH_SCENARIOS=str(checkout_dir / "scenarios"))
     env.pop("ASV_PYTHONPATH", None)
-    command = [sys.executable, str(HERE / "common.py"), "run-cases", "--results-dir", str(results_dir),
-               "--repeats", str(repeats), "--label", label]
-    subprocess.run(command, cwd=checkout_dir, env=env, check=True)
+    with tempfile.TemporaryDirectory(prefix="samedevice-suite-") as tmp:
+        command = [sys.executable, str(copy_suite(Path(tmp))), "run-cases", "--results-dir", str(results_dir),
+                   "--repeats", str(repeats), "--label", label]
+        subprocess.run(command, cwd=checkout_dir, env=env, check=True)
 
 
 @contextmanager
 def asv_suite() -> Iterator[Path]:
-    """An asv config whose benchmark_dir holds only the asv suite (`__init__`, `common`,
-    `bench_*.py`). asv imports every module of its benchmark_dir at every commit it
-    measures; the scripts beside the suite import project modules that older commits
-    lack, which would fail discovery of the whole suite there."""
+    """An asv config whose benchmark_dir holds only the suite: the copy of this checkout's
+    `harness/asv_suite.py` and the benchmark module (`benchmarks/bench_scenarios.py`'s
+    lines, importing the copy). asv imports every module of its benchmark_dir at every
+    commit it measures; the scripts beside the suite import project modules that older
+    commits lack, which would fail discovery of the whole suite there."""
     from asv.util import load_json
+
+    from harness.asv_init import benchmark_module
 
     conf = load_json(str(REPO / "asv.conf.json"), js_comments=True)
     with tempfile.TemporaryDirectory(prefix="samedevice-asv-") as tmp:
         suite = Path(tmp) / "benchmarks"
         suite.mkdir()
-        for module in ["__init__.py", "common.py", *sorted(p.name for p in HERE.glob("bench_*.py"))]:
-            shutil.copy2(HERE / module, suite / module)
+        shutil.copy2(HERE / "__init__.py", suite / "__init__.py")
+        copy_suite(suite)
+        (suite / "bench_scenarios.py").write_text(benchmark_module(suite="." + SUITE_COPY.removesuffix(".py")))
         conf |= {"repo": str(REPO), "benchmark_dir": str(suite),
                  "results_dir": str(REPO / conf["results_dir"]), "html_dir": str(REPO / conf["html_dir"])}
         path = Path(tmp) / "asv.conf.json"

@@ -108,17 +108,34 @@ def _parser() -> argparse.ArgumentParser:
     mrg.set_defaults(func=cmd_merge)
 
     doc = sub.add_parser("doctor", help="versions, devices, simulation and engines available here")
+    doc.add_argument("--selftest", action="store_true",
+                     help="also run a workload of known transfers through the active tracker (real CUDA where "
+                          "present, else simulated GPUs) and check the ledger against it; exit 1 on any mismatch")
+    doc.add_argument("--tracker", choices=("auto", "sim", "cuda"), default="auto",
+                     help="the tracker --selftest checks: auto (cuda where available, else sim; default)")
     doc.set_defaults(func=cmd_doctor)
 
-    ini = sub.add_parser("init", help="write starter files: `init scenarios` (the standard suite as YAML)")
-    ini.add_argument("what", choices=("scenarios",), help="scenarios: the standard suite, editable")
-    ini.add_argument("--engine", "-e", default="transformers", help="the engine the suite runs (default transformers)")
-    ini.add_argument("--model", default=None, metavar="PATH|hub:ORG/NAME[@REV]",
+    ini = sub.add_parser("init", help="write starter files: `init scenarios` (the standard suite as YAML), "
+                                      "`init asv` (samedevice's asv suite in a repository)")
+    init_sub = ini.add_subparsers(dest="what", required=True)
+    scn = init_sub.add_parser("scenarios", help="the standard suite as an editable YAML file")
+    scn.add_argument("--engine", "-e", default="transformers", help="the engine the suite runs (default transformers)")
+    scn.add_argument("--model", default=None, metavar="PATH|hub:ORG/NAME[@REV]",
                      help="the model (default: the generated tiny llama)")
-    ini.add_argument("--output", "-o", type=Path, default=Path("scenarios/standard.yaml"),
+    scn.add_argument("--output", "-o", type=Path, default=Path("scenarios/standard.yaml"),
                      help="where to write it (default scenarios/standard.yaml)")
-    ini.add_argument("--force", action="store_true", help="overwrite an existing file")
-    ini.set_defaults(func=cmd_init)
+    scn.add_argument("--force", action="store_true", help="overwrite an existing file")
+    scn.set_defaults(func=cmd_init)
+    asv = init_sub.add_parser("asv", help="asv.conf.json and a benchmarks module running samedevice's asv suite")
+    asv.add_argument("directory", nargs="?", type=Path, default=Path("."), help="the repository (default: .)")
+    asv.add_argument("--scenarios", action="append", type=Path, default=[], metavar="PATH",
+                     help="scenario files or directories whose `benchmark: true` scenarios are measured "
+                          "(repeatable; default: DIRECTORY/scenarios)")
+    asv.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                     help="a module that registers engines, imported as $SAMEDEVICE_PLUGINS does (repeatable; "
+                          "engines installed through the samedevice.engines entry point need none)")
+    asv.add_argument("--force", action="store_true", help="replace asv.conf.json and the benchmarks module if present")
+    asv.set_defaults(func=cmd_init_asv)
 
     chk = sub.add_parser("check-engine", help="conformance battery for a registered engine (exit 0 only if conformant)")
     chk.add_argument("engine", help="a registered engine name (see `samedevice doctor`)")
@@ -547,6 +564,38 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from harness.doctor import report_lines
 
     print("\n".join(report_lines()))
+    if not args.selftest:
+        return 0
+    from harness.selftest import run_selftest
+
+    print()
+    report = run_selftest(args.tracker)
+    print("\n".join(report.lines()), flush=True)
+    return 0 if report.ok else 1
+
+
+def cmd_init_asv(args: argparse.Namespace) -> int:
+    from harness.asv_init import init_asv
+
+    try:
+        result = init_asv(args.directory, args.scenarios, args.plugin, args.force)
+    except FileNotFoundError as exc:
+        print(f"samedevice init asv: error: {exc}", file=sys.stderr)
+        return 2
+    if not result.ok:
+        for path in result.refused:
+            print(f"samedevice init asv: {path} exists; not replaced (--force replaces it)", file=sys.stderr)
+        return 2
+    for path in result.written:
+        print(f"wrote {path}")
+    for path in result.kept:
+        print(f"kept  {path}")
+    for line in result.summary:
+        print(line)
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print("next, in that repository (samedevice[bench] installed): asv machine --yes; "
+          "asv run --set-commit-hash HEAD; asv publish")
     return 0
 
 

@@ -83,8 +83,8 @@ def github_matrix(jobs: list[Job]) -> str:
 
 
 def render_workflow(jobs: list[Job]) -> str:
-    """A complete workflow: the matrix jobs (CPU sim job + GPU jobs with --strict-devices)
-    and a merge job that writes the job summary and fails on any failure or gap."""
+    """A complete workflow: the matrix jobs (CPU sim job + GPU jobs with --strict-devices,
+    which run the tracker self-test before their cases) and a merge job that writes the job summary and fails on any failure or gap."""
     install = "python -m pip install -c constraints.txt -e '.[engines]'"
     workflow = {
         "name": "samedevice",
@@ -102,6 +102,10 @@ def render_workflow(jobs: list[Job]) -> str:
                     {"uses": "actions/setup-python@v5", "with": {"python-version": "3.11"}},
                     {"name": "Install (CPU torch from constraints; GPU runners keep their CUDA torch)",
                      "run": f"if [ \"${{{{ matrix.gpu }}}}\" = true ]; then python -m pip install -e '.[engines]'; else {install}; fi"},
+                    # Before the cases: a tracker that miscounts on this GPU fails here, not by
+                    # passing transfer budgets (harness/selftest.py).
+                    {"name": "Tracker self-test: a workload of known copies and syncs, counted exactly",
+                     "if": "matrix.gpu", "run": "samedevice doctor --selftest --tracker cuda"},
                     {"name": "Run the shard", "run": "${{ matrix.command }}"},
                     {"uses": "actions/upload-artifact@v4", "if": "always()",
                      "with": {"name": "samedevice-${{ matrix.name }}", "path": "results/"}},

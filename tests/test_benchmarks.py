@@ -1,5 +1,6 @@
-"""The asv suite and its fixtures (benchmarks/): generated from scenarios, skips, one run
-per case shared by every metric, machine metadata, and the runner behind bench_compare."""
+"""The asv suite (harness/asv_suite.py, built by benchmarks/bench_scenarios.py): generated
+from scenarios, skips, one run per case shared by every metric, machine metadata, and the
+runner behind bench_compare."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import common
-from benchmarks.bench_scenarios import Scenarios, SkipNotImplemented
+from benchmarks import refs
+from benchmarks.bench_scenarios import Scenarios
+from harness import asv_suite as common
+from harness.asv_suite import SkipNotImplemented
 from harness.compare import compare_dirs
 from harness.figures import CaseFigures
 from harness.ledger import Ledger
@@ -147,7 +150,7 @@ def test_a_real_cpu_case_is_measured_with_repeats(bench_dir):
 def test_measure_all_runs_each_case_once_per_pass_and_never_runs_skipped_ones(bench_dir, monkeypatch):
     calls: list[str] = []
 
-    def fake_measure(case, runs=None):
+    def fake_measure(case, runs=None, torch_threads=None):
         calls.append(case.id)
         return pooled_runs(*[(2000.0, 10)] * 10)
 
@@ -163,7 +166,8 @@ def test_measure_all_runs_each_case_once_per_pass_and_never_runs_skipped_ones(be
 def test_the_bench_compare_runner_writes_run_directories_compare_accepts(bench_dir, tmp_path):
     out = tmp_path / "run"
     env = dict(os.environ, SAMEDEVICE_BENCH_SCENARIOS=str(bench_dir))
-    command = [sys.executable, str(REPO / "benchmarks" / "common.py"), "run-cases", "--results-dir", str(out), "--repeats", "2"]
+    suite = refs.copy_suite(tmp_path)  # as bench_compare runs it: this checkout's suite, copied
+    command = [sys.executable, str(suite), "run-cases", "--results-dir", str(out), "--repeats", "2"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in (out / "cases.jsonl").read_text().splitlines()]
@@ -180,10 +184,11 @@ def test_the_bench_compare_runner_writes_run_directories_compare_accepts(bench_d
 def test_an_older_checkout_on_pythonpath_does_not_borrow_modules_from_the_installed_one(tmp_path):
     checkout = tmp_path / "old"
     shutil.copytree(REPO / "harness", checkout / "harness", ignore=shutil.ignore_patterns("compare.py", "__pycache__"))
+    suite = refs.copy_suite(tmp_path)
     probe = textwrap.dedent(f"""
         import sys
-        sys.path.insert(0, {str(REPO / 'benchmarks')!r})
-        import common
+        sys.path.insert(0, {str(suite.parent)!r})
+        import samedevice_suite
         import harness
         assert harness.__file__.startswith({str(checkout)!r}), harness.__file__
         try:

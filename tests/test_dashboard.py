@@ -91,8 +91,11 @@ def test_the_dashboard_lists_the_benchmarks_in_a_real_browser(published):
     with dashboard.serve(published) as url:
         dom = dashboard.chromium_run(url)
     assert "continental origin of swallow" not in dom, "a script failed to load (a CDN dependency?)"
-    for name in ("track_decode_tokens_per_s", "track_d2h_per_token", "track_h2d_per_token", "track_syncs_per_token"):
+    for name, shown in (("track_decode_tokens_per_s", "decode tokens/s"), ("track_d2h_per_token", "D2H copies per token"),
+                        ("track_h2d_per_token", "H2D copies per token"), ("track_d2d_per_token", "D2D copies per token"),
+                        ("track_syncs_per_token", "host syncs per token")):
         assert f'href="#bench_scenarios.Scenarios.{name}"' in dom, f"{name} missing from the benchmark grid"
+        assert f">{shown}<" in dom, f"the grid names {name} {shown!r} (its pretty_name)"
 
 
 def test_a_benchmark_graph_renders_with_its_device_parameters(published, tmp_path):
