@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import torch
 
 from harness.devices import simulated_gpus, track_transfers
-from harness.devices.tracking import memcpy_events, replay, timeline_marks
+from harness.devices.tracking import host_read_spans, memcpy_events, replay, timeline_marks
 from harness.ledger import Ledger
 from tests import sim_user_bugs as user
 
@@ -116,9 +116,13 @@ def test_track_transfers_inside_a_simulation_points_it_at_the_ledger():
 
 
 class FakeKinetoEvent:
-    def __init__(self, name: str, start_us: float, nbytes: int = 0, metadata: str = "", correlation: int = 0):
+    def __init__(self, name: str, start_us: float, nbytes: int = 0, metadata: str = "", correlation: int = 0,
+                 duration_us: float = 0.0):
         self._name, self._start, self._nbytes, self._metadata = name, start_us, nbytes, metadata
-        self._correlation = correlation
+        self._correlation, self._duration = correlation, duration_us
+
+    def duration_ns(self):
+        return int(self._duration * 1000)
 
     def correlation_id(self):
         return self._correlation
@@ -198,3 +202,23 @@ def test_a_copy_of_no_element_is_no_transfer():
         torch.empty(0).to("cuda:0").cpu()
         torch.ones(2).to("cuda:0")
     assert ledger.to_json()["counts"] == {"load.h2d": 1}
+
+
+def test_a_host_reads_own_copy_is_part_of_its_sync_not_a_d2h():
+    """Real CUDA: `item()` makes a small DtoH memcpy; the simulator counts one sync and no
+    copy, and the replay does the same (Python-level reads are marked, C++ ones seen as ops)."""
+    events = [
+        FakeKinetoEvent("samedevice::ledger::0", 10.0),
+        FakeKinetoEvent("samedevice::ledger::1", 11.0),  # item(): its sync...
+        FakeKinetoEvent("samedevice::ledger::2", 11.1),  # ...and the read begins
+        FakeKinetoEvent("Memcpy DtoH (Device -> Pageable)", 11.5, nbytes=4),
+        FakeKinetoEvent("samedevice::ledger::3", 12.0),  # the read ends
+        FakeKinetoEvent("aten::_local_scalar_dense", 20.0, duration_us=2.0),  # an item() inside an op
+        FakeKinetoEvent("Memcpy DtoH (Device -> Pageable)", 21.0, nbytes=4),
+        FakeKinetoEvent("Memcpy DtoH (Device -> Pageable)", 30.0, nbytes=64),  # an explicit .cpu()
+    ]
+    calls = [("phase", "decode"), ("record", "sync", 0, "item", "loop.py:3"), ("read", True), ("read", False)]
+    ledger = Ledger()
+    replay(ledger, "load", calls, timeline_marks(events), memcpy_events(events), {}, host_read_spans(events))
+    assert ledger.to_json()["counts"] == {"decode.d2h": 1, "decode.sync": 1}
+    assert ledger.bytes[("decode", "d2h")] == 64

@@ -15,6 +15,11 @@ sync-debug APIs; only its event parsing is unit-tested, with fake events).
   (phase change, decode step, sync) is marked on the profiler timeline, and the calls and
   the copies are replayed in time order into the ledger at the end: a copy counts in the
   phase and step that launched it (its host-side runtime call, linked by correlation id).
+  The counts follow the simulator's rules, so one profile holds on both: an explicit copy
+  (`.to`, `.cpu`, `.copy_`) is a copy and its own blocking wait is no extra sync; a host
+  read (`item`, `tolist`, `bool()`, an op that reads a size back) is one sync, and the small
+  copy it makes inside is part of it, not a D2H. `samedevice doctor --selftest` checks this
+  on the GPU it runs on.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import json
 import re
 import warnings
 from collections import defaultdict, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -59,6 +64,8 @@ def track_transfers(ledger: Ledger) -> Iterator[Ledger]:
 
 _HOST_READS = ("item", "tolist", "__bool__", "nonzero")
 _COPY_METHODS = ("to", "cuda", "cpu", "copy_")
+# Host reads of a CUDA tensor, counted as one sync each (the simulator's rule, sim_methods).
+_CUDA_READS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "__format__")
 
 
 @contextmanager
@@ -102,6 +109,25 @@ def memcpy_events(events: Iterable[Any]) -> list[tuple[Any, int, float]]:
             continue
         start = launches.get(_correlation(event), _event_start_us(event))
         found.append((_MEMCPY_KIND[match.group(1)], _event_bytes(event), start))
+    return found
+
+
+# Ops that read a value or a size back to the host (a sync, as the simulator counts them:
+# its data_dependent_output rule); a small copy they make inside is part of that sync.
+_READ_OPS = ("aten::_local_scalar_dense", "aten::item", "aten::is_nonzero", "aten::equal", "aten::nonzero",
+             "aten::masked_select", "aten::_unique2", "aten::unique_consecutive", "aten::unique_dim",
+             "aten::repeat_interleave", "aten::bincount")
+
+
+def host_read_spans(events: Iterable[Any]) -> list[tuple[float, float]]:
+    """(start, end) in us of the ops that read back to the host the profiler saw (a C++
+    `item()` inside an op, which no Python hook sees): the copy each makes is its sync's."""
+    found = []
+    for event in events:
+        if _name(event) in _READ_OPS:
+            start = _event_start_us(event)
+            duration = getattr(event, "duration_ns", None)
+            found.append((start, start + (duration() / 1000.0 if callable(duration) else 0.0)))
     return found
 
 
@@ -178,25 +204,38 @@ class _Timeline(Ledger):
     def record(self, kind: Any, nbytes: int = 0, op: str = "", site: str = "") -> None:
         self._mark(("record", kind, nbytes, op, site))
 
+    def mark_read(self, begins: bool) -> None:
+        """A host read begins or ends: copies launched inside it are part of its sync."""
+        self._mark(("read", begins))
+
 
 def replay(ledger: Ledger, first_phase: Any, calls: list[Call], marks: list[tuple[float, int]],
-           copies: list[tuple[Any, int, float]], sites: dict[tuple[str, str], deque]) -> None:
+           copies: list[tuple[Any, int, float]], sites: dict[tuple[str, str], deque],
+           host_reads: Sequence[tuple[float, float]] = ()) -> None:
     """Apply the ledger calls and the profiler's copies to `ledger`, in time order (a call
     before a copy at the same instant). Each copy gets the call site the hooks saw for the
-    same (phase, kind), in order ('?' when none did)."""
+    same (phase, kind), in order ('?' when none did). A copy launched inside a host read
+    (between its read marks, or inside an `aten::_local_scalar_dense` the profiler saw) is
+    part of that read's sync, as the simulator counts it, not a D2H."""
     ledger.phase = first_phase
+    reading = 0
+    copies = [c for c in copies if not any(start <= c[2] <= end for start, end in host_reads)]
     if calls and not marks:  # no marker reached the profiler: the calls in order, then the copies
         marks = [(float("-inf"), index) for index in range(len(calls))]
     timeline = [(start, 0, ("call", index)) for start, index in marks]
     timeline += [(start, 1, ("copy", kind, nbytes)) for kind, nbytes, start in copies]
     for _, _, item in sorted(timeline, key=lambda row: (row[0], row[1])):
         if item[0] == "copy":
+            if reading:
+                continue
             queue = sites.get((ledger.phase, item[1]))
             op, site = queue.popleft() if queue else ("memcpy", "?")
             ledger.record(item[1], item[2], op, site)
             continue
         call = calls[item[1]]
-        if call[0] == "phase":
+        if call[0] == "read":
+            reading += 1 if call[1] else -1
+        elif call[0] == "phase":
             ledger.set_phase(call[1])
         elif call[0] == "step":
             ledger.end_step()
@@ -224,7 +263,16 @@ def _cuda_device(device: Any) -> torch.device:
     return device
 
 
-def _copy_hook(name: str, method: Any, remember: Any) -> Any:
+class _Sections:
+    """Where the host is now, for the sync-debug warnings: inside an explicit copy (its own
+    blocking wait is the copy, not a further sync) or a host read (counted once, as one
+    sync, however many waits and small copies it makes)."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+
+
+def _copy_hook(name: str, method: Any, remember: Any, sections: _Sections | None = None) -> Any:
     """`Tensor.<name>` that notes the call site of the copy it is about to make."""
 
     def target(self: Tensor, *args: Any, **kwargs: Any) -> tuple[torch.device, torch.device]:
@@ -241,7 +289,32 @@ def _copy_hook(name: str, method: Any, remember: Any) -> Any:
     def hooked(self: Tensor, *args: Any, **kwargs: Any) -> Any:
         with contextlib.suppress(Exception):  # a bad argument: the real method raises its own error
             remember(_copy_kind(*target(self, *args, **kwargs)), name)
-        return method(self, *args, **kwargs)
+        if sections is None:
+            return method(self, *args, **kwargs)
+        sections.depth += 1
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            sections.depth -= 1
+
+    return hooked
+
+
+def _read_hook(name: str, method: Any, ledger: Ledger, sections: _Sections) -> Any:
+    """`Tensor.<name>` (item, tolist, bool()...) on a CUDA tensor: one host sync, as the
+    simulator counts it, and the small copy it makes to the host is part of it, not a D2H."""
+
+    def hooked(self: Tensor, *args: Any, **kwargs: Any) -> Any:
+        if not self.is_cuda or sections.depth:
+            return method(self, *args, **kwargs)
+        ledger.record("sync", 0, name, call_site())
+        ledger.mark_read(True)  # type: ignore[attr-defined]
+        sections.depth += 1
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            sections.depth -= 1
+            ledger.mark_read(False)  # type: ignore[attr-defined]
 
     return hooked
 
@@ -255,19 +328,23 @@ def _track_cuda(ledger: Ledger) -> Iterator[None]:
         if kind:
             sites[(ledger.phase, kind)].append((op, call_site()))
 
-    def on_warning(message, category, filename, lineno, file=None, line=None):
-        if "synchronizing" in str(message):
-            ledger.record("sync", 0, "cuda sync", call_site())
-        else:
-            show_other(message, category, filename, lineno, file, line)
+    sections = _Sections()
 
-    originals = {name: torch.Tensor.__dict__.get(name) for name in _COPY_METHODS}
+    def on_warning(message, category, filename, lineno, file=None, line=None):
+        if "synchronizing" not in str(message):
+            show_other(message, category, filename, lineno, file, line)
+        elif not sections.depth:  # a copy's own wait is the copy; a host read counted itself
+            ledger.record("sync", 0, "cuda sync", call_site())
+
+    originals = {name: torch.Tensor.__dict__.get(name) for name in (*_COPY_METHODS, *_CUDA_READS)}
     previous_mode = torch.cuda.get_sync_debug_mode()
     activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     calls: list[Call] = []
     try:
         for name in _COPY_METHODS:
-            setattr(torch.Tensor, name, _copy_hook(name, getattr(torch.Tensor, name), remember))
+            setattr(torch.Tensor, name, _copy_hook(name, getattr(torch.Tensor, name), remember, sections))
+        for name in _CUDA_READS:
+            setattr(torch.Tensor, name, _read_hook(name, getattr(torch.Tensor, name), ledger, sections))
         with warnings.catch_warnings(), torch.profiler.profile(activities=activities) as profiler:
             ledger.__class__ = _Timeline
             ledger.calls = calls  # type: ignore[attr-defined]
@@ -285,7 +362,7 @@ def _track_cuda(ledger: Ledger) -> Iterator[None]:
         ledger.__class__ = Ledger
         _restore(torch.Tensor, originals)
     events = list(profiler.profiler.kineto_results.events()) if profiler.profiler else []
-    replay(ledger, first_phase, calls, timeline_marks(events), memcpy_events(events), sites)
+    replay(ledger, first_phase, calls, timeline_marks(events), memcpy_events(events), sites, host_read_spans(events))
 
 
 def _restore(owner: Any, originals: dict[str, Any]) -> None:
