@@ -65,7 +65,6 @@ import os
 import platform
 import socket
 import sys
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -495,32 +494,33 @@ def run_cases(results_dir: Path, runs: int, root: Path | None = None, label: str
     """
     import torch
 
-    from harness.results import RunDirectory, environment_info
+    from harness.run import Run, RunSettings
     from harness.runner import RunOptions, run_case
 
     settings = Settings.resolve()
     torch.set_num_threads(settings.threads)
-    results_dir.mkdir(parents=True, exist_ok=True)
-    directory = RunDirectory(results_dir)
     cases = benchmark_cases(settings, root)
-    info = directory.read_run_info() or environment_info() | {
-        "run_id": results_dir.name, "label": label, "benchmark": True, "rounds": 0,
-        "started": time.time(), "bench": environment_metadata(),
-    }
+    if (results_dir / "run.json").exists():  # a later round pools into the same run
+        run = Run.open(results_dir, RunSettings(results_root=results_dir.parent, front_end="bench"))
+    else:
+        if results_dir.is_dir() and not any(results_dir.iterdir()):
+            results_dir.rmdir()  # made empty by the caller: the run makes it itself
+        run = Run.start(RunSettings(results_root=results_dir.parent, front_end="bench"), run_id=results_dir.name,
+                        label=label, benchmark=True, rounds=0, bench=environment_metadata())
     for case in cases:
         for index in range(runs):
             result = run_case(case, RunOptions(), None)
-            directory.append(result)
+            run.record(result)
             if result.status == "skipped":
                 break
             if index == 0:
                 tps = result.timings.get("decode_tokens_per_s")
                 print(f"  {result.status:7} {case.id} {tps or '-'} tokens/s", file=sys.stderr)
-    info["code"] = code_under_test()
-    info["rounds"] = info.get("rounds", 0) + 1
-    info["finished"] = time.time()
-    info["cases_selected"] = len(cases)
-    directory.write_run_info(info)
+    extra = run.info.model_extra or {}
+    extra["code"] = code_under_test()
+    extra["rounds"] = int(extra.get("rounds", 0)) + 1
+    run.info.cases_selected = len(cases)
+    run.close()
     return 0
 
 

@@ -17,7 +17,6 @@ import argparse
 import json
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import NoReturn
 
@@ -30,10 +29,10 @@ from harness.arguments import (
     timeout_seconds,
 )
 from harness.render import terminal, terminal_text
+from harness.run import DEFAULT_TIMEOUT
 
 # ./scenarios where it exists, else the suite bundled next to the harness package.
 DEFAULT_SCENARIOS = Path("scenarios") if Path("scenarios").is_dir() else Path(__file__).resolve().parent.parent / "scenarios"
-DEFAULT_TIMEOUT = 600.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -288,8 +287,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from harness import report
     from harness.isolation import make_executor
-    from harness.results import ResultsWriteError, RunDirectory, environment_info
-    from harness.runner import RunOptions, results_root_default
+    from harness.results import ResultsWriteError
+    from harness.run import Run, RunSettings
+    from harness.runner import RunOptions
 
     console = _console()
     try:
@@ -315,25 +315,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not cases and not args.allow_empty:
         _usage_error(f"nothing to run: {_empty_selection(args, len(expected_ids))} "
                      "(--allow-empty accepts an empty run)")
-    root = args.results or results_root_default()
+    settings = RunSettings(**({"results_root": args.results} if args.results else {}), timeout=args.timeout,
+                           isolation=args.isolation, strict_devices=args.strict_devices, junit=args.junit)
     try:
-        run_dir = RunDirectory.create(root)
-    except OSError as exc:
-        _eprint(f"samedevice: error: results directory {terminal(root)} is not writable: {terminal(exc.strerror or exc)}")
-        return 2
-
-    info = environment_info() | {"run_id": run_dir.path.name, "started": time.time(), "cases_selected": len(cases),
-                                 "shard": args.shard, "expected_ids": expected_ids,
-                                 "selected_ids": [c.id for c in cases], "complete": False,
-                                 "invalid_files": [str(e) for e in errors]}
-    try:
-        run_dir.write_run_info(info)
+        run = Run.start(settings, expected_ids=expected_ids, selected_ids=[c.id for c in cases],
+                        invalid_files=[str(e) for e in errors], shard=args.shard)
     except ResultsWriteError as exc:
         _eprint(f"samedevice: error: {terminal(exc)}")
         return 2
+    except OSError as exc:
+        _eprint(f"samedevice: error: results directory {terminal(settings.results_root)} is not writable: "
+                f"{terminal(exc.strerror or exc)}")
+        return 2
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    options = RunOptions(strict_devices=args.strict_devices)
-    execute = make_executor(args.isolation, args.timeout)
+    options = RunOptions(strict_devices=settings.strict_devices)
+    execute = make_executor(settings.isolation, settings.timeout)
     results: list = []
     interrupted: str | None = None
     write_error: ResultsWriteError | None = None
@@ -342,7 +338,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             for case in cases:
                 result = execute(case, options)
                 try:
-                    run_dir.append(result)
+                    run.record(result)
                 except ResultsWriteError as exc:  # a full disk, a read-only filesystem: stop here
                     write_error = exc
                     break
@@ -356,10 +352,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         if write_error is not None:
             _eprint(f"samedevice: error: {terminal(write_error)}; the run stopped after {len(results)} of "
                     f"{len(cases)} cases (every finished case is kept)")
-        info |= {"finished": time.time(), "interrupted": interrupted, "cases_finished": len(results),
-                 "complete": interrupted is None and write_error is None and len(results) == len(cases),
-                 "write_error": str(write_error) if write_error else None}
-        unwritten = _write_run_outputs(run_dir, results, info, args.junit)
+        unwritten = run.close(results, interrupted=interrupted, write_error=write_error)
+        for line in unwritten:
+            _eprint(f"samedevice: error: {terminal(line)}")
 
     console.print(report.console_table(results))
     for r in results:
@@ -371,7 +366,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             if r.status == "error" and r.error is not None:
                 console.print(terminal_text(f"    {r.error.one_line()}"), soft_wrap=True)
     console.print(terminal_text(f"{report.counts_line(results)}; {len(errors)} invalid scenario problem(s). "
-                                f"Results: {run_dir.path}"), soft_wrap=True)
+                                f"Results: {run.path}"), soft_wrap=True)
     if write_error is not None or unwritten:
         return 2
     if interrupted:
@@ -380,31 +375,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 130
     bad = any(r.status in ("failed", "error") for r in results)
     return 1 if bad or errors else 0
-
-
-def _write_run_outputs(run_dir, results: list, info: dict, junit: Path | None) -> list[str]:
-    """run.json (final), report.md, junit.xml and --junit; each failure is one line on stderr
-    (and returned). run.json was first written saying `complete: false`, so if it cannot be
-    rewritten it still says the run is incomplete."""
-    from harness import report
-    from harness.junit import write_junit
-    from harness.results import ResultsWriteError, write_file
-
-    failures = []
-    steps = [
-        (lambda: run_dir.write_run_info(info), "; run.json keeps saying the run is incomplete"),
-        (lambda: write_file(run_dir.path / "report.md", report.markdown(results, info)), ""),
-        (lambda: write_junit(results, run_dir.path / "junit.xml"), ""),  # every run has one
-    ]
-    if junit:
-        steps.append((lambda: write_junit(results, junit), ""))
-    for write, consequence in steps:
-        try:
-            write()
-        except ResultsWriteError as exc:
-            failures.append(f"samedevice: error: {terminal(exc)}{consequence}")
-            _eprint(failures[-1])
-    return failures
 
 
 class _progress:
@@ -512,7 +482,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from harness import report
     from harness.merge import merge_runs
-    from harness.runner import results_root_default
+    from harness.run import results_root_default
 
     try:
         outcome = merge_runs(args.run_dirs, args.results or results_root_default())

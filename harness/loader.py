@@ -101,20 +101,23 @@ def load_paths(paths: list[Path]) -> LoadResult:
         one = load_file(path)
         result.errors.extend(one.errors)
         for loaded in one.scenarios:
-            first = seen.get(loaded.scenario.name)
-            if first is not None:
-                result.errors.append(
-                    ScenarioError(
-                        loaded.path, loaded.line, 1, "name",
-                        f"duplicate scenario name {loaded.scenario.name!r} "
-                        f"(first defined at {first.path}:{first.line})",
-                        loaded.scenario.name,
-                    )
-                )
+            duplicate = duplicate_name(loaded, seen)
+            if duplicate is not None:
+                result.errors.append(duplicate)
                 continue
-            seen[loaded.scenario.name] = loaded
             result.scenarios.append(loaded)
     return result
+
+
+def duplicate_name(loaded: LoadedScenario, seen: dict[str, LoadedScenario]) -> ScenarioError | None:
+    """The error when `loaded`'s name was already taken (by a scenario in `seen`, which
+    this updates): names are unique across every file of a run, whichever front end runs it."""
+    first = seen.setdefault(loaded.scenario.name, loaded)
+    if first is loaded:
+        return None
+    return ScenarioError(loaded.path, loaded.line, 1, "name",
+                         f"duplicate scenario name {loaded.scenario.name!r} (first defined at {first.path}:{first.line})",
+                         loaded.scenario.name)
 
 
 def load_file(path: Path) -> LoadResult:

@@ -5,12 +5,11 @@ a traceback; the merged run.json keeps all of it, so its report (the CI job summ
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import report
-from harness.results import CaseResult, DamagedLine, DamagedResults, RunDirectory, write_file
+from harness.results import CaseResult, DamagedLine, DamagedResults, RunDirectory
+from harness.run import Run, RunSettings
 
 
 @dataclass
@@ -78,25 +77,23 @@ def merge_runs(sources: list[Path], root: Path) -> MergeOutcome:
                 continue
             seen[result.id] = result
             merged.append(result)
-    run_dir = RunDirectory.create(root)
+    base = infos[0] if infos else {}
+    environment = {k: base.get(k) for k in ("samedevice", "python", "torch", "transformers", "git_commit", "libraries")
+                   if base.get(k) is not None}
+    environment["devices"] = sorted({d for i in infos for d in i.get("devices", [])})
+    run = Run.start(RunSettings(results_root=root, front_end="merge"), expected_ids=sorted(expected),
+                    invalid_files=sorted({f for i in infos for f in i.get("invalid_files", [])}),
+                    environment=environment, merged_from=[str(s) for s in sources])
     for result in merged:
-        run_dir.append(result)
+        run.record(result)
     outcome = MergeOutcome(
-        run_dir, merged, sorted(set(duplicates)), sorted(expected - seen.keys()),
+        run.directory, merged, sorted(set(duplicates)), sorted(expected - seen.keys()),
         sorted(seen.keys() - expected) if expected else [], problems, damaged,
     )
-    base = infos[0] if infos else {}
-    info = {k: base.get(k) for k in ("samedevice", "python", "torch", "transformers", "git_commit")}
-    info |= {
-        "run_id": run_dir.path.name, "merged_from": [str(s) for s in sources], "finished": time.time(),
-        "devices": sorted({d for i in infos for d in i.get("devices", [])}),
-        "expected_ids": sorted(expected), "duplicates": outcome.duplicates, "gaps": outcome.gaps,
-        "unexpected": outcome.unexpected, "problems": outcome.problems,
-        "damaged": [str(d) for d in damaged],
-        "invalid_files": sorted({f for i in infos for f in i.get("invalid_files", [])}),
-        "complete": outcome.complete,
-    }
-    run_dir.write_run_info(info)
-    outcome.report = report.markdown(merged, info)
-    write_file(run_dir.path / "report.md", outcome.report)
+    run.info.duplicates, run.info.gaps, run.info.unexpected = outcome.duplicates, outcome.gaps, outcome.unexpected
+    run.info.problems, run.info.damaged = outcome.problems, [str(d) for d in damaged]
+    unwritten = run.close(merged)
+    if unwritten:
+        raise OSError("; ".join(unwritten))
+    outcome.report = (run.path / "report.md").read_text()
     return outcome

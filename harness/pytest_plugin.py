@@ -14,7 +14,6 @@ with samedevice installed, Windows included); options are checked at configure t
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,8 @@ from harness.arguments import (
     timeout_seconds,
 )
 from harness.render import terminal
-from harness.results import CaseResult, ResultsWriteError, RunDirectory, environment_info
+from harness.results import CaseResult, ResultsWriteError
+from harness.run import DEFAULT_TIMEOUT, Run, RunSettings, results_root_default
 
 MARKERS = {
     "cpu": "samedevice case on the CPU",
@@ -52,9 +52,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--samedevice-isolation", choices=("process", "none"), default="process",
                     help="process: cases run in a worker process, so a crash or hang fails only that case "
                          "(default: process)")
-    group.addoption("--samedevice-timeout", type=timeout_seconds, default=600.0, metavar="SECONDS",
+    group.addoption("--samedevice-timeout", type=timeout_seconds, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                     help="seconds per case where the scenario sets none, counted from the case's own start "
-                         "(default: 600)")
+                         f"(default: {DEFAULT_TIMEOUT:g})")
     group.addoption("--strict-devices", action="store_true", default=False,
                     help="a case whose device is absent fails instead of skipping (default: skip)")
     parser.addini("samedevice_paths", type="paths", default=[],
@@ -65,11 +65,12 @@ def pytest_configure(config: pytest.Config) -> None:
     for name, text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
     _check_options(config)
-    config._samedevice_run_dir = None  # type: ignore[attr-defined]
+    config._samedevice_run = None  # type: ignore[attr-defined]
+    config._samedevice_names = {}  # type: ignore[attr-defined]  # scenario name -> where first defined
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None:
         path = workerinput.get(_RUN_DIR_KEY)
-        config._samedevice_run_dir = RunDirectory(Path(path)) if path else None  # type: ignore[attr-defined]
+        config._samedevice_run = Run.open(Path(path), _settings(config)) if path else None  # type: ignore[attr-defined]
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(), "samedevice-xdist")
 
@@ -90,30 +91,58 @@ def _check_options(config: pytest.Config) -> None:
 class _XdistHooks:
     @pytest.hookimpl
     def pytest_configure_node(self, node) -> None:
-        run_dir = _ensure_run_dir(node.config)
-        node.workerinput[_RUN_DIR_KEY] = str(run_dir.path) if run_dir else ""
+        run = _ensure_run(node.config)
+        node.workerinput[_RUN_DIR_KEY] = str(run.path) if run else ""
+
+    @pytest.hookimpl
+    def pytest_xdist_node_collection_finished(self, node, ids: list[str]) -> None:
+        """Every worker collects the same items: the first list is the run's expected cases."""
+        config = node.config
+        if getattr(config, "_samedevice_collected", None) is None:
+            config._samedevice_collected = ids
 
 
-def _ensure_run_dir(config: pytest.Config) -> RunDirectory | None:
-    """The run directory, created on first need by the controller (never by a worker)."""
-    if config._samedevice_run_dir is not None or getattr(config, "workerinput", None) is not None:  # type: ignore[attr-defined]
-        return config._samedevice_run_dir  # type: ignore[attr-defined]
+def _settings(config: pytest.Config) -> RunSettings:
+    root = Path(config.getoption("samedevice_results") or results_root_default())
+    if not root.is_absolute():
+        root = Path(config.rootpath) / root
+    return RunSettings(results_root=root, timeout=config.getoption("samedevice_timeout"),
+                       isolation=config.getoption("samedevice_isolation"),
+                       strict_devices=config.getoption("strict_devices"), front_end="pytest")
+
+
+def _ensure_run(config: pytest.Config) -> Run | None:
+    """The run, started on first need by the controller (a worker opens the controller's)."""
+    if config._samedevice_run is not None or getattr(config, "workerinput", None) is not None:  # type: ignore[attr-defined]
+        return config._samedevice_run  # type: ignore[attr-defined]
     if config.getoption("samedevice_no_results"):
         return None
     if not getattr(config, "_samedevice_has_cases", False) and not config.pluginmanager.hasplugin("xdist"):
         return None
-    from harness.runner import results_root_default
-
-    root = Path(config.getoption("samedevice_results") or results_root_default())
-    if not root.is_absolute():
-        root = Path(config.rootpath) / root
+    settings = _settings(config)
     try:
-        run_dir = RunDirectory.create(root)
-    except OSError as exc:
-        raise pytest.UsageError(f"samedevice: results directory {root} is not writable: {exc.strerror or exc}") from None
-    run_dir.write_run_info(environment_info() | {"run_id": run_dir.path.name, "started": time.time(), "front_end": "pytest"})
-    config._samedevice_run_dir = run_dir  # type: ignore[attr-defined]
-    return run_dir
+        run = Run.start(settings)
+    except (OSError, ResultsWriteError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise pytest.UsageError(f"samedevice: results directory {terminal(settings.results_root)} is not writable: "
+                                f"{terminal(why)}") from None
+    config._samedevice_run = run  # type: ignore[attr-defined]
+    return run
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Without xdist workers: the selected scenario cases are the run's expected ones (with
+    workers the controller collects nothing: their collection reports them instead)."""
+    config = session.config
+    if getattr(config, "workerinput", None) is not None:
+        return
+    cases = [item.case.id for item in session.items if isinstance(item, ScenarioItem)]
+    invalid = [item.error for item in session.items if isinstance(item, InvalidScenario)]
+    if cases or invalid:
+        config._samedevice_has_cases = True  # type: ignore[attr-defined]
+        run = _ensure_run(config)
+        if run is not None:
+            run.expect(cases, invalid)
 
 
 def _scenario_roots(config: pytest.Config) -> list[Path]:
@@ -133,7 +162,7 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector):
 class ScenarioFile(pytest.File):
     def collect(self):
         from harness.cases import expand, selected
-        from harness.loader import load_file
+        from harness.loader import duplicate_name, load_file
 
         loaded = load_file(self.path)
         for error in loaded.errors:
@@ -141,6 +170,10 @@ class ScenarioFile(pytest.File):
         devices = self.config.getoption("samedevice_device")
         engines = self.config.getoption("samedevice_engine")
         for scenario in loaded.scenarios:
+            duplicate = duplicate_name(scenario, self.config._samedevice_names)  # type: ignore[attr-defined]
+            if duplicate is not None:  # as the CLI does: the second definition is an invalid item
+                yield InvalidScenario.from_parent(self, name=f"duplicate[{scenario.scenario.name}]", error=str(duplicate))
+                continue
             for case in expand(scenario):
                 if not selected(case, engines, devices):
                     continue
@@ -167,10 +200,10 @@ class ScenarioItem(pytest.Item):
 
         options = RunOptions(strict_devices=self.config.getoption("strict_devices"))
         result = _executor(self.session)(self.case, options)
-        run_dir = _ensure_run_dir(self.config)
-        if run_dir is not None:
+        run = _ensure_run(self.config)
+        if run is not None:
             try:
-                run_dir.append(result)
+                run.record(result)
             except ResultsWriteError as exc:  # a full disk: this case's verdict is lost, stop the session
                 self.session.shouldstop = f"samedevice: {terminal(exc)}"
                 pytest.fail(f"{terminal(self.case.id)} {result.status}, but its result could not be recorded: "
@@ -233,23 +266,28 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     if getattr(config, "workerinput", None) is not None:
         return
-    run_dir = config._samedevice_run_dir  # type: ignore[attr-defined]
-    if run_dir is None:
+    run = config._samedevice_run  # type: ignore[attr-defined]
+    if run is None:
         return
     from harness import report
-    from harness.results import DamagedResults, write_file
+    from harness.results import DamagedResults
 
+    collected = getattr(config, "_samedevice_collected", None)
+    if collected is not None:  # under xdist: a case's item is `file.yaml::<case id>`
+        cases = [nodeid.split("::", 1)[1] for nodeid in collected
+                 if ".yaml::" in nodeid or ".yml::" in nodeid]
+        run.info.expected_ids = run.info.selected_ids = [c for c in cases if not c.startswith(("invalid[", "duplicate["))]
     try:
-        info = run_dir.read_run_info() | {"finished": time.time(), "exitstatus": int(exitstatus)}
-        read = run_dir.load_cases()
-        run_dir.write_run_info(info)
-        write_file(run_dir.path / "report.md", report.markdown(read.results, info, damaged=read.damaged))
+        read = run.directory.load_cases()
+        problems = run.close(read.results, exitstatus=int(exitstatus), damaged=read.damaged)
     except (OSError, DamagedResults) as exc:  # never a traceback at the end of a session
         config._samedevice_summary = f"samedevice: error: {terminal(exc)}"  # type: ignore[attr-defined]
         return
     damaged = f"; {len(read.damaged)} damaged result line(s)" if read.damaged else ""
+    unwritten = f"; {'; '.join(problems)}" if problems else ""
     config._samedevice_summary = (  # type: ignore[attr-defined]
-        f"samedevice: {report.counts_line(read.results)}{damaged}; results in {terminal(os.path.relpath(run_dir.path))}")
+        f"samedevice: {report.counts_line(read.results)}{damaged}{unwritten}; results in "
+        f"{terminal(os.path.relpath(run.path))}")
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
