@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from harness import checks, feature_checks, tinymodel
+from harness import checks, feature_checks, model_source
 from harness.capture import captured_output, quiet_libraries
 from harness.cases import Case, DeviceTarget, skip_reason
 from harness.engines import UnknownEngine, get_engine
@@ -63,26 +63,33 @@ class Execution:
 
 
 @lru_cache(maxsize=8)
-def _tokenizer(path: str):
-    from tokenizers import Tokenizer
+def _tokenizer(directory: str, tokenizer_json: str | None) -> tuple[Callable[[str], list[int]], Callable[[list[int]], str]]:
+    """encode (no special tokens added: a prompt is the text it says, as for the bundled
+    tokenizer) and decode, from tokenizer.json, else from the files AutoTokenizer reads."""
+    if tokenizer_json is not None:
+        from tokenizers import Tokenizer
 
-    return Tokenizer.from_file(path)
+        fast = Tokenizer.from_file(tokenizer_json)
+        return (lambda text: fast.encode(text, add_special_tokens=False).ids), (lambda ids: fast.decode(ids))
+    from transformers import AutoTokenizer
+
+    slow = AutoTokenizer.from_pretrained(directory)
+    return (lambda text: slow.encode(text, add_special_tokens=False)), (lambda ids: slow.decode(ids, skip_special_tokens=True))
 
 
 def build_request(case: Case, on_phase: Callable[[str], None]) -> Request:
-    directory = tinymodel.model_dir(case.scenario.model)
-    tokenizer = _tokenizer(str(directory / "tokenizer.json"))
-
-    def encode(text: str) -> list[int]:
-        return tokenizer.encode(text).ids
-
+    """The engine's request: the model's directory, tokenizer and EOS (a generated model's
+    bundled tokenizer, or a path or hub model's own), and the scenario resolved with them."""
+    model = model_source.describe(case.scenario.model)
+    encode, decode = _tokenizer(str(model.directory), str(model.tokenizer_json) if model.tokenizer_json else None)
     return Request(
         scenario=case.scenario,
-        model_dir=directory,
-        spec=resolve(case.scenario, encode, tinymodel.EOS_ID),
+        model_dir=model.directory,
+        spec=resolve(case.scenario, encode, model.eos_id),
         encode=encode,
-        decode=lambda ids: tokenizer.decode(ids),
+        decode=decode,
         on_phase=on_phase,
+        model=model,
     )
 
 

@@ -5,7 +5,10 @@ What the harness calls, per case, in a fresh instance (README "Writing an engine
 1. `unavailable_reason()` (class method): None, or why the engine cannot run here; the
    case is then skipped with that reason.
 2. `load(request, placement)`: load the model of `request.model_dir` onto
-   `placement.devices` (one device, or several for `auto`). Afterwards the harness looks
+   `placement.devices` (one device, or several for `auto`). The directory is a generated
+   tiny model, or a path or hub model of the user's; `request.model` says its architecture,
+   vocabulary, EOS id and longest sequence, and `Capabilities.families` which
+   architectures the engine is given at all. Afterwards the harness looks
    at where the weights of `modules()` live and fails the case if that is not the
    placement asked for.
 3. `generate(request) -> Generation`: run every prompt of `request.spec`. The harness owns
@@ -40,6 +43,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from harness.model_source import ModelInfo
 from harness.scenario import Scenario
 from harness.spec import GenerationSpec
 
@@ -63,6 +67,9 @@ class Capabilities:
     # Checks whose failures are known properties of the engine, reported as findings
     # (a section of their own in the report) rather than failing the case.
     findings: frozenset[str] = frozenset()
+    # Model architectures it runs (config.json's model_type: "llama", "qwen2", ...); None: any
+    # architecture transformers loads. Cases of other families are skipped, naming them.
+    families: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,9 @@ class Request:
     # "prefill" before each prompt, "decode" before the first decode step: refines the
     # harness's own phases (see the module docstring).
     on_phase: Callable[[str], None]
+    # The model's architecture, vocabulary, EOS and positions (a generated model's, or a path or
+    # hub model's own config); None only in requests built by hand.
+    model: ModelInfo | None = None
 
     @property
     def prompt_ids(self) -> list[list[int]]:

@@ -17,17 +17,45 @@ from harness.engines import register
 from harness.engines.base import TORCH_DTYPES, Capabilities, Engine, Generation, Placement, Request
 
 
-def balanced_device_map(num_layers: int, devices: tuple[str, ...]) -> dict[str, str]:
-    """Contiguous layer groups; embeddings with the first group, norm and head with the last."""
-    per_device, extra = divmod(num_layers, len(devices))
-    device_map = {"model.embed_tokens": devices[0], "model.rotary_emb": devices[0]}
+def balanced_device_map(model: torch.nn.Module, devices: tuple[str, ...]) -> dict[str, str]:
+    """Contiguous groups of decoder layers over `devices`; what the model registers before its
+    layer list (embeddings) and the rotary tables go with the first group, what it registers
+    after (final norm, head) with the last. Found from the module tree, so any architecture's
+    naming works (llama's `model.layers`, gpt2's `transformer.h`, ...)."""
+    name, layers = _decoder_layers(model)
+    per_device, extra = divmod(len(layers), len(devices))
+    device_map: dict[str, str] = {}
     layer = 0
     for index, device in enumerate(devices):
         for _ in range(per_device + (1 if index < extra else 0)):
-            device_map[f"model.layers.{layer}"] = device
+            device_map[f"{name}.{layer}"] = device
             layer += 1
-    device_map |= {"model.norm": devices[-1], "lm_head": devices[-1]}
+    after_layers = False
+    for module_name, module in model.named_modules():
+        if module_name == name:
+            after_layers = True
+            continue
+        if not module_name or module_name.startswith(name + "."):
+            continue
+        if next(module.parameters(recurse=False), None) is None and next(module.buffers(recurse=False), None) is None:
+            continue
+        first = not after_layers or module_name.endswith("rotary_emb")
+        device_map[module_name] = devices[0] if first else devices[-1]
     return device_map
+
+
+def _decoder_layers(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList]:
+    """The model's list of decoder layers: the first ModuleList as long as its layer count."""
+    config = getattr(model, "config", None)
+    config = getattr(config, "get_text_config", lambda: config)()
+    count = getattr(config, "num_hidden_layers", None)
+    lists = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.ModuleList) and len(m)]
+    for name, module in lists:
+        if len(module) == count:
+            return name, module
+    if not lists:
+        raise NotImplementedError(f"{type(model).__name__}: no list of decoder layers to split over devices")
+    return max(lists, key=lambda item: len(item[1]))
 
 
 class JsonSchemaProcessor:
@@ -98,7 +126,7 @@ class TransformersEngine(Engine):
         if placement.kind == "auto":
             from accelerate import dispatch_model
 
-            device_map = balanced_device_map(model.config.num_hidden_layers, placement.devices)
+            device_map = balanced_device_map(model, placement.devices)
             # main_device: accelerate otherwise picks it from a set, so the copies per token
             # would depend on PYTHONHASHSEED.
             model = dispatch_model(model, device_map=device_map, main_device=placement.devices[0])
