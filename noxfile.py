@@ -42,6 +42,15 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", "-n", "2", *session.posargs)
 
 
+@nox.session(default=False)
+def base_install(session: nox.Session) -> None:
+    """A plain `pip install .` (no extras, not editable): the bundled suite on cpu + sim runs, nothing errors."""
+    session.install(*CONSTRAINTS, ".")
+    session.run("samedevice", "doctor")
+    session.run("samedevice", "run", "--device", "cpu", "--device", "sim", "--no-progress", *session.posargs,
+                env={"SAMEDEVICE_RESULTS": "results/base-install"})
+
+
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff over the packages, tests and benchmarks."""

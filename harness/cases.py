@@ -114,6 +114,10 @@ def skip_reason(case: Case) -> tuple[str, bool] | None:
     missing = [f for f in case.scenario.features.names() if f not in caps.features]
     if missing:
         return f"engine {case.engine} lacks feature {', '.join(missing)}", False
+    for feature in case.scenario.features.names():
+        why = engine.feature_unavailable(feature)
+        if why:
+            return f"engine {case.engine} cannot run {feature} here: {why}", False
     unhonoured = [f for f in case.scenario.faults if f not in caps.faults]
     if unhonoured:
         return f"engine {case.engine} has no fault switch {', '.join(unhonoured)}", False

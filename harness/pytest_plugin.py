@@ -22,7 +22,8 @@ MARKERS = {
     "gpu": "samedevice case on one real GPU",
     "multigpu": "samedevice case across several real GPUs (auto placement)",
     "sim": "samedevice case on simulated GPUs",
-    "samedevice": "any samedevice scenario case",
+    "samedevice": "a samedevice scenario case; on your own test, samedevice(devices=[cpu, cuda:0, auto], gpus=2) "
+                  "runs it once per device, on real GPUs where present and simulated ones otherwise",
 }
 _RUN_DIR_KEY = "samedevice_run_dir"
 
@@ -217,3 +218,72 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     summary = getattr(config, "_samedevice_summary", None)
     if summary:
         terminalreporter.write_line(summary)
+
+
+# --- fixtures and the marker for users' own tests (harness.testing documents them) ---------
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marker = metafunc.definition.get_closest_marker("samedevice")
+    if marker is None or "devices" not in marker.kwargs:
+        return
+    if "samedevice_target" not in metafunc.fixturenames:
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: @pytest.mark.samedevice(devices=...) parametrizes the "
+                                "`samedevice_target` fixture: add it (or `device`) to the test's arguments")
+    from harness.testing import device_runs
+
+    runs = device_runs(list(marker.kwargs["devices"]), int(marker.kwargs.get("gpus", 2)))
+    metafunc.parametrize("samedevice_target", runs, ids=[run.label for run in runs], indirect=True)
+
+
+@pytest.fixture
+def samedevice_target(request: pytest.FixtureRequest):
+    """The device of this run of a `@pytest.mark.samedevice(devices=...)` test: a
+    `harness.testing.DeviceRun`; a simulated one runs the test inside simulated GPUs."""
+    run = getattr(request, "param", None)
+    if run is None:
+        raise pytest.UsageError("samedevice_target needs @pytest.mark.samedevice(devices=[...]) on the test")
+    if run.skip:
+        pytest.skip(run.skip)
+    if not run.simulated:
+        yield run
+        return
+    import torch
+
+    from harness.testing import simulated_gpus
+
+    with torch.no_grad(), simulated_gpus(count=max(2, len(run.devices))):
+        yield run
+
+
+@pytest.fixture
+def device(samedevice_target) -> str:
+    """The first device of this run (`cpu`, `cuda:0`, ...), as a string for `.to()`."""
+    return samedevice_target.device
+
+
+@pytest.fixture
+def sim_gpus(request: pytest.FixtureRequest):
+    """Simulated CUDA GPUs for the test (`@pytest.mark.samedevice(gpus=N)`, default 2):
+    a `harness.devices.Simulation`; skipped with the reason where simulation cannot run."""
+    from harness.devices import unavailable_reason
+
+    why = unavailable_reason()
+    if why:
+        pytest.skip(f"simulated GPUs unavailable: {why}")
+    marker = request.node.get_closest_marker("samedevice")
+    count = int(marker.kwargs.get("gpus", 2)) if marker is not None else 2
+    import torch
+
+    from harness.testing import simulated_gpus
+
+    with torch.no_grad(), simulated_gpus(count=count) as simulation:
+        yield simulation
+
+
+@pytest.fixture
+def transfer_ledger():
+    """A `harness.testing.TrackedLedger`: `with transfer_ledger.track(model): ...`."""
+    from harness.testing import TrackedLedger
+
+    return TrackedLedger()

@@ -27,7 +27,7 @@ from harness import checks, feature_checks, model_source
 from harness.capture import captured_output, quiet_libraries
 from harness.cases import Case, DeviceTarget, skip_reason
 from harness.engines import UnknownEngine, get_engine
-from harness.engines.base import Engine, Generation, Request
+from harness.engines.base import Engine, Generation, Request, Unsupported
 from harness.errors import ErrorInfo, describe
 from harness.ledger import Ledger
 from harness.phases import PhaseTracker
@@ -58,6 +58,7 @@ class Execution:
     weights: WeightMap | None = None  # where the engine's weights were after load
     decode_seen: bool = False  # a decode phase, hooked or marked by the engine
     step_logits: list[torch.Tensor] | None = None  # per prompt [steps, V]: see harness.phases
+    unsupported: str | None = None  # the engine raised Unsupported: the case is skipped
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -90,7 +91,25 @@ def build_request(case: Case, on_phase: Callable[[str], None]) -> Request:
         decode=decode,
         on_phase=on_phase,
         model=model,
+        options=engine_options(case),
     )
+
+
+def engine_options(case: Case):
+    """The scenario's options for this case's engine; a plugin's `options_model` checks its
+    mapping here (the built-in engines' were checked when the file loaded)."""
+    options = case.scenario.engine_options.for_engine(case.engine)
+    model = get_engine(case.engine).options_model
+    if model is not None and isinstance(options, dict):
+        from pydantic import ValidationError
+
+        try:
+            return model.model_validate(options)
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            where = ".".join(str(p) for p in ("engine_options", case.engine, *first["loc"]))
+            raise ValueError(f"{where}: {first['msg']}") from None
+    return options
 
 
 def _vocab_size(model_dir: Path) -> int | None:
@@ -185,6 +204,9 @@ def _generate(case: Case, run: Execution, tracker: PhaseTracker) -> None:
             if torch.cuda.is_available() and _real_gpu(case.target):
                 run.peak_memory_bytes = int(torch.cuda.max_memory_allocated())
         run.step_logits = tracker.step_logits(len(request.spec.prompt_ids), _vocab_size(request.model_dir))
+    except Unsupported as exc:  # the engine cannot run this case here: a skip, with its reason
+        tracker.unhook()
+        run.unsupported = str(exc) or type(exc).__name__
     except Exception as exc:  # the case's error, never the run's
         tracker.unhook()
         run.error = describe(exc, origin="engine" if origin == "engine" else "harness")
@@ -287,6 +309,10 @@ def _judge(case: Case, result: CaseResult, companions: Companions | None, option
     run = execute(case)
     if companions is not None and case.target.kind == "cpu":
         companions.remember(case, run)
+    if run.unsupported is not None:
+        result.status, result.reason = "skipped", f"engine {case.engine}: {run.unsupported}"
+        result.notes = run.notes
+        return
     scenario, target = case.scenario, case.target
     engine_cls = get_engine(case.engine)
     caps = engine_cls.capabilities

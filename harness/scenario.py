@@ -430,6 +430,79 @@ class Checks(_Strict):
     )
 
 
+JsonValue = Any  # checked as JSON (string keys, finite numbers) by `_check_json_value`
+
+
+class Assistant(_Strict):
+    """Assisted decoding: a second, smaller model proposes tokens the main model verifies."""
+
+    model: ModelSpec = Field(default_factory=lambda: ModelSpec(seed=1), description="The assistant's model.")
+    device: str = Field("same", description="`same` (the main model's first device) or `cuda:N`: on a GPU case "
+                        "the assistant sits on that GPU (simulated or real); on cpu it stays on the cpu.")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if value != "same" and not re.match(r"^cuda:([0-9]|[1-5][0-9]|6[0-3])$", value):
+            raise ValueError(f"must be `same` or cuda:N, but got {value!r}")
+        return value
+
+
+class PeftAdapter(_Strict):
+    """A peft adapter built on the fly from a seed (no trained weights needed)."""
+
+    type: Literal["prefix_tuning", "prompt_tuning", "lora"] = "prefix_tuning"
+    num_virtual_tokens: int = Field(4, ge=1, le=64, description="prefix_tuning and prompt_tuning")
+    r: int = Field(4, ge=1, le=64, description="lora rank")
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+
+
+class TransformersOptions(_Strict):
+    generate: dict[str, JsonValue] = Field(
+        default_factory=dict, description="Passed to generate() as keyword arguments, e.g. {dola_layers: high} "
+        "or {cache_implementation: static}; what transformers rejects is the case's error.")
+    from_pretrained: dict[str, JsonValue] = Field(
+        default_factory=dict, description="Passed to from_pretrained(), e.g. {attn_implementation: eager}.")
+    assistant: Assistant | None = None
+    peft: PeftAdapter | None = None
+
+    @field_validator("generate", "from_pretrained")
+    @classmethod
+    def _json(cls, value: dict[str, Any]) -> dict[str, Any]:
+        _check_json_value(value, ())
+        return value
+
+
+class ReferenceOptions(_Strict):
+    compile: bool = Field(False, description="Run the decode step under torch.compile on cpu and cuda (CUDA "
+                          "graphs on CUDA); ignored on simulated GPUs, which cannot be traced (a note says so).")
+
+
+class OutlinesOptions(_Strict):
+    generate: dict[str, JsonValue] = Field(default_factory=dict, description="Passed to the outlines generator call.")
+
+    @field_validator("generate")
+    @classmethod
+    def _json(cls, value: dict[str, Any]) -> dict[str, Any]:
+        _check_json_value(value, ())
+        return value
+
+
+class EngineOptions(_Strict):
+    """Options per engine of the scenario: typed for the built-in engines, a mapping for a
+    plugin engine (which validates it, when it declares `Engine.options_model`)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True, allow_inf_nan=False)
+
+    reference: ReferenceOptions | None = None
+    transformers: TransformersOptions | None = None
+    outlines: OutlinesOptions | None = None
+
+    def for_engine(self, engine: str) -> Any:
+        """This engine's options: its typed model, a plugin's mapping, or None."""
+        return getattr(self, engine, None) if engine in type(self).model_fields else (self.model_extra or {}).get(engine)
+
+
 class Metadata(_Strict):
     version: Literal[1] = FORMAT_VERSION
 
@@ -454,6 +527,8 @@ class Scenario(_Strict):
     sampling: GreedyOrSample = Field(default_factory=GreedyOrSample)
     features: Features = Field(default_factory=Features)
     checks: Checks = Field(default_factory=Checks)
+    engine_options: EngineOptions = Field(default_factory=EngineOptions,
+                                          description="Options per engine, e.g. {transformers: {generate: {...}}}.")
     faults: list[Literal[FAULTS]] = Field(default_factory=list)  # type: ignore[valid-type]
     timeout: float | None = Field(
         None, gt=0, le=86400, description="Seconds for one case (default: the runner's --timeout, 600)."
@@ -525,6 +600,20 @@ class Scenario(_Strict):
             raise FieldError("model", f"needs about {_gb(weights + cache)} of memory (float32 weights {_gb(weights)} + "
                                       f"KV cache {_gb(cache)}{beams}), more than half of this machine's "
                                       f"{_gb(model_dims.host_memory_bytes())}")
+        return self
+
+    @model_validator(mode="after")
+    def _options_name_this_scenarios_engines(self) -> Scenario:
+        named = [k for k in EngineOptions.model_fields if getattr(self.engine_options, k) is not None]
+        named += list(self.engine_options.model_extra or {})
+        for name in named:
+            if name not in self.engines:
+                raise FieldError(("engine_options", name), f"{name!r} is not one of this scenario's engines "
+                                 f"({', '.join(self.engines)})")
+        for name, value in (self.engine_options.model_extra or {}).items():
+            if not isinstance(value, dict):
+                raise FieldError(("engine_options", name), f"options of engine {name!r} must be a mapping")
+            _check_json_value(value, ("engine_options", name))
         return self
 
     @model_validator(mode="after")

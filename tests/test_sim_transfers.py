@@ -187,3 +187,14 @@ def test_function_events_from_the_profiler_table_are_understood_too():
     event = SimpleNamespace(name="Memcpy DtoH (Device -> Pinned)", time_range=SimpleNamespace(start=7.0), nbytes=None,
                             metadata_json=None)
     assert memcpy_events([event]) == [("d2h", 0, 7.0)]
+
+
+def test_a_copy_of_no_element_is_no_transfer():
+    """libtorch's copy_ returns before any memcpy for an empty tensor, so a real GPU shows
+    none (transformers' DynamicCache builds `torch.tensor([], device=...)` per layer)."""
+    ledger = Ledger()
+    with simulated_gpus(ledger=ledger):
+        torch.tensor([], device="cuda:0")
+        torch.empty(0).to("cuda:0").cpu()
+        torch.ones(2).to("cuda:0")
+    assert ledger.to_json()["counts"] == {"load.h2d": 1}

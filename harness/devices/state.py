@@ -33,7 +33,9 @@ STATE = SimState()
 
 def record(kind: Kind, nbytes: int, op: str) -> None:
     ledger = STATE.ledger
-    if ledger is not None:
+    # A copy of no element moves nothing: libtorch's copy_ returns before any memcpy, so a
+    # real GPU shows none (e.g. transformers' `torch.tensor([], device=...)` cache init).
+    if ledger is not None and (nbytes or kind == "sync"):
         ledger.record(kind, nbytes, op, call_site())
 
 

@@ -16,15 +16,22 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from harness.engines.base import Capabilities, Engine, Generation, Placement, Request
+    from harness.engines.base import (
+        Capabilities,
+        Engine,
+        Generation,
+        Placement,
+        Request,
+        Unsupported,
+    )
 
-__all__ = ["Capabilities", "Engine", "Generation", "Placement", "Request", "all_engines", "engine_names",
-           "get_engine", "register"]
+__all__ = ["Capabilities", "Engine", "Generation", "Placement", "Request", "Unsupported", "all_engines",
+           "engine_names", "get_engine", "register"]
 
 ENTRY_POINT_GROUP = "samedevice.engines"
 # The names the built-in adapter modules register (tests/test_loader.py keeps them in step).
 BUILTIN_ENGINES = ("llamacpp", "mistralrs", "outlines", "reference", "transformers")
-_BASE_NAMES = frozenset({"Capabilities", "Engine", "Generation", "Placement", "Request"})
+_BASE_NAMES = frozenset({"Capabilities", "Engine", "Generation", "Placement", "Request", "Unsupported"})
 _REGISTRY: dict[str, type[Engine]] = {}
 _BROKEN_PLUGINS: dict[str, str] = {}
 _imported_env_plugins: set[str] = set()

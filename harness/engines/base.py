@@ -3,7 +3,8 @@
 What the harness calls, per case, in a fresh instance (README "Writing an engine"):
 
 1. `unavailable_reason()` (class method): None, or why the engine cannot run here; the
-   case is then skipped with that reason.
+   case is then skipped with that reason. An engine may also raise `Unsupported(reason)`
+   from load or generate for one case it cannot run here (the case is skipped).
 2. `load(request, placement)`: load the model of `request.model_dir` onto
    `placement.devices` (one device, or several for `auto`). The directory is a generated
    tiny model, or a path or hub model of the user's; `request.model` says its architecture,
@@ -80,6 +81,12 @@ class Placement:
     devices: tuple[str, ...]
 
 
+class Unsupported(Exception):
+    """Raised by an engine for a case it cannot run here (an option its installed library
+    lacks, a second GPU it needs): the case is skipped with this reason, never failed. For
+    what the engine lacks everywhere, declare capabilities instead."""
+
+
 @dataclass
 class Request:
     scenario: Scenario
@@ -91,6 +98,9 @@ class Request:
     # "prefill" before each prompt, "decode" before the first decode step: refines the
     # harness's own phases (see the module docstring).
     on_phase: Callable[[str], None]
+    # `engine_options.<this engine>` of the scenario: the typed options of a built-in engine,
+    # the engine's `options_model` instance for a plugin that declares one, else a mapping.
+    options: Any = None
     # The model's architecture, vocabulary, EOS and positions (a generated model's, or a path or
     # hub model's own config); None only in requests built by hand.
     model: ModelInfo | None = None
@@ -120,10 +130,19 @@ class Engine(ABC):
 
     name: ClassVar[str]
     capabilities: ClassVar[Capabilities]
+    # A pydantic model for this engine's `engine_options` (plugins; the built-in engines'
+    # live in harness.scenario so scenarios are checked at load). None: a plain mapping.
+    options_model: ClassVar[Any] = None
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
         """Why the engine cannot run here (missing package), or None."""
+        return None
+
+    @classmethod
+    def feature_unavailable(cls, feature: str) -> str | None:
+        """Why a declared feature cannot run here (its optional package is missing), or
+        None; its cases are then skipped with this reason."""
         return None
 
     @abstractmethod

@@ -9,12 +9,22 @@ model's forward for the phases; the adapter marks each prompt's prefill.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from harness.engines import register
-from harness.engines.base import TORCH_DTYPES, Capabilities, Engine, Generation, Placement, Request
+from harness.engines.base import (
+    TORCH_DTYPES,
+    Capabilities,
+    Engine,
+    Generation,
+    Placement,
+    Request,
+    Unsupported,
+)
+from harness.scenario import Assistant, PeftAdapter, TransformersOptions
 
 
 def balanced_device_map(model: torch.nn.Module, devices: tuple[str, ...]) -> dict[str, str]:
@@ -119,24 +129,20 @@ class TransformersEngine(Engine):
         return None
 
     def load(self, request: Request, placement: Placement) -> None:
-        from transformers import AutoModelForCausalLM
-
-        model: Any = AutoModelForCausalLM.from_pretrained(request.model_dir, dtype=TORCH_DTYPES[request.spec.dtype])
-        model.eval()
-        if placement.kind == "auto":
-            from accelerate import dispatch_model
-
-            device_map = balanced_device_map(model, placement.devices)
-            # main_device: accelerate otherwise picks it from a set, so the copies per token
-            # would depend on PYTHONHASHSEED.
-            model = dispatch_model(model, device_map=device_map, main_device=placement.devices[0])
-        elif placement.devices[0] != "cpu":
-            model = model.to(placement.devices[0])
+        self.options: TransformersOptions = request.options or TransformersOptions()
+        model = place(load_causal_lm(request.model_dir, request.spec.dtype, self.options.from_pretrained), placement)
+        self.base = model  # the transformers model: generate() calls its forward, the harness hooks it
+        if self.options.peft is not None:
+            model = with_peft_adapter(model, self.options.peft)
         self.model = model
-        self.input_device = model.get_input_embeddings().weight.device
+        self.input_device = self.base.get_input_embeddings().weight.device
+        self.assistant = None
+        if self.options.assistant is not None:
+            self.assistant = load_assistant(self.options.assistant, placement, request.spec.dtype)
+        _refuse_hub_only_modes(self.options.generate)
 
     def modules(self) -> list[torch.nn.Module]:
-        return [self.model]
+        return [self.base]
 
     def generate(self, request: Request) -> Generation:
         spec = request.spec
@@ -158,6 +164,9 @@ class TransformersEngine(Engine):
             kwargs |= {"num_beams": beams.num_beams, "length_penalty": beams.length_penalty,
                        "num_return_sequences": beams.num_return, "output_scores": True,
                        "return_dict_in_generate": True, "early_stopping": True}
+        if self.assistant is not None:
+            kwargs["assistant_model"] = self.assistant
+        kwargs |= self.options.generate  # the scenario's own generate() arguments win
         tokens: list[list[int]] = []
         extra: dict[str, Any] = {"beams": []}
         for ids in request.prompt_ids:
@@ -186,7 +195,84 @@ class TransformersEngine(Engine):
         return cached_teacher_forcing(self.model, ids, self.input_device)
 
     def close(self) -> None:
-        self.model = None
+        self.model = self.base = self.assistant = None
+
+
+def load_causal_lm(directory: Path, dtype: str, extra: dict[str, Any]) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(directory, dtype=TORCH_DTYPES[dtype], **extra).eval()
+
+
+def place(model: Any, placement: Placement) -> Any:
+    """On one device, or for `auto` dispatched by accelerate over the GPUs, balanced."""
+    if placement.kind == "auto":
+        from accelerate import dispatch_model
+
+        device_map = balanced_device_map(model, placement.devices)
+        # main_device: accelerate otherwise picks it from a set, so the copies per token
+        # would depend on PYTHONHASHSEED.
+        return dispatch_model(model, device_map=device_map, main_device=placement.devices[0])
+    if placement.devices[0] != "cpu":
+        return model.to(placement.devices[0])
+    return model
+
+
+def load_assistant(options: Assistant, placement: Placement, dtype: str) -> Any:
+    """The assistant model of assisted decoding, generated tiny, on its own device."""
+    from harness import tinymodel
+
+    device = placement.devices[0] if options.device == "same" or placement.kind == "cpu" else options.device
+    if device.startswith("cuda") and int(device.split(":")[1]) >= torch.cuda.device_count():
+        raise Unsupported(f"the assistant asks for {device}, and {torch.cuda.device_count()} GPU(s) are visible")
+    return load_causal_lm(tinymodel.model_dir(options.model), dtype, {}).to(device)
+
+
+def with_peft_adapter(model: Any, options: PeftAdapter) -> Any:
+    """A peft adapter of random (seeded) weights around the placed model."""
+    try:
+        import peft
+    except ImportError:
+        raise Unsupported("peft is not installed (pip install peft)") from None
+    config: Any
+    if options.type == "lora":
+        config = peft.LoraConfig(task_type="CAUSAL_LM", r=options.r, init_lora_weights=False,
+                                 target_modules=["q_proj", "v_proj"])
+    elif options.type == "prefix_tuning":
+        config = peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=options.num_virtual_tokens)
+    else:
+        config = peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=options.num_virtual_tokens)
+    torch.manual_seed(options.seed)
+    return peft.get_peft_model(model, config).eval()
+
+
+def _refuse_hub_only_modes(generate: dict[str, Any]) -> None:
+    """Decoding modes newer transformers moved to the Hub (DoLa, contrastive search...) need
+    a download this harness never makes: a skip naming the repo, unless it is cached."""
+    try:
+        from transformers import GenerationConfig
+        from transformers.generation.utils import GENERATION_MODES_MAPPING
+    except ImportError:  # an older transformers runs every mode itself
+        return
+    known = {k: v for k, v in generate.items() if hasattr(GenerationConfig(), k)}
+    try:
+        mode = GenerationConfig(**known).get_generation_mode()
+    except Exception:  # an invalid combination: generate() itself will say why
+        return
+    repo = GENERATION_MODES_MAPPING.get(mode, "")
+    if "/" in repo and not _hub_cached(repo):
+        raise Unsupported(f"transformers moved {mode.name.lower()} to the Hub repo {repo} (custom_generate), "
+                          "which is not in the local Hugging Face cache and is never downloaded here")
+
+
+def _hub_cached(repo: str) -> bool:
+    try:
+        from huggingface_hub import snapshot_download
+
+        snapshot_download(repo, local_files_only=True)
+    except Exception:
+        return False
+    return True
 
 
 def cached_teacher_forcing(model: Any, ids: list[int], device: torch.device) -> torch.Tensor:

@@ -12,6 +12,7 @@ and does not follow beam reordering, so `num_beams > 1` fails on CPU already wit
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -47,7 +48,7 @@ class OutlinesEngine(Engine):
         from transformers import AutoTokenizer
 
         self.hf = TransformersEngine()
-        self.hf.load(request, placement)
+        self.hf.load(dataclasses.replace(request, options=None), placement)  # outlines' options are not transformers'
         tokenizer = AutoTokenizer.from_pretrained(request.model_dir)
         self.model = outlines.from_transformers(self.hf.model, tokenizer)  # type: ignore[arg-type]
 
@@ -68,6 +69,8 @@ class OutlinesEngine(Engine):
                 kwargs["top_k"] = spec.sampling.top_k
             if spec.sampling.top_p:
                 kwargs["top_p"] = spec.sampling.top_p
+        if request.options is not None:
+            kwargs |= request.options.generate  # the scenario's own arguments win
         texts = []
         for prompt in spec.prompts:
             request.on_phase("prefill")

@@ -3,6 +3,7 @@ families, every fault switch."""
 
 from __future__ import annotations
 
+import importlib.util
 from typing import TYPE_CHECKING
 
 import torch
@@ -30,6 +31,13 @@ class ReferenceEngine(Engine):
     )
 
     model: Transformer | None = None
+
+    @classmethod
+    def feature_unavailable(cls, feature: str) -> str | None:
+        needs = {"json_schema": "llguidance", "quantization": "gguf"}.get(feature)
+        if needs is not None and importlib.util.find_spec(needs) is None:
+            return f"{needs} is not installed (pip install {needs})"
+        return None
 
     def load(self, request: Request, placement: Placement) -> None:
         from reference_impl import load_model
