@@ -98,6 +98,14 @@ def _parser() -> argparse.ArgumentParser:
     chk.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help=f"seconds per case (default {DEFAULT_TIMEOUT:g})")
     chk.set_defaults(func=cmd_check_engine)
 
+    arc = sub.add_parser("architectures", help="model families, which have a tiny form here, and a sweep run's table")
+    arc.add_argument("--results", type=Path, default=None, metavar="RUN_DIR",
+                     help="a run directory of the architecture sweep: its family x feature x device table")
+    arc.add_argument("--build", action="store_true", help="also build each tiny model (cached), so build failures show")
+    arc.add_argument("--output", "-o", type=Path, default=None, help="write here instead of stdout")
+    arc.add_argument("--fail-on-failures", action="store_true", help="with --results: exit 1 if a case failed or errored")
+    arc.set_defaults(func=cmd_architectures)
+
     from harness import compare
 
     compare.add_parser(sub)
@@ -126,6 +134,12 @@ def _select(args: argparse.Namespace):
     if getattr(args, "keyword", None):
         cases = [c for c in cases if args.keyword in c.id]
     return loaded.errors, cases
+
+
+def cmd_architectures(args: argparse.Namespace) -> int:
+    from harness import architectures
+
+    return architectures.main(args.results, args.build, args.output, args.fail_on_failures)
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -135,6 +135,7 @@ def device_context(target: DeviceTarget, ledger: Ledger, notes: list[str] | None
                     # GPU-only code paths that hit a kernel the CPU lacks: reported, not hidden.
                     if notes is not None:
                         notes += [f"kernel_gaps: {gap}" for gap in simulation.kernel_gaps]
+                        notes += [f"stand_ins: {use}" for use in simulation.stand_ins]
         elif target.kind != "cpu":
             with devices.track_transfers(ledger):  # real CUDA: profiler memcpy events + sync hooks
                 yield
@@ -229,11 +230,12 @@ class Companions:
     parity and baselines work under xdist and sharding too."""
 
     def __init__(self) -> None:
-        self._runs: OrderedDict[tuple[str, int, str, str], Execution] = OrderedDict()
+        self._runs: OrderedDict[tuple[str, int, str, str, str], Execution] = OrderedDict()
 
     @staticmethod
-    def _key(case: Case) -> tuple[str, int, str, str]:
-        return (case.loaded.path, case.loaded.line, case.engine, case.target.label)
+    def _key(case: Case) -> tuple[str, int, str, str, str]:
+        # The name too: a family sweep makes several scenarios of one file line.
+        return (case.loaded.path, case.loaded.line, case.scenario.name, case.engine, case.target.label)
 
     def remember(self, case: Case, run: Execution) -> None:
         self._runs[self._key(case)] = run

@@ -26,6 +26,7 @@ class SimState:
     current: int = 0  # torch.cuda.current_device()
     ledger: Ledger | None = None
     kernel_gaps: list[str] = field(default_factory=list)  # "op: message at site" of CPU kernels missing
+    stand_ins: list[str] = field(default_factory=list)  # "op: what was computed instead at site"
 
 
 STATE = SimState()
@@ -60,6 +61,34 @@ def note_if_kernel_gap(func: object, exc: BaseException) -> None:
         del _GAP_ERRORS[next(iter(_GAP_ERRORS))]
     if note not in STATE.kernel_gaps:
         STATE.kernel_gaps.append(note)
+
+
+def _histc_in_float(func, inner, kwargs):
+    # CUDA's histc takes integer input (transformers' MoE routing counts tokens per expert with
+    # it on GPUs); the CPU kernel is float-only. Counting in float32 is exact below 2**24.
+    return func(inner[0].float(), *inner[1:], **kwargs).to(inner[0].dtype)
+
+
+# GPU kernels the CPU build lacks for some dtypes, computed another way with the same result.
+# Each use is noted for the case ("stand_ins: ..."), never silent; any other gap stays a gap.
+CPU_STAND_INS = {"histc": _histc_in_float}
+NO_STAND_IN = object()
+
+
+def stand_in(func: object, inner: list | tuple, kwargs: dict | None, exc: BaseException) -> object:
+    """The op's result computed by its CPU stand-in, when `exc` is a kernel gap that has one;
+    else NO_STAND_IN (the kernel gap noted as usual) and the caller re-raises."""
+    name = (getattr(func, "__name__", "") or "").split(".")[0].lstrip("_")
+    recipe = CPU_STAND_INS.get(name)
+    first = inner[0] if inner else None
+    if (recipe is None or not isinstance(first, torch.Tensor) or first.is_floating_point()
+            or not is_kernel_gap(exc) or not has_cuda_kernel(func)):
+        note_if_kernel_gap(func, exc)
+        return NO_STAND_IN
+    note = f"{name}: the CPU has no {first.dtype} kernel; computed in float32 (exact) at {call_site()}"
+    if note not in STATE.stand_ins:
+        STATE.stand_ins.append(note)
+    return recipe(func, inner, kwargs or {})
 
 
 def has_cuda_kernel(func: object) -> bool:
