@@ -299,12 +299,35 @@ def run_case(case: Case, options: RunOptions, companions: Companions | None) -> 
         else:
             result.status, result.reason = "skipped", reason
         return _finish(result)
+    unbuilt = _unbuildable(case)
+    if unbuilt is not None:
+        result.status, result.reason = "skipped", unbuilt
+        return _finish(result)
     try:
         _judge(case, result, companions, options)
     except Exception as exc:  # a bug in our own checks: the case's error, never the engine's
         result.error = describe(exc, origin="harness")
         result.status, result.failures = "error", []
     return _finish(result)
+
+
+def _unbuildable(case: Case) -> str | None:
+    """A generated family whose tiny model cannot be built (its config class refuses the tiny
+    dimensions, or transformers cannot build the model from it): the case is skipped with the
+    reason. Anything else that goes wrong building it is the case's error, at its run."""
+    from harness.scenario import ModelSpec
+    from harness.tiny_families import CannotBuildTiny
+
+    model = case.scenario.model
+    if not isinstance(model, ModelSpec):
+        return None
+    try:
+        model_source.describe(model)
+    except CannotBuildTiny as exc:
+        return f"model family {model.family} cannot be built tiny: {exc}"
+    except Exception:  # reported by the run itself, with its traceback
+        return None
+    return None
 
 
 def _judge(case: Case, result: CaseResult, companions: Companions | None, options: RunOptions) -> None:

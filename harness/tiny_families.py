@@ -52,8 +52,9 @@ def _size_keys(dims: Dims, max_seq_len: int) -> dict[str, int]:
     experts = dims.num_experts or MIXTRAL_EXPERTS["num_experts"]
     per_token = dims.experts_per_token or MIXTRAL_EXPERTS["experts_per_token"]
     table: dict[tuple[str, ...], int] = {
-        ("hidden_size", "d_model", "n_embd", "embedding_size", "word_embed_proj_dim", "lru_width", "hidden_dim"): h,
-        ("num_hidden_layers", "n_layer", "n_layers", "num_layers", "decoder_layers"): dims.num_layers,
+        ("hidden_size", "d_model", "n_embd", "embedding_size", "embedding_dim", "word_embed_proj_dim", "lru_width",
+         "hidden_dim"): h,
+        ("num_hidden_layers", "n_layer", "n_layers", "num_layers", "decoder_layers", "num_blocks"): dims.num_layers,
         ("num_attention_heads", "n_head", "n_heads", "num_heads", "decoder_attention_heads", "attention_heads",
          "swa_num_attention_heads"): heads,
         ("num_key_value_heads", "num_kv_heads", "multi_query_group_num", "num_query_groups",
@@ -86,13 +87,17 @@ def _size_keys(dims: Dims, max_seq_len: int) -> dict[str, int]:
     return {key: value for keys, value in table.items() for key in keys}
 
 
+# Size keys an architecture leaves unset (None) by default and derives at build time from
+# other keys, at sizes that would not be tiny, or fails without.
+_UNSET_SIZES = frozenset({"head_dim", "num_key_value_heads", "n_inner", "kv_channels", "num_experts_per_tok"})
+_PER_TOKEN = frozenset({"num_experts_per_tok", "moe_topk", "moe_k", "num_experts_per_token"})
 # Counts that must not exceed a small value (and stay as they are when already smaller).
 _CAPS = {"n_shared_experts": 1, "num_shared_experts": 1, "moe_num_shared_experts": 1, "n_group": 1,
          "num_expert_group": 1, "topk_group": 1, "first_k_dense_replace": 1, "num_dense_layers": 1,
-         "n_groups": 1, "mamba_n_groups": 1, "index_topk": 8}
+         "n_groups": 1, "mamba_n_groups": 1, "index_topk": 8, "num_kv_shared_layers": 0}
 # Layer periods and offsets: with them, a 2-layer hybrid still has one layer of each kind.
 _PERIODS = {"attn_layer_period": 2, "attn_layer_offset": 1, "expert_layer_period": 2, "expert_layer_offset": 1}
-_LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "n_layers", "num_layers", "decoder_layers")
+_LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "n_layers", "num_layers", "decoder_layers", "num_blocks")
 
 
 def _is_count(value: Any) -> bool:
@@ -117,7 +122,9 @@ def config_overrides(default: Any, dims: Dims, max_seq_len: int) -> dict[str, An
     depth = next((data[k] for k in _LAYER_COUNT_KEYS if _is_count(data.get(k))), None)
     out: dict[str, Any] = {}
     for key, value in data.items():
-        if key in sizes and _is_count(value):
+        if key in _PER_TOKEN and _is_count(value):
+            out[key] = min(value, sizes[key])  # an architecture that routes to one expert keeps one
+        elif key in sizes and (_is_count(value) or (value is None and key in _UNSET_SIZES)):
             out[key] = sizes[key]
         elif key in _CAPS and _is_count(value):
             out[key] = min(value, _CAPS[key])
@@ -132,9 +139,13 @@ def config_overrides(default: Any, dims: Dims, max_seq_len: int) -> dict[str, An
             elif all(_is_count(v) for v in value) and ("layer" in key or "idx" in key):  # layer indices
                 kept = [v for v in value if v < dims.num_layers]
                 out[key] = kept or [dims.num_layers - 1]
-    # Multi-head latent attention: the rotary tables follow the rope part of the head.
-    if "kv_lora_rank" in data and "head_dim" in data:
-        out["head_dim"] = sizes["qk_rope_head_dim"]
+    # Multi-head latent attention: the rotary tables follow the rope part of the head, and keys
+    # and values have a head per query head (as every released MLA model's config says).
+    if "kv_lora_rank" in data:
+        if "head_dim" in data:
+            out["head_dim"] = sizes["qk_rope_head_dim"]
+        if "num_key_value_heads" in data:
+            out["num_key_value_heads"] = sizes["num_attention_heads"]
     # Mamba-2 style mixers: heads x head size must be expand x hidden.
     if "expand" in data and "state_size" in data and "num_heads" in data and "num_attention_heads" not in data:
         out["head_dim"] = 16
@@ -142,6 +153,11 @@ def config_overrides(default: Any, dims: Dims, max_seq_len: int) -> dict[str, An
     for key in ("mamba_n_heads", "mamba_num_heads", "n_mamba_heads"):
         if _is_count(data.get(key)):
             out[key] = (data.get("mamba_expand") or 2) * dims.hidden_size // 16
+    if _is_count(data.get("mamba_d_ssm")):  # the mixer's width: heads x head size
+        out["mamba_d_ssm"] = (data.get("mamba_expand") or 2) * dims.hidden_size
+    # A hybrid whose attention layers are listed: the last of the tiny layers is one.
+    if "attn_layer_indices" in data and not data["attn_layer_indices"]:
+        out["attn_layer_indices"] = [dims.num_layers - 1]
     # Keys an attribute_map aliases (gpt2's n_embd is hidden_size) but to_dict() spells otherwise.
     aliases = getattr(default, "attribute_map", {}) or {}
     for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "max_position_embeddings"):
@@ -200,7 +216,24 @@ def tiny_config(spec: Any, dims: Dims) -> Any:
     try:
         return AutoConfig.for_model(spec.family, **overrides)
     except Exception as exc:
-        raise CannotBuildTiny(f"its config refuses the tiny dimensions: {_short(exc)}") from exc
+        refused = exc
+    if overrides.get("num_key_value_heads", dims.num_heads) != dims.num_heads:
+        # Some architectures take no grouped-query attention: one key/value head per query head.
+        with contextlib.suppress(Exception):
+            return AutoConfig.for_model(spec.family, **(overrides | {"num_key_value_heads": dims.num_heads}))
+    raise CannotBuildTiny(f"its config refuses the tiny dimensions: {_short(refused, validation=True)}") from refused
+
+
+def config_fingerprint(spec: Any) -> str:
+    """A digest of the tiny config this spec builds (for the cache key: a change to the size
+    table, or to the config class's defaults, is a new model)."""
+    import hashlib
+
+    from harness.model_dims import resolve_dims
+
+    config = tiny_config(spec, resolve_dims(spec)).to_dict()
+    config.pop("transformers_version", None)
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def write_model(directory: Path, spec: Any, dims: Dims) -> None:
@@ -208,8 +241,11 @@ def write_model(directory: Path, spec: Any, dims: Dims) -> None:
     from transformers import AutoModelForCausalLM
 
     config = tiny_config(spec, dims)
-    with torch.device("meta"):  # count before allocating: a missed size key could mean billions
-        meta = AutoModelForCausalLM.from_config(config)
+    try:
+        with torch.device("meta"):  # count before allocating: a missed size key could mean billions
+            meta = AutoModelForCausalLM.from_config(config)
+    except Exception as exc:  # the architecture's own code refuses its config: news about transformers
+        raise CannotBuildTiny(f"transformers cannot build it from its config: {_short(exc)}{_library_site(exc)}") from exc
     count = sum(p.numel() for p in meta.parameters())
     if count > MAX_PARAMETERS:
         name, largest = max(meta.named_parameters(), key=lambda item: item[1].numel())
@@ -263,6 +299,16 @@ def _finish_config(path: Path) -> None:
     path.write_text(json.dumps(config, indent=2, sort_keys=True))
 
 
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
+def _library_site(exc: BaseException) -> str:
+    """" at transformers/models/x/modeling_x.py:N", the innermost frame in site-packages."""
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "site-packages" in f.filename]
+    return f" at {frames[-1].filename.split('site-packages/')[-1]}:{frames[-1].lineno}" if frames else ""
+
+
+def _short(exc: BaseException, validation: bool = False) -> str:
+    text = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if validation and len(text) > 1:  # "Class validation error for validator ...:" then the reason
+        text = text[1:]
     return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__

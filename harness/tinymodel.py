@@ -45,7 +45,7 @@ def model_dir(spec: ModelSpec) -> Path:
     dims = resolve_dims(spec)
     key = json.dumps(
         {"v": FACTORY_VERSION, "family": spec.family, "seed": spec.seed, "scale": spec.lm_head_scale,
-         "max_seq_len": spec.max_seq_len, **asdict(dims), **_family_key(spec.family)},
+         "max_seq_len": spec.max_seq_len, **asdict(dims), **_family_key(spec)},
         sort_keys=True,
     )
     target = cache_root() / "models" / f"{spec.family}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
@@ -65,17 +65,18 @@ def model_dir(spec: ModelSpec) -> Path:
     return target
 
 
-def _family_key(family: str) -> dict[str, str]:
+def _family_key(spec: ModelSpec) -> dict[str, str]:
     """What else decides the files of a family built from transformers' config classes: their
     defaults and the model's layout belong to the installed transformers. (Nothing for llama and
     mixtral, whose layout is written here: their cache keys stay as they were.)"""
-    if family in BUNDLED_FAMILIES:
+    if spec.family in BUNDLED_FAMILIES:
         return {}
     import transformers
 
-    from harness.tiny_families import BUILDER_VERSION
+    from harness.tiny_families import BUILDER_VERSION, config_fingerprint
 
-    return {"builder": str(BUILDER_VERSION), "transformers_release": transformers.__version__}
+    return {"builder": str(BUILDER_VERSION), "transformers_release": transformers.__version__,
+            "config": config_fingerprint(spec)}
 
 
 def _write_model(directory: Path, spec: ModelSpec, dims: Dims) -> None:

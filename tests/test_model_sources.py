@@ -187,3 +187,45 @@ BUNDLED_SHA256 = {
 def test_bundled_families_are_byte_identical_to_before(family: str) -> None:
     assert tinymodel.FACTORY_VERSION == 1
     assert sha256(tinymodel.model_dir(ModelSpec(family=family)) / "model.safetensors") == BUNDLED_SHA256[family]
+
+
+def test_a_family_transformers_cannot_build_skips_with_its_words_and_other_build_errors_fail(tmp_path: Path, monkeypatch) -> None:
+    from harness import tiny_families
+    from harness.runner import RunOptions, run_case
+
+    monkeypatch.setenv("SAMEDEVICE_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "s.yaml"
+    path.write_text(scenario("{family: qwen2, seed: 4242}").replace("[cpu, cuda:0, auto]", "[cpu]"))
+    [case] = expand(load_file(path).scenarios[0])
+
+    def refused(*args) -> None:
+        raise tiny_families.CannotBuildTiny("transformers cannot build it from its config: TypeError: boom at x.py:1")
+
+    monkeypatch.setattr(tiny_families, "write_model", refused)
+    skipped = run_case(case, RunOptions(), None)
+    assert (skipped.status, skipped.reason) == ("skipped", "model family qwen2 cannot be built tiny: transformers cannot "
+                                                           "build it from its config: TypeError: boom at x.py:1")
+
+    def broken(*args) -> None:
+        raise KeyError("a bug in the builder")
+
+    monkeypatch.setattr(tiny_families, "write_model", broken)
+    failed = run_case(case, RunOptions(), None)
+    assert failed.status == "error" and failed.error is not None and "a bug in the builder" in failed.error.message
+
+
+@pytest.mark.parametrize(("family", "status", "reason"), [
+    ("openai-gpt", "passed", ""),  # its parent module owns a buffer (transformer.position_ids): placed too
+    ("xlm", "skipped", "engine transformers: XLMWithLMHeadModel has 4 lists of 2 layers"),
+])
+def test_auto_splits_any_architecture_by_decoder_layer_or_skips_saying_why(tmp_path: Path, family: str, status: str,
+                                                                            reason: str) -> None:
+    from harness.runner import Companions, RunOptions, run_case
+
+    path = tmp_path / "s.yaml"
+    path.write_text(scenario(f"{{family: {family}}}").replace("[cpu, cuda:0, auto]", "[auto]"))
+    [case] = [c for c in expand(load_file(path).scenarios[0]) if c.target.label == "sim:auto"]
+    result = run_case(case, RunOptions(), Companions())
+    assert result.status == status and result.reason.startswith(reason), result.summary_line()
+    if status == "passed":
+        assert set(result.weights["devices"]) == {"cuda:0", "cuda:1"}, result.weights

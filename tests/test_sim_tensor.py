@@ -110,7 +110,7 @@ def test_integer_histc_a_gpu_kernel_the_cpu_lacks_is_computed_exactly_and_noted(
         assert counts.device == torch.device("cuda", 0) and counts.dtype == dtype
         assert counts.cpu().tolist() == expected.long().tolist()
     assert not sim.kernel_gaps
-    assert len(sim.stand_ins) == 1 and sim.stand_ins[0].startswith(f"histc: the CPU has no {dtype} kernel")
+    assert len(sim.stand_ins) == 1 and sim.stand_ins[0].startswith(f"histc: the CPU has no {dtype} kernel; counted in float32")
 
 
 def test_host_facing_methods_answer_as_for_a_cuda_tensor():
@@ -143,3 +143,15 @@ def test_simulated_tensors_keep_working_after_the_context():
     y = x * 3  # no mode outside: dispatch alone
     assert y.device == torch.device("cuda", 0)
     assert y.cpu().tolist() == [3.0, 3.0]
+
+
+def test_mm_with_an_output_dtype_a_cuda_only_kernel_is_computed_in_that_dtype_and_noted():
+    a = torch.randn(3, 8, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    b = torch.randn(8, 2, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        torch.mm(a, b, out_dtype=torch.float32)  # the CPU build has no kernel for it
+    with simulated_gpus() as sim:
+        out = torch.mm(a.to("cuda:0"), b.to("cuda:0"), out_dtype=torch.float32)
+        assert out.device == torch.device("cuda", 0) and out.dtype == torch.float32
+        assert torch.equal(out.cpu(), a.float() @ b.float())
+    assert not sim.kernel_gaps and sim.stand_ins[0].startswith("mm: the CPU has no mm with out_dtype")

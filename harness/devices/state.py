@@ -64,14 +64,29 @@ def note_if_kernel_gap(func: object, exc: BaseException) -> None:
 
 
 def _histc_in_float(func, inner, kwargs):
-    # CUDA's histc takes integer input (transformers' MoE routing counts tokens per expert with
-    # it on GPUs); the CPU kernel is float-only. Counting in float32 is exact below 2**24.
-    return func(inner[0].float(), *inner[1:], **kwargs).to(inner[0].dtype)
+    """CUDA's histc takes integer input (transformers' MoE routing counts tokens per expert with
+    it on GPUs); the CPU kernel is float-only. Counting in float32 is exact below 2**24."""
+    first = inner[0]
+    if first.is_floating_point():
+        return NO_STAND_IN
+    return func(first.float(), *inner[1:], **kwargs).to(first.dtype), f"the CPU has no {first.dtype} kernel; counted in float32 (exact)"
 
 
-# GPU kernels the CPU build lacks for some dtypes, computed another way with the same result.
-# Each use is noted for the case ("stand_ins: ..."), never silent; any other gap stays a gap.
-CPU_STAND_INS = {"histc": _histc_in_float}
+def _mm_with_out_dtype(func, inner, kwargs):
+    """`mm(a, b, out_dtype=...)` (aten::mm.dtype) has only a CUDA kernel: the inputs in the output
+    dtype, multiplied on the CPU (a 16-bit input's products are exact in float32, as on the GPU)."""
+    if len(inner) < 2:
+        return NO_STAND_IN
+    out_dtype = kwargs.get("out_dtype", inner[2] if len(inner) > 2 else None)
+    if not isinstance(out_dtype, torch.dtype):
+        return NO_STAND_IN
+    a, b = inner[0].to(out_dtype), inner[1].to(out_dtype)
+    return torch.ops.aten.mm.default(a, b), f"the CPU has no mm with out_dtype; computed in {out_dtype}"
+
+
+# GPU kernels the CPU build lacks, computed another way with the GPU's result. Each use is
+# noted for the case ("stand_ins: ..."), never silent; any other gap stays a kernel gap.
+CPU_STAND_INS = {"histc": _histc_in_float, "mm": _mm_with_out_dtype}
 NO_STAND_IN = object()
 
 
@@ -80,15 +95,18 @@ def stand_in(func: object, inner: list | tuple, kwargs: dict | None, exc: BaseEx
     else NO_STAND_IN (the kernel gap noted as usual) and the caller re-raises."""
     name = (getattr(func, "__name__", "") or "").split(".")[0].lstrip("_")
     recipe = CPU_STAND_INS.get(name)
-    first = inner[0] if inner else None
-    if (recipe is None or not isinstance(first, torch.Tensor) or first.is_floating_point()
-            or not is_kernel_gap(exc) or not has_cuda_kernel(func)):
+    answer = NO_STAND_IN
+    if (recipe is not None and inner and isinstance(inner[0], torch.Tensor) and is_kernel_gap(exc)
+            and has_cuda_kernel(func)):
+        answer = recipe(func, inner, kwargs or {})
+    if answer is NO_STAND_IN:
         note_if_kernel_gap(func, exc)
         return NO_STAND_IN
-    note = f"{name}: the CPU has no {first.dtype} kernel; computed in float32 (exact) at {call_site()}"
+    out, how = answer  # type: ignore[misc]
+    note = f"{name}: {how} at {call_site()}"
     if note not in STATE.stand_ins:
         STATE.stand_ins.append(note)
-    return recipe(func, inner, kwargs or {})
+    return out
 
 
 def has_cuda_kernel(func: object) -> bool:

@@ -47,25 +47,50 @@ def balanced_device_map(model: torch.nn.Module, devices: tuple[str, ...]) -> dic
             continue
         if not module_name or module_name.startswith(name + "."):
             continue
-        if next(module.parameters(recurse=False), None) is None and next(module.buffers(recurse=False), None) is None:
+        own = [n for n, _ in module.named_parameters(recurse=False)] + [n for n, _ in module.named_buffers(recurse=False)]
+        if not own:
             continue
-        first = not after_layers or module_name.endswith("rotary_emb")
-        device_map[module_name] = devices[0] if first else devices[-1]
+        device = devices[0] if not after_layers or module_name.endswith("rotary_emb") else devices[-1]
+        if any(True for _ in module.children()):
+            # A module with tensors of its own and children (gpt's `transformer.position_ids`): its
+            # tensors by name, so the key does not also cover (and move) the children.
+            device_map |= {f"{module_name}.{tensor}": device for tensor in own}
+        else:
+            device_map[module_name] = device
     return device_map
 
 
 def _decoder_layers(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList]:
-    """The model's list of decoder layers: the first ModuleList as long as its layer count."""
+    """The model's list of decoder layers: the ModuleList as long as its layer count. A model
+    with several such lists (XLM's attentions, ffns, ... one list per layer part; HRM's two
+    stacks) has no one split by layer: `Unsupported`, so its auto cases skip saying so."""
     config = getattr(model, "config", None)
     config = getattr(config, "get_text_config", lambda: config)()
     count = getattr(config, "num_hidden_layers", None)
     lists = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.ModuleList) and len(m)]
-    for name, module in lists:
-        if len(module) == count:
-            return name, module
-    if not lists:
-        raise NotImplementedError(f"{type(model).__name__}: no list of decoder layers to split over devices")
-    return max(lists, key=lambda item: len(item[1]))
+    matching = [(n, m) for n, m in lists if len(m) == count]
+    if not matching and lists:  # a layer count that is not the list's length (HRM counts recurrent slots)
+        longest = max(len(m) for _, m in lists)
+        matching = [(n, m) for n, m in lists if len(m) == longest]
+    if len(matching) > 1:
+        raise Unsupported(f"{type(model).__name__} has {len(matching)} lists of {len(matching[0][1])} layers "
+                          f"({', '.join(n for n, _ in matching)}): no one split by layer over devices")
+    if not matching:
+        raise Unsupported(f"{type(model).__name__}: no list of decoder layers to split over devices")
+    return matching[0]
+
+
+def _place_own_tensors(model: torch.nn.Module, device_map: dict[str, str]) -> None:
+    """Device-map keys that name a tensor (a parent module's own, see balanced_device_map):
+    accelerate covers them but leaves buffers where they are, so they are moved here."""
+    for key, device in device_map.items():
+        owner_name, _, tensor = key.rpartition(".")
+        owner = model.get_submodule(owner_name) if owner_name else model
+        if tensor in owner._buffers and owner._buffers[tensor] is not None:
+            owner._buffers[tensor] = owner._buffers[tensor].to(device)
+        elif tensor in owner._parameters and owner._parameters[tensor] is not None:
+            parameter = owner._parameters[tensor]
+            owner._parameters[tensor] = torch.nn.Parameter(parameter.data.to(device), requires_grad=parameter.requires_grad)
 
 
 class JsonSchemaProcessor:
@@ -212,7 +237,9 @@ def place(model: Any, placement: Placement) -> Any:
         device_map = balanced_device_map(model, placement.devices)
         # main_device: accelerate otherwise picks it from a set, so the copies per token
         # would depend on PYTHONHASHSEED.
-        return dispatch_model(model, device_map=device_map, main_device=placement.devices[0])
+        model = dispatch_model(model, device_map=device_map, main_device=placement.devices[0])
+        _place_own_tensors(model, device_map)
+        return model
     if placement.devices[0] != "cpu":
         return model.to(placement.devices[0])
     return model
