@@ -35,8 +35,9 @@ def report_lines() -> list[str]:
         why = engine.unavailable_reason()
         caps = engine.capabilities
         state = "ok" if why is None else f"unavailable: {why}"
+        families = "any transformers architecture" if caps.families is None else ", ".join(sorted(caps.families))
         lines.append(f"engine     {name}: {state}; features {', '.join(sorted(caps.features)) or '-'}; "
-                     f"devices {', '.join(sorted(caps.devices))}{', sim' if caps.simulated else ''}")
+                     f"devices {', '.join(sorted(caps.devices))}{', sim' if caps.simulated else ''}; families {families}")
     for name, why in sorted(broken_plugins().items()):
         lines.append(f"engine     {name}: plugin failed to load: {why}")
     return lines
