@@ -42,6 +42,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="only these devices: cpu, cuda:N, auto, sim:cuda:N, sim:auto, or the groups "
                             "sim (all simulated), gpu (all real GPU), all (repeatable; default all)")
         p.add_argument("-k", dest="keyword", default=None, help="only cases whose id contains this text")
+        p.add_argument("--model", default=None, metavar="PATH|hub:ORG/NAME[@REV]",
+                       help="no YAML: run the standard suite (samedevice init scenarios writes it out) against this "
+                            "model, a local transformers-format directory or a model in the local Hugging Face "
+                            "cache, with the --engine engines (default transformers)")
 
     run = sub.add_parser("run", help="run scenarios and write results/<run-id>/")
     selection(run)
@@ -88,6 +92,16 @@ def _parser() -> argparse.ArgumentParser:
     doc = sub.add_parser("doctor", help="versions, devices, simulation and engines available here")
     doc.set_defaults(func=cmd_doctor)
 
+    ini = sub.add_parser("init", help="write starter files: `init scenarios` (the standard suite as YAML)")
+    ini.add_argument("what", choices=("scenarios",), help="scenarios: the standard suite, editable")
+    ini.add_argument("--engine", "-e", default="transformers", help="the engine the suite runs (default transformers)")
+    ini.add_argument("--model", default=None, metavar="PATH|hub:ORG/NAME[@REV]",
+                     help="the model (default: the generated tiny llama)")
+    ini.add_argument("--output", "-o", type=Path, default=Path("scenarios/standard.yaml"),
+                     help="where to write it (default scenarios/standard.yaml)")
+    ini.add_argument("--force", action="store_true", help="overwrite an existing file")
+    ini.set_defaults(func=cmd_init)
+
     chk = sub.add_parser("check-engine", help="conformance battery for a registered engine (exit 0 only if conformant)")
     chk.add_argument("engine", help="a registered engine name (see `samedevice doctor`)")
     chk.add_argument("--device", "-d", action="append", default=[],
@@ -125,6 +139,10 @@ def _select(args: argparse.Namespace):
     from harness.loader import load_paths
 
     paths = args.paths or [DEFAULT_SCENARIOS]
+    if getattr(args, "model", None):
+        if args.paths:
+            raise SystemExit("samedevice: error: give scenario paths or --model (the standard suite), not both")
+        paths = [_standard_suite_file(args)]
     missing = [p for p in paths if not p.exists()]
     if missing:
         raise SystemExit(f"samedevice: error: no such file or directory: {missing[0]}")
@@ -140,6 +158,53 @@ def cmd_architectures(args: argparse.Namespace) -> int:
     from harness import architectures
 
     return architectures.main(args.results, args.build, args.output, args.fail_on_failures)
+
+
+def model_source(text: str) -> dict:
+    """`--model` as a scenario's `model:` mapping: `hub:ORG/NAME[@REV]` or a directory."""
+    if text.startswith("hub:"):
+        name, _, revision = text.removeprefix("hub:").partition("@")
+        return {"hub": name, **({"revision": revision} if revision else {})}
+    return {"path": str(Path(text).resolve())}
+
+
+def _standard_suite_file(args: argparse.Namespace) -> Path:
+    """The standard suite for `--model`, written where the run can point at it."""
+    import tempfile
+
+    from harness.standard_suite import suite_for, to_yaml
+
+    engines = args.engine or ["transformers"]
+    scenarios = []
+    for engine in engines:
+        kept, left_out = suite_for(engine, model_source(args.model))
+        for line in left_out:
+            print(f"samedevice: standard suite: left out {line}", file=sys.stderr)
+        scenarios += [dict(s, name=f"{s['name']}-{engine}") if len(engines) > 1 else s for s in kept]
+    path = Path(tempfile.mkdtemp(prefix="samedevice-suite-")) / "standard-suite.yaml"
+    path.write_text(to_yaml(scenarios))
+    print(f"samedevice: the standard suite for {args.model}: {path} (samedevice init scenarios writes it out)",
+          file=sys.stderr)
+    return path
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from harness.standard_suite import suite_for, to_yaml
+
+    if args.what != "scenarios":
+        print(f"samedevice init: error: unknown target {args.what!r}", file=sys.stderr)
+        return 2
+    target = args.output
+    if target.exists() and not args.force:
+        print(f"samedevice init: error: {target} exists (--force to overwrite)", file=sys.stderr)
+        return 2
+    scenarios, left_out = suite_for(args.engine, model_source(args.model) if args.model else {"family": "llama"})
+    for line in left_out:
+        print(f"samedevice init: left out {line}", file=sys.stderr)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(to_yaml(scenarios))
+    print(f"wrote {target}: {len(scenarios)} scenarios for engine {args.engine}")
+    return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:

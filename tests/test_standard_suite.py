@@ -1,0 +1,30 @@
+"""A first run without YAML: the standard suite, as far as the engine declares its features,
+written out by `samedevice init scenarios` as a file that loads and runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from harness.loader import load_file
+from harness.standard_suite import SUITE, suite_for
+
+
+def test_the_suite_keeps_what_the_engine_declares_and_says_what_it_leaves_out() -> None:
+    kept, left_out = suite_for("transformers", {"family": "llama"})
+    names = [s["name"] for s in kept]
+    assert names == ["std-greedy", "std-sampled", "std-logit-bias", "std-json-schema", "std-beam-search"]
+    assert left_out == ["std-static-cache: engine transformers does not declare kv_cache",
+                        "std-offloaded-cache: engine transformers does not declare kv_cache"]
+    assert len(suite_for("reference", {"family": "llama"})[0]) == len(SUITE)
+
+
+def test_init_scenarios_writes_an_editable_file_that_loads_and_refuses_to_overwrite(tmp_path) -> None:
+    target = tmp_path / "scenarios" / "standard.yaml"
+    command = [sys.executable, "-m", "harness.cli", "init", "scenarios", "-e", "reference", "-o", str(target)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    loaded = load_file(target)
+    assert not loaded.errors and [s.scenario.name for s in loaded.scenarios] == [s["name"] for s in SUITE]
+    again = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and "exists (--force to overwrite)" in again.stderr
