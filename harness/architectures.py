@@ -74,13 +74,20 @@ def sweep_table(results: list[CaseResult]) -> str:
     for family in sorted(cells):
         row = cells[family]
         lines.append(f"| {family} | " + " | ".join(SYMBOLS[row[c].status] if c in row else "" for c in order) + " |")
+    unbuildable: dict[str, str] = {}
     skips: dict[str, list[str]] = defaultdict(list)
     for family in sorted(cells):
-        reasons = {r.reason for r in cells[family].values() if r.status == "skipped"}
-        for reason in sorted(reasons):
-            skips[reason].append(family)
+        for reason in sorted({r.reason for r in cells[family].values() if r.status == "skipped"}):
+            prefix = f"model family {family} cannot be built tiny: "
+            if reason.startswith(prefix):
+                unbuildable[family] = reason.removeprefix(prefix)
+            else:
+                skips[reason].append(family)
+    if unbuildable:
+        lines += ["", f"## Cannot be built tiny ({len(unbuildable)} families)", ""]
+        lines += [f"- {family}: {reason}" for family, reason in unbuildable.items()]
     if skips:
-        lines += ["", "## Skipped, and why", ""]
+        lines += ["", "## Other skips, and why", ""]
         lines += [f"- {reason}: {', '.join(families)}" for reason, families in sorted(skips.items())]
     bad = [r for r in results if r.status in ("failed", "error")]
     if bad:

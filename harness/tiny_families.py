@@ -15,9 +15,10 @@ tied is not scaled (scaling it would scale the embeddings too) and the model's
 `samedevice.json` says so.
 
 What cannot be built tiny raises `CannotBuildTiny` with the reason: encoder architectures
-(BERT-style, whose causal-LM head is the encoder run with is_decoder=True), multimodal models
-(a vision or audio tower), and configs whose size keys this module does not know (the model
-would not be tiny). `unbuildable_reason()` answers the first two without building anything.
+(BERT-style, whose causal-LM head is the encoder run with is_decoder=True), multimodal and
+other composite models (a vision or audio tower, sub-models), configs transformers cannot
+build a model from, and configs whose size keys this module does not know (the model would
+not be tiny). `unbuildable_reason()` answers the first two without building anything.
 """
 
 from __future__ import annotations
@@ -38,8 +39,10 @@ BUILDER_VERSION = 1  # bump when what this module writes for a spec changes (it 
 MAX_PARAMETERS = 10_000_000  # far above any tiny preset (tiny llama: 0.12 M); beyond it a size key was missed
 BOS_ID, EOS_ID = 0, 1
 SLIDING_WINDOW = 8  # short enough that a 16-token case crosses it: the sliding-window cache path runs
-MULTIMODAL_SUBCONFIGS = ("vision_config", "audio_config", "vq_config", "audio_encoder_config", "audio_encoder",
-                         "text_encoder", "patcher_config", "encoder_config")
+# Sub-configs of models that are more than one decoder: a vision or audio tower (multimodal),
+# or other sub-models (a byte patcher, a text encoder, a wrapper around a text_config).
+MULTIMODAL_SUBCONFIGS = ("vision_config", "audio_config", "vq_config", "audio_encoder_config", "audio_encoder")
+COMPOSITE_SUBCONFIGS = ("text_encoder", "patcher_config", "encoder_config", "decoder_config", "text_config")
 
 
 class CannotBuildTiny(Exception):
@@ -183,10 +186,14 @@ def unbuildable_reason(family: str) -> str | None:
     try:
         default = AutoConfig.for_model(family)
     except Exception as exc:
-        return f"its default config does not build: {_short(exc)}"
-    multimodal = [k for k in getattr(default, "sub_configs", {}) or {} if k in MULTIMODAL_SUBCONFIGS]
+        return f"its default config does not build: {_short(exc, validation=True)}"
+    subconfigs = list(getattr(default, "sub_configs", {}) or {})
+    multimodal = [k for k in subconfigs if k in MULTIMODAL_SUBCONFIGS]
     if multimodal:
-        return f"multimodal: {class_name} needs {', '.join(multimodal)} (a vision/audio tower and its processor)"
+        return f"multimodal: {class_name} needs {', '.join(multimodal)} (a vision or audio tower and its processor)"
+    composite = [k for k in subconfigs if k in COMPOSITE_SUBCONFIGS]
+    if composite:
+        return f"composite: {class_name} is built from sub-models ({', '.join(composite)}), not one decoder"
     model_class = _model_class(class_name)
     with contextlib.suppress(OSError, TypeError):
         if "is_decoder=True" in inspect.getsource(model_class):

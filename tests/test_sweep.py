@@ -83,6 +83,6 @@ def test_the_table_has_a_row_per_family_a_column_per_feature_and_device_and_the_
     table = sweep_table(results).splitlines()
     assert "| family | greedy cpu | greedy sim:cuda:0 | sampled sim:auto |" in table
     assert "| qwen2 | ok | ok | ERR |" in table and "| bert | skip |  |  |" in table
-    assert "- model family bert cannot be built tiny: encoder: bert" in table
+    assert "- bert: encoder" in table and "## Cannot be built tiny (1 families)" in table
     assert ("- `arch-sampled.qwen2[transformers-sim:auto]` (sweeps/architectures.yaml:13): RuntimeError at "
             "transformers/cache_utils.py:42: The size of tensor a (2) must match") in table

@@ -72,6 +72,8 @@ def _decoder_layers(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList]:
     if not matching and lists:  # a layer count that is not the list's length (HRM counts recurrent slots)
         longest = max(len(m) for _, m in lists)
         matching = [(n, m) for n, m in lists if len(m) == longest]
+    # Lists inside another one (LongCat's per-layer pairs of attentions) are parts of its layers.
+    matching = [(n, m) for n, m in matching if not any(n.startswith(other + ".") for other, _ in matching)]
     if len(matching) > 1:
         raise Unsupported(f"{type(model).__name__} has {len(matching)} lists of {len(matching[0][1])} layers "
                           f"({', '.join(n for n, _ in matching)}): no one split by layer over devices")
