@@ -51,9 +51,11 @@ def balanced_device_map(model: torch.nn.Module, devices: tuple[str, ...]) -> dic
         if not own:
             continue
         device = devices[0] if not after_layers or module_name.endswith("rotary_emb") else devices[-1]
-        if any(True for _ in module.children()):
-            # A module with tensors of its own and children (gpt's `transformer.position_ids`): its
-            # tensors by name, so the key does not also cover (and move) the children.
+        if any(True for child in module.children() for _ in child.parameters()) or any(
+                True for child in module.children() for _ in child.buffers()):
+            # A module with tensors of its own and children that have theirs (gpt's
+            # `transformer.position_ids`): its tensors by name, so the key does not also cover
+            # (and move) the children, which have keys of their own.
             device_map |= {f"{module_name}.{tensor}": device for tensor in own}
         else:
             device_map[module_name] = device
