@@ -97,7 +97,8 @@ _PER_TOKEN = frozenset({"num_experts_per_tok", "moe_topk", "moe_k", "num_experts
 # Counts that must not exceed a small value (and stay as they are when already smaller).
 _CAPS = {"n_shared_experts": 1, "num_shared_experts": 1, "moe_num_shared_experts": 1, "n_group": 1,
          "num_expert_group": 1, "topk_group": 1, "first_k_dense_replace": 1, "num_dense_layers": 1,
-         "n_groups": 1, "mamba_n_groups": 1, "index_topk": 8, "num_kv_shared_layers": 0}
+         "n_groups": 1, "mamba_n_groups": 1, "index_topk": 8, "num_kv_shared_layers": 0,
+         "n_input_layers": 1, "n_output_layers": 1}
 # Layer periods and offsets: with them, a 2-layer hybrid still has one layer of each kind.
 _PERIODS = {"attn_layer_period": 2, "attn_layer_offset": 1, "expert_layer_period": 2, "expert_layer_offset": 1}
 _LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "n_layers", "num_layers", "decoder_layers", "num_blocks")
@@ -158,9 +159,13 @@ def config_overrides(default: Any, dims: Dims, max_seq_len: int) -> dict[str, An
             out[key] = (data.get("mamba_expand") or 2) * dims.hidden_size // 16
     if _is_count(data.get("mamba_d_ssm")):  # the mixer's width: heads x head size
         out["mamba_d_ssm"] = (data.get("mamba_expand") or 2) * dims.hidden_size
-    # A hybrid whose attention layers are listed: the last of the tiny layers is one.
+    # A hybrid whose attention layers are listed: the last of the tiny layers is one. (Defaults of
+    # no attention at all, as bamba's and granitemoehybrid's, cannot generate: transformers'
+    # cache needs one attention layer to count the sequence.)
     if "attn_layer_indices" in data and not data["attn_layer_indices"]:
         out["attn_layer_indices"] = [dims.num_layers - 1]
+    if set(out.get("layer_types") or ()) == {"linear_attention"}:
+        out["layer_types"] = [*out["layer_types"][:-1], "full_attention"]
     # Keys an attribute_map aliases (gpt2's n_embd is hidden_size) but to_dict() spells otherwise.
     aliases = getattr(default, "attribute_map", {}) or {}
     for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "max_position_embeddings"):
