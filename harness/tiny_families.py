@@ -174,8 +174,9 @@ def config_overrides(default: Any, dims: Dims, max_seq_len: int) -> dict[str, An
     if "tie_word_embeddings" in data:
         out["tie_word_embeddings"] = False
     out |= {"bos_token_id": BOS_ID, "eos_token_id": EOS_ID}
-    if data.get("pad_token_id") is not None:
-        out["pad_token_id"] = EOS_ID
+    pad = data.get("pad_token_id")
+    if pad is not None and not (_is_count(pad) and 0 <= pad < VOCAB_SIZE):  # kept where it is a token id
+        out["pad_token_id"] = EOS_ID  # (ProphetNet's positions count from its padding id: 1 breaks them)
     return out
 
 
