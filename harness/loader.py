@@ -218,7 +218,7 @@ def _family_variants(data: Any) -> list[tuple[Any, int | None]] | ScenarioError:
         return [(data, None)]
     variants = []
     for name, index in indexed:
-        variant = dict(data, model=dict(model, family=name))
+        variant = dict(data, model=dict(model or {}, family=name))
         if isinstance(data.get("name"), str):
             variant["name"] = f"{data['name']}.{name}"
         variants.append((variant, index))

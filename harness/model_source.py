@@ -100,7 +100,7 @@ def read_info(directory: Path, field: str = "path") -> ModelInfo:
         raise ModelSourceError(field, f"{config_path}: not readable JSON ({exc})") from None
     if not isinstance(config, dict):
         raise ModelSourceError(field, f"{config_path}: not a JSON object")
-    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+    text: dict = config["text_config"] if isinstance(config.get("text_config"), dict) else {}
     vocab = config.get("vocab_size", text.get("vocab_size"))
     if not isinstance(vocab, int) or vocab <= 0:
         raise ModelSourceError(field, f"{config_path}: no vocab_size")

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -74,8 +75,8 @@ def _tokenizer(directory: str, tokenizer_json: str | None) -> tuple[Callable[[st
         return (lambda text: fast.encode(text, add_special_tokens=False).ids), (lambda ids: fast.decode(ids))
     from transformers import AutoTokenizer
 
-    slow = AutoTokenizer.from_pretrained(directory)
-    return (lambda text: slow.encode(text, add_special_tokens=False)), (lambda ids: slow.decode(ids, skip_special_tokens=True))
+    slow: Any = AutoTokenizer.from_pretrained(directory)
+    return (lambda text: list(slow.encode(text, add_special_tokens=False))), (lambda ids: str(slow.decode(ids, skip_special_tokens=True)))
 
 
 def build_request(case: Case, on_phase: Callable[[str], None]) -> Request:

@@ -278,8 +278,8 @@ def write_model(directory: Path, spec: Any, dims: Dims) -> None:
 
 def _set_weights(model: torch.nn.Module, seed: int, head_scale: float) -> list[str]:
     owners = {id(p): module for module in model.modules() for p in module.parameters(recurse=False)}
-    head = model.get_output_embeddings()
-    embeddings = model.get_input_embeddings()
+    head: Any = model.get_output_embeddings()  # type: ignore[operator]  # a PreTrainedModel
+    embeddings: Any = model.get_input_embeddings()  # type: ignore[operator]
     tied = head is not None and embeddings is not None and head.weight is embeddings.weight
     with torch.no_grad():
         for name, param in model.named_parameters():

@@ -90,10 +90,10 @@ def _place_own_tensors(model: torch.nn.Module, device_map: dict[str, str]) -> No
     for key, device in device_map.items():
         owner_name, _, tensor = key.rpartition(".")
         owner = model.get_submodule(owner_name) if owner_name else model
-        if tensor in owner._buffers and owner._buffers[tensor] is not None:
-            owner._buffers[tensor] = owner._buffers[tensor].to(device)
-        elif tensor in owner._parameters and owner._parameters[tensor] is not None:
-            parameter = owner._parameters[tensor]
+        buffer, parameter = owner._buffers.get(tensor), owner._parameters.get(tensor)
+        if buffer is not None:
+            owner._buffers[tensor] = buffer.to(device)
+        elif parameter is not None:
             owner._parameters[tensor] = torch.nn.Parameter(parameter.data.to(device), requires_grad=parameter.requires_grad)
 
 
