@@ -51,6 +51,27 @@ def base_install(session: nox.Session) -> None:
                 env={"SAMEDEVICE_RESULTS": "results/base-install"})
 
 
+SWEEP_RESULTS = "results/sweep"
+
+
+@nox.session(default=False)
+def sweep(session: nox.Session) -> None:
+    """The architecture sweep (sweeps/architectures.yaml): transformers' generate on every
+    causal-LM architecture the installed transformers builds tiny, on cpu, sim:cuda:0 and
+    sim:auto (greedy, beams, static cache, sampling). Writes results/sweep/architectures.md;
+    fails if a case failed or errored (those are findings about transformers).
+    `-- -k qwen2` (any pytest arguments) narrows it."""
+    install(session)
+    session.run("pytest", "sweeps", "-n", "2", "-p", "no:cacheprovider", "-o", "samedevice_paths=sweeps",
+                "-m", "cpu or sim", "-q", "--samedevice-results", SWEEP_RESULTS, *session.posargs,
+                success_codes=[0, 1])
+    session.run("python", "-c", "import pathlib, subprocess, sys; "
+                f"run = max(pathlib.Path('{SWEEP_RESULTS}').glob('2*/cases.jsonl')).parent; "
+                "out = run.parent / 'architectures.md'; "
+                "code = subprocess.call(['samedevice', 'architectures', '--results', str(run), '-o', str(out), "
+                "'--fail-on-failures']); print(out.read_text()); sys.exit(code)")
+
+
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff over the packages, tests and benchmarks."""

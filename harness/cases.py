@@ -12,8 +12,9 @@ from functools import lru_cache
 
 from harness.engines import UnknownEngine, get_engine
 from harness.engines.base import Placement
+from harness.families import BUNDLED_FAMILIES
 from harness.loader import LoadedScenario
-from harness.scenario import DeviceSpec, Scenario
+from harness.scenario import DeviceSpec, HubModel, ModelSpec, PathModel, Scenario
 
 SIM_PREFIX = "sim:"
 
@@ -120,6 +121,9 @@ def skip_reason(case: Case) -> tuple[str, bool] | None:
     unhonoured = [f for f in case.scenario.faults if f not in caps.faults]
     if unhonoured:
         return f"engine {case.engine} has no fault switch {', '.join(unhonoured)}", False
+    model_reason = model_skip_reason(case.scenario.model, case.engine, caps.families)
+    if model_reason:
+        return model_reason, False
     if case.target.kind not in caps.devices:
         return f"engine {case.engine} does not support device kind {case.target.kind}", False
     needed = case.target.spec.gpus_needed
@@ -133,6 +137,27 @@ def skip_reason(case: Case) -> tuple[str, bool] | None:
     have = real_gpu_count()
     if needed > have:
         return f"needs {needed} CUDA device{'s' if needed > 1 else ''}, {have} visible", True
+    return None
+
+
+def model_skip_reason(model: ModelSpec | PathModel | HubModel, engine: str, families: frozenset[str] | None) -> str | None:
+    """A generated family that has no tiny form, or an architecture the engine does not run."""
+    from harness.model_source import ModelSourceError, family_of
+
+    if isinstance(model, ModelSpec) and model.family not in BUNDLED_FAMILIES:
+        from harness.tiny_families import unbuildable_reason
+
+        reason = unbuildable_reason(model.family)
+        if reason:
+            return f"model family {model.family} cannot be built tiny: {reason}"
+    if families is None:
+        return None
+    try:
+        family = family_of(model)
+    except ModelSourceError:  # gone since the file loaded: the case's own run says so
+        return None
+    if family not in families:
+        return f"engine {engine} does not run {family} models (it runs {', '.join(sorted(families))})"
     return None
 
 

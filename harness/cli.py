@@ -14,6 +14,7 @@ harness.render: control characters are escaped and nothing is read as rich marku
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import sys
@@ -146,6 +147,14 @@ def _parser() -> argparse.ArgumentParser:
     chk.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help=f"seconds per case (default {DEFAULT_TIMEOUT:g})")
     chk.set_defaults(func=cmd_check_engine)
 
+    arc = sub.add_parser("architectures", help="model families, which have a tiny form here, and a sweep run's table")
+    arc.add_argument("--results", type=Path, default=None, metavar="RUN_DIR",
+                     help="a run directory of the architecture sweep: its family x feature x device table")
+    arc.add_argument("--build", action="store_true", help="also build each tiny model (cached), so build failures show")
+    arc.add_argument("--output", "-o", type=Path, default=None, help="write here instead of stdout")
+    arc.add_argument("--fail-on-failures", action="store_true", help="with --results: exit 1 if a case failed or errored")
+    arc.set_defaults(func=cmd_architectures)
+
     from harness import compare
 
     compare.add_parser(sub)
@@ -186,6 +195,12 @@ def _select(args: argparse.Namespace):
     if getattr(args, "keyword", None):
         cases = [c for c in cases if args.keyword in c.id]
     return loaded.errors, cases
+
+
+def cmd_architectures(args: argparse.Namespace) -> int:
+    from harness import architectures
+
+    return architectures.main(args.results, args.build, args.output, args.fail_on_failures)
 
 
 def model_source(text: str) -> dict:
@@ -352,6 +367,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         if write_error is not None:
             _eprint(f"samedevice: error: {terminal(write_error)}; the run stopped after {len(results)} of "
                     f"{len(cases)} cases (every finished case is kept)")
+        # What cases.jsonl holds is the run: an interrupt between writing a case and counting
+        # it here leaves the case on disk, whole.
+        with contextlib.suppress(OSError):
+            results = run.directory.load_cases().results
         unwritten = run.close(results, interrupted=interrupted, write_error=write_error)
         for line in unwritten:
             _eprint(f"samedevice: error: {terminal(line)}")

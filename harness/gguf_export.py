@@ -96,6 +96,8 @@ def _write(model_dir: Path, path: Path, qtype: str) -> None:
 def _add_vocabulary(writer, model_dir: Path, config: dict) -> None:
     import gguf
 
+    if not (model_dir / "tokenizer.json").is_file():
+        raise NotImplementedError(f"GGUF export needs a tokenizer.json (byte-level BPE) in {model_dir}")
     tokenizer = json.loads((model_dir / "tokenizer.json").read_text())
     vocab = tokenizer["model"]["vocab"]
     special = {t["content"] for t in tokenizer.get("added_tokens", [])}

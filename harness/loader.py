@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from harness.scenario import FieldError, Scenario
+from harness.scenario import MODEL_SOURCES, FieldError, Scenario
 
 MAX_FILE_BYTES = 1_000_000
 # Collections inside collections, counted through aliases too. Scenario files need about
@@ -162,15 +162,17 @@ def _load_file(path: Path, display: str) -> LoadResult:
             loaded = _load_item(display, item, prefix, known_engines)
         except Exception as exc:  # this item only: the others in the list still load
             loaded = [_at(display, item, prefix.rstrip("."), f"could not be loaded ({type(exc).__name__}: {exc})")]
-        if isinstance(loaded, LoadedScenario):
-            result.scenarios.append(loaded)
-        else:
-            result.errors.extend(_named(loaded, name))
+        for one in loaded:
+            if isinstance(one, LoadedScenario):
+                result.scenarios.append(one)
+            else:
+                result.errors.extend(_named([one], name))
     return result
 
 
-def _load_item(display: str, item: yaml.MappingNode, prefix: str, known_engines: tuple[str, ...]) -> LoadedScenario | list[ScenarioError]:
-    """One scenario mapping: the scenario, or its problems."""
+def _load_item(display: str, item: yaml.MappingNode, prefix: str, known_engines: tuple[str, ...]) -> list[LoadedScenario] | list[ScenarioError]:
+    """One scenario mapping: its scenarios (one per family where `model.family` is a list or
+    `all`), or its problems."""
     problems = _node_problems(display, item, prefix)
     if problems:
         return problems
@@ -178,14 +180,97 @@ def _load_item(display: str, item: yaml.MappingNode, prefix: str, known_engines:
         data = _Constructor().construct_document(item)
     except yaml.YAMLError as exc:
         return [_yaml_error(display, exc)]
+    variants = _family_variants(data)
+    if isinstance(variants, ScenarioError):
+        node, _, _ = _node_at(item, ("model", "family"))
+        return [_at(display, node, f"{prefix}model.family", variants.message)]
+    context = {"base_dir": str(Path(display).parent.absolute())}
+    scenarios: list[LoadedScenario] = []
+    errors: dict[tuple[int, int, str, str], ScenarioError] = {}  # one line for what every variant says
+    for variant, family_index in variants:
+        try:
+            scenario = Scenario.model_validate(variant, context=context)
+        except ValidationError as exc:
+            for error in _validation_errors(display, item, exc, prefix, family_index):
+                errors.setdefault((error.line, error.column, error.field, error.message), error)
+            continue
+        found = _unknown_engines(display, item, scenario, prefix, known_engines) or _model_problems(display, item, scenario, prefix)
+        for error in found:
+            errors.setdefault((error.line, error.column, error.field, error.message), error)
+        if not found:
+            scenarios.append(LoadedScenario(scenario, display, item.start_mark.line + 1))
+    return list(errors.values()) or scenarios
+
+
+def _family_variants(data: Any) -> list[tuple[Any, int | None]] | ScenarioError:
+    """The scenario data once per family where `model.family` is a list or `all` (each named
+    NAME.FAMILY, with its index in the list for error lines), else the data as it is."""
+    from harness.families import ALL_FAMILIES, known_families
+
+    model = data.get("model") if isinstance(data, dict) else None
+    family = model.get("family") if isinstance(model, dict) else None
+    if family == ALL_FAMILIES:
+        names = known_families()
+        if names is None:
+            return ScenarioError("", 0, 0, "", "family: all needs the installed transformers' list of causal-LM "
+                                                "model types, which could not be read (is transformers installed?)")
+        indexed: list[tuple[Any, int | None]] = [(name, None) for name in names]
+    elif isinstance(family, list) and family:
+        indexed = [(name, index) for index, name in enumerate(family)]
+    else:
+        return [(data, None)]
+    variants = []
+    for name, index in indexed:
+        variant = dict(data, model=dict(model or {}, family=name))
+        if isinstance(data.get("name"), str):
+            variant["name"] = f"{data['name']}.{name}"
+        variants.append((variant, index))
+    return variants
+
+
+def _model_problems(display: str, root: yaml.MappingNode, scenario: Scenario, prefix: str) -> list[ScenarioError]:
+    """Path and hub models, checked now: the directory and its files, then the rules the format
+    checks for generated models at validation (token ids within the vocabulary, prompt plus
+    max_new_tokens within the model's positions, memory), with the model's own numbers."""
+    from harness import model_dims, model_source
+    from harness.scenario import ModelSpec, vocabulary_problem
+
+    if isinstance(scenario.model, ModelSpec):
+        return []
+
+    def error(loc: tuple[str | int, ...], message: str) -> list[ScenarioError]:
+        node, path, _ = _node_at(root, loc)
+        return [_at(display, node, prefix + _join(path), message)]
+
     try:
-        scenario = Scenario.model_validate(data)
-    except ValidationError as exc:
-        return _validation_errors(display, item, exc, prefix)
-    engine_errors = _unknown_engines(display, item, scenario, prefix, known_engines)
-    if engine_errors:
-        return engine_errors
-    return LoadedScenario(scenario, display, item.start_mark.line + 1)
+        info = model_source.describe(scenario.model)
+    except model_source.ModelSourceError as exc:
+        return error(("model", exc.field), str(exc))
+    problem = vocabulary_problem(scenario, info.vocab_size)
+    if problem is not None:
+        return error(*problem)
+    if info.max_positions is not None:
+        limit = info.max_positions - scenario.max_new_tokens
+        for index, prompt in enumerate(scenario.prompt_list):
+            # One token per UTF-8 byte at most (byte-level BPE); only a prompt that bound cannot clear
+            # is counted, with the model's tokenizer.json (without one, the engine finds out at case time).
+            if len(prompt.encode("utf-8", "surrogatepass")) <= limit or info.tokenizer_json is None:
+                continue
+            tokens = _count_tokens(str(info.tokenizer_json), prompt)
+            if tokens > limit:
+                where: tuple[str | int, ...] = ("prompt",) if scenario.prompt is not None else ("prompts", index)
+                return error(where, f"the prompt ({tokens} tokens) plus max_new_tokens {scenario.max_new_tokens} exceeds "
+                                    f"the model's max_position_embeddings {info.max_positions}")
+    if info.weight_bytes > model_dims.memory_limit_bytes():
+        return error(("model",), f"its weights are {info.weight_bytes / 1e9:.1f} GB, more than half of this machine's "
+                                 f"{model_dims.host_memory_bytes() / 1e9:.1f} GB")
+    return []
+
+
+def _count_tokens(tokenizer_json: str, text: str) -> int:
+    from tokenizers import Tokenizer
+
+    return len(Tokenizer.from_file(tokenizer_json).encode(text, add_special_tokens=False).ids)
 
 
 def _unknown_engines(display: str, root: yaml.MappingNode, scenario: Scenario, prefix: str,
@@ -427,13 +512,16 @@ def _yaml_error(display: str, exc: yaml.YAMLError) -> ScenarioError:
     return ScenarioError(display, line, column, "", message)
 
 
-def _validation_errors(display: str, root: yaml.MappingNode, exc: ValidationError, prefix: str) -> list[ScenarioError]:
+def _validation_errors(display: str, root: yaml.MappingNode, exc: ValidationError, prefix: str,
+                       family_index: int | None = None) -> list[ScenarioError]:
     errors = []
     for detail in exc.errors(include_url=False):
         loc = tuple(detail["loc"])
         cause = detail.get("ctx", {}).get("error")
         if isinstance(cause, FieldError):  # a rule that names the field it is about
             loc += cause.loc
+        if family_index is not None and [p for p in loc if p not in MODEL_SOURCES] == ["model", "family"]:
+            loc += (family_index,)  # this family of the list
         node, path, parent = _node_at(root, loc, want_key=detail["type"] == "extra_forbidden")
         field_name = prefix + _join(path)
         message = detail["msg"].removeprefix("Value error, ")
@@ -475,6 +563,9 @@ def _node_at(root: yaml.Node, loc: tuple[Any, ...], want_key: bool = False) -> t
             continue
         if not isinstance(node, yaml.MappingNode):
             continue  # past a scalar: the shorthand's own fields name no node
+        if isinstance(part, str) and part in MODEL_SOURCES:  # the tag of the `model:` union
+            model = MODEL_SOURCES[part]
+            continue
         pair = _find_key(node, part)
         if pair is None and model is not None and part not in _field_names(model):
             continue  # a union tag such as 'function-after[...]'

@@ -303,10 +303,10 @@ class RunDirectory:
                     end = os.fstat(fd).st_size
                     try:
                         write_all(fd, line)
-                        os.fsync(fd)
                     except BaseException:  # a failed write, or SIGINT/SIGTERM between two writes
                         _cut_back(fd, end)
                         raise
+                    os.fsync(fd)  # the line is whole from here on: an interrupt now keeps it
                 finally:
                     os.close(fd)
                 if created:

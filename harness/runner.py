@@ -20,10 +20,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from harness import checks, feature_checks, tinymodel
+from harness import checks, feature_checks, model_source
 from harness.capture import captured_output, quiet_libraries
 from harness.cases import Case, DeviceTarget, skip_reason
 from harness.engines import UnknownEngine, get_engine
@@ -64,26 +65,33 @@ class Execution:
 
 
 @lru_cache(maxsize=8)
-def _tokenizer(path: str):
-    from tokenizers import Tokenizer
+def _tokenizer(directory: str, tokenizer_json: str | None) -> tuple[Callable[[str], list[int]], Callable[[list[int]], str]]:
+    """encode (no special tokens added: a prompt is the text it says, as for the bundled
+    tokenizer) and decode, from tokenizer.json, else from the files AutoTokenizer reads."""
+    if tokenizer_json is not None:
+        from tokenizers import Tokenizer
 
-    return Tokenizer.from_file(path)
+        fast = Tokenizer.from_file(tokenizer_json)
+        return (lambda text: fast.encode(text, add_special_tokens=False).ids), (lambda ids: fast.decode(ids))
+    from transformers import AutoTokenizer
+
+    slow: Any = AutoTokenizer.from_pretrained(directory)
+    return (lambda text: list(slow.encode(text, add_special_tokens=False))), (lambda ids: str(slow.decode(ids, skip_special_tokens=True)))
 
 
 def build_request(case: Case, on_phase: Callable[[str], None]) -> Request:
-    directory = tinymodel.model_dir(case.scenario.model)
-    tokenizer = _tokenizer(str(directory / "tokenizer.json"))
-
-    def encode(text: str) -> list[int]:
-        return tokenizer.encode(text).ids
-
+    """The engine's request: the model's directory, tokenizer and EOS (a generated model's
+    bundled tokenizer, or a path or hub model's own), and the scenario resolved with them."""
+    model = model_source.describe(case.scenario.model)
+    encode, decode = _tokenizer(str(model.directory), str(model.tokenizer_json) if model.tokenizer_json else None)
     return Request(
         scenario=case.scenario,
-        model_dir=directory,
-        spec=resolve(case.scenario, encode, tinymodel.EOS_ID),
+        model_dir=model.directory,
+        spec=resolve(case.scenario, encode, model.eos_id),
         encode=encode,
-        decode=lambda ids: tokenizer.decode(ids),
+        decode=decode,
         on_phase=on_phase,
+        model=model,
         options=engine_options(case),
     )
 
@@ -128,6 +136,7 @@ def device_context(target: DeviceTarget, ledger: Ledger, notes: list[str] | None
                     # GPU-only code paths that hit a kernel the CPU lacks: reported, not hidden.
                     if notes is not None:
                         notes += [f"kernel_gaps: {gap}" for gap in simulation.kernel_gaps]
+                        notes += [f"stand_ins: {use}" for use in simulation.stand_ins]
         elif target.kind != "cpu":
             with devices.track_transfers(ledger):  # real CUDA: profiler memcpy events + sync hooks
                 yield
@@ -222,11 +231,12 @@ class Companions:
     parity and baselines work under xdist and sharding too."""
 
     def __init__(self) -> None:
-        self._runs: OrderedDict[tuple[str, int, str, str], Execution] = OrderedDict()
+        self._runs: OrderedDict[tuple[str, int, str, str, str], Execution] = OrderedDict()
 
     @staticmethod
-    def _key(case: Case) -> tuple[str, int, str, str]:
-        return (case.loaded.path, case.loaded.line, case.engine, case.target.label)
+    def _key(case: Case) -> tuple[str, int, str, str, str]:
+        # The name too: a family sweep makes several scenarios of one file line.
+        return (case.loaded.path, case.loaded.line, case.scenario.name, case.engine, case.target.label)
 
     def remember(self, case: Case, run: Execution) -> None:
         self._runs[self._key(case)] = run
@@ -290,12 +300,35 @@ def run_case(case: Case, options: RunOptions, companions: Companions | None) -> 
         else:
             result.status, result.reason = "skipped", reason
         return _finish(result)
+    unbuilt = _unbuildable(case)
+    if unbuilt is not None:
+        result.status, result.reason = "skipped", unbuilt
+        return _finish(result)
     try:
         _judge(case, result, companions, options)
     except Exception as exc:  # a bug in our own checks: the case's error, never the engine's
         result.error = describe(exc, origin="harness")
         result.status, result.failures = "error", []
     return _finish(result)
+
+
+def _unbuildable(case: Case) -> str | None:
+    """A generated family whose tiny model cannot be built (its config class refuses the tiny
+    dimensions, or transformers cannot build the model from it): the case is skipped with the
+    reason. Anything else that goes wrong building it is the case's error, at its run."""
+    from harness.scenario import ModelSpec
+    from harness.tiny_families import CannotBuildTiny
+
+    model = case.scenario.model
+    if not isinstance(model, ModelSpec):
+        return None
+    try:
+        model_source.describe(model)
+    except CannotBuildTiny as exc:
+        return f"model family {model.family} cannot be built tiny: {exc}"
+    except Exception:  # reported by the run itself, with its traceback
+        return None
+    return None
 
 
 def _judge(case: Case, result: CaseResult, companions: Companions | None, options: RunOptions) -> None:

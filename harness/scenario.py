@@ -7,11 +7,22 @@ says what a valid scenario is. `scenario_json_schema()` is what `samedevice sche
 from __future__ import annotations
 
 import math
+import os
 import re
 import warnings
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from harness import model_dims
 from harness.model_dims import VOCAB_SIZE
@@ -56,23 +67,33 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
 
-class ModelSpec(_Strict):
-    """Which tiny model to generate. A preset names the dimensions; explicit fields override."""
+Dtype = Literal["float32", "bfloat16", "float16"]
 
-    family: Literal["llama", "mixtral"] = "llama"
+
+class ModelSpec(_Strict):
+    """A tiny model generated from a seed (nothing is downloaded). A preset names the
+    dimensions; explicit fields override."""
+
+    family: str = Field(
+        "llama",
+        description="llama and mixtral (the harness's own layouts), or any causal-LM model type of the "
+        "installed transformers (qwen2, gemma2, phi3, mistral, ...), built tiny from its config class. "
+        "A list of families, or `all` (every causal LM the installed transformers ships), makes one "
+        "scenario per family, named NAME.FAMILY.",
+    )
     size: Literal["tiny", "parity", "bench"] = Field(
         "tiny",
         description="tiny: hidden 64 (fast tests); parity: hidden 256; bench: hidden 512.",
     )
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the generated weights.")
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Dtype = "float32"
     hidden_size: int | None = Field(None, ge=8, le=8192)
     num_layers: int | None = Field(None, ge=1, le=64)
     num_heads: int | None = Field(None, ge=1, le=128)
     num_kv_heads: int | None = Field(None, ge=1, le=128)
     intermediate_size: int | None = Field(None, ge=8, le=32768)
-    num_experts: int | None = Field(None, ge=2, le=64, description="mixtral only")
-    experts_per_token: int | None = Field(None, ge=1, le=8, description="mixtral only")
+    num_experts: int | None = Field(None, ge=2, le=64, description="mixture-of-experts families only")
+    experts_per_token: int | None = Field(None, ge=1, le=8, description="mixture-of-experts families only")
     max_seq_len: int = Field(512, ge=16, le=8192)
     lm_head_scale: float = Field(
         50.0,
@@ -87,10 +108,24 @@ class ModelSpec(_Strict):
         """The preset's dimensions with this spec's explicit fields laid over them."""
         return model_dims.resolve_dims(self)
 
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, value: str) -> str:
+        from harness.families import ALL_FAMILIES, unknown_family_message
+
+        if value == ALL_FAMILIES:
+            raise ValueError("family: all is expanded by the scenario loader (one scenario per family); "
+                             "in Python, build one ModelSpec per family")
+        problem = unknown_family_message(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
     @model_validator(mode="after")
     def _dims_consistent(self) -> ModelSpec:
         if self.family == "llama" and (self.num_experts or self.experts_per_token):
-            raise ValueError("num_experts and experts_per_token need family: mixtral")
+            raise ValueError("num_experts and experts_per_token need a mixture-of-experts family "
+                             "(mixtral, qwen2_moe, ...); llama has no experts")
         d = self.dims
         if d.hidden_size % d.num_heads:
             raise FieldError(self._given("num_heads", "hidden_size"),
@@ -117,10 +152,58 @@ class ModelSpec(_Strict):
         return f"{name} {getattr(self.dims, name)}{origin}"
 
 
+class PathModel(_Strict):
+    """A local transformers-format causal LM: config.json, *.safetensors and a tokenizer
+    (tokenizer.json, or the files AutoTokenizer reads). Checked when the file loads."""
+
+    path: NonEmptyStr = Field(description="The model directory; a relative path resolves against the "
+                                          "scenario file's directory.")
+    dtype: Dtype = "float32"
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: str, info: ValidationInfo) -> str:
+        """Against the scenario file's directory (the loader's validation context), else the
+        working directory."""
+        path = Path(value).expanduser()
+        if not path.is_absolute():
+            base = (info.context or {}).get("base_dir")
+            path = Path(base) / path if base is not None else Path.cwd() / path
+        return str(Path(os.path.normpath(path)))
+
+
+class HubModel(_Strict):
+    """A Hugging Face Hub model, taken from the local Hugging Face cache only (never
+    downloaded): the cache is $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub."""
+
+    hub: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$",
+                     description="ORG/NAME, as on the Hub.")
+    revision: NonEmptyStr = Field("main", description="A branch, tag or commit hash present in the cache.")
+    dtype: Dtype = "float32"
+
+
+# The tags of the `model:` union: pydantic puts the tag in an error's location, and the loader
+# follows it to the member class (`harness.loader`).
+MODEL_SOURCES: dict[str, type[BaseModel]] = {"ModelSpec": ModelSpec, "PathModel": PathModel, "HubModel": HubModel}
+SOURCE_KEYS = {"family": "ModelSpec", "path": "PathModel", "hub": "HubModel"}
+
+
+def _model_source(value: Any) -> str:
+    if isinstance(value, dict):
+        return next((tag for key, tag in SOURCE_KEYS.items() if key in value), "ModelSpec")
+    return type(value).__name__ if type(value).__name__ in MODEL_SOURCES else "ModelSpec"
+
+
+ModelSource = Annotated[
+    Annotated[ModelSpec, Tag("ModelSpec")] | Annotated[PathModel, Tag("PathModel")] | Annotated[HubModel, Tag("HubModel")],
+    Discriminator(_model_source),
+]
+
+
 class GreedyOrSample(_Strict):
     mode: Literal["greedy", "sample"] = "greedy"
     temperature: float | None = Field(None, gt=0, le=100)
-    top_k: int | None = Field(None, ge=1, le=VOCAB_SIZE)
+    top_k: int | None = Field(None, ge=1, le=2**24, description="at most the model's vocabulary")
     top_p: float | None = Field(None, gt=0, le=1)
     repetition_penalty: float | None = Field(None, gt=0, le=10)
     seed: int = Field(0, ge=0, le=MAX_SEED)
@@ -136,7 +219,8 @@ class GreedyOrSample(_Strict):
 
 class LogitBias(_Strict):
     ids: dict[int, float] = Field(
-        default_factory=dict, description=f"token id (0 to {VOCAB_SIZE - 1}) -> bias"
+        default_factory=dict, description=f"token id -> bias (ids 0 to {VOCAB_SIZE - 1} for generated models; "
+        "for path and hub models, below their config's vocab_size)"
     )
     text: dict[NonEmptyStr, float] = Field(
         default_factory=dict,
@@ -145,13 +229,11 @@ class LogitBias(_Strict):
 
     @field_validator("ids")
     @classmethod
-    def _ids_in_vocabulary(cls, value: dict[int, float]) -> dict[int, float]:
+    def _ids_not_negative(cls, value: dict[int, float]) -> dict[int, float]:
         for token in value:
             if token < 0:
                 # Python indexing would bias token VOCAB_SIZE + id: refused, not reinterpreted.
                 raise FieldError((token, "[key]"), f"token id {token} is negative; ids count from 0")
-            if token >= VOCAB_SIZE:
-                raise FieldError((token, "[key]"), f"token id {token} is outside the vocabulary (0 to {VOCAB_SIZE - 1})")
         return value
 
 
@@ -428,7 +510,11 @@ class Metadata(_Strict):
 class Scenario(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$", max_length=80)
     description: str = Field(min_length=1, description="What it guards; which bug class.")
-    model: ModelSpec = Field(default_factory=ModelSpec)
+    model: ModelSource = Field(
+        default_factory=ModelSpec,
+        description="Exactly one of: {family, ...} a generated tiny model; {path} a local transformers-format "
+        "directory; {hub, revision} a model from the local Hugging Face cache (never downloaded).",
+    )
     engines: list[str] = Field(default_factory=lambda: ["reference"], min_length=1)
     devices: list[DeviceSpec] = Field(
         default_factory=lambda: [DeviceSpec(device="cpu"), DeviceSpec(device="cuda:0")],
@@ -457,10 +543,35 @@ class Scenario(_Strict):
             raise ValueError("give exactly one of prompt or prompts")
         return self
 
+    @field_validator("model", mode="before")
+    @classmethod
+    def _one_model_source(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            given = [key for key in SOURCE_KEYS if key in value]
+            if len(given) > 1:
+                raise FieldError(given[1], f"give exactly one of family, path or hub (this model has {' and '.join(given)})")
+            if "revision" in value and "hub" not in value:
+                raise FieldError("revision", "revision applies to hub models only")
+        return value
+
+    @model_validator(mode="after")
+    def _fits_the_vocabulary(self) -> Scenario:
+        # Generated models have the bundled tokenizer's vocabulary; path and hub models are
+        # checked against their config.json when the file loads (`harness.loader`).
+        if not isinstance(self.model, ModelSpec):
+            return self
+        problem = vocabulary_problem(self, VOCAB_SIZE)
+        if problem is not None:
+            raise FieldError(*problem)
+        return self
+
     @model_validator(mode="after")
     def _fits_the_context(self) -> Scenario:
         # The tokenizer is byte-level BPE: a prompt has at most one token per UTF-8 byte.
         # That bound needs no tokenizer; only a prompt it cannot clear is counted exactly.
+        # Path and hub models: checked against their own config and tokenizer at load.
+        if not isinstance(self.model, ModelSpec):
+            return self
         limit = self.model.max_seq_len - self.max_new_tokens
         for index, prompt in enumerate(self.prompt_list):
             if len(prompt.encode("utf-8", "surrogatepass")) <= limit:
@@ -478,6 +589,8 @@ class Scenario(_Strict):
 
     @model_validator(mode="after")
     def _fits_in_memory(self) -> Scenario:
+        if not isinstance(self.model, ModelSpec):
+            return self  # path and hub models: their safetensors files are measured at load
         spec, dims = self.model, self.model.dims
         weights = model_dims.parameter_count(spec.family, dims) * model_dims.CHECKPOINT_BYTES_PER_PARAM
         batch = self.features.beam_search.num_beams if self.features.beam_search else 1
@@ -539,6 +652,19 @@ class Scenario(_Strict):
     @property
     def prompt_list(self) -> list[str]:
         return [self.prompt] if self.prompt is not None else list(self.prompts or [])
+
+
+def vocabulary_problem(scenario: Scenario, vocab_size: int) -> tuple[tuple[str | int, ...], str] | None:
+    """(where, what) when a token id of the scenario lies outside a vocabulary of `vocab_size`."""
+    bias = scenario.features.logit_bias
+    for token in bias.ids if bias is not None else {}:
+        if token >= vocab_size:
+            return (("features", "logit_bias", "ids", token, "[key]"),
+                    f"token id {token} is outside the vocabulary (0 to {vocab_size - 1})")
+    top_k = scenario.sampling.top_k
+    if top_k is not None and top_k > vocab_size:
+        return ("sampling", "top_k"), f"top_k {top_k} exceeds the vocabulary ({vocab_size} tokens)"
+    return None
 
 
 def _gb(size: int) -> str:
@@ -630,6 +756,10 @@ def scenario_json_schema() -> dict[str, Any]:
     defs["DeviceSpec"]["anyOf"][1]["properties"]["device"]["pattern"] = _DEVICE_RE.pattern
     defs["ParityCheck"] = {"anyOf": [{"type": "boolean"}, defs["ParityCheck"]]}
     defs["ExpectFailure"] = {"anyOf": [{"enum": list(EXPECTABLE_CHECKS)}, defs["ExpectFailure"]]}
+    # The loader's sweep forms of a family: a list of names, or `all`.
+    family = defs["ModelSpec"]["properties"]["family"]
+    family["anyOf"] = [{"type": "string", "minLength": 1}, {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1}]
+    family.pop("type", None)
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "https://samedevice.dev/schema/scenario-v1.json",

@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 
 from harness.cases import Case
-from harness.tinymodel import resolve_dims
+from harness.model_dims import PRESETS, Dims, resolve_dims
+from harness.scenario import ModelSpec
 
 _SHARD = re.compile(r"^(\d+)/(\d+)$")
 
@@ -25,7 +26,7 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 def expected_cost(case: Case) -> float:
     s = case.scenario
-    dims = resolve_dims(s.model)
+    dims = _cost_dims(s.model)
     per_token = dims.num_layers * (dims.hidden_size**2 + 2 * dims.hidden_size * dims.intermediate_size) / 1e6 + 1.0
     tokens = s.max_new_tokens * len(s.prompt_list)
     if s.features.beam_search:
@@ -38,6 +39,23 @@ def expected_cost(case: Case) -> float:
     if case.target.kind != "cpu":
         cost += 1.0  # the CPU oracle run for parity
     return cost
+
+
+def _cost_dims(model) -> Dims:
+    """A generated model's dimensions; a path or hub model's from its config.json (the
+    loader has read it), else the bench preset's."""
+    if isinstance(model, ModelSpec):
+        return resolve_dims(model)
+    import json
+
+    from harness.model_source import ModelSourceError, describe
+
+    try:
+        config = json.loads((describe(model).directory / "config.json").read_text())
+        return Dims(hidden_size=int(config["hidden_size"]), num_layers=int(config["num_hidden_layers"]),
+                    num_heads=1, num_kv_heads=1, intermediate_size=int(config.get("intermediate_size") or 4 * config["hidden_size"]))
+    except (ModelSourceError, OSError, ValueError, KeyError, TypeError):
+        return PRESETS["bench"]
 
 
 def assign_shards(cases: list[Case], count: int) -> list[list[Case]]:

@@ -2,7 +2,9 @@
 
 `model_dir(spec)` returns a transformers-format directory (config.json, model.safetensors,
 tokenizer.json) built from the spec's seed, cached under `cache_root()`. Every engine loads
-the same directory, so the reference and transformers run the *same* weights.
+the same directory, so the reference and transformers run the *same* weights. llama and
+mixtral are written here in their exact layout; every other family is built from its
+transformers config class by `harness.tiny_families`.
 
 Random weights give near-flat logits (top-1/top-2 gaps of 1e-3) and greedy parity would
 flip on any rounding change; the lm_head is scaled up (`lm_head_scale`, x50 by default)
@@ -34,6 +36,7 @@ import torch
 # re-exported here for the factory's users.
 from harness.bundled_tokenizer import CORPUS, SPECIAL_TOKENS  # noqa: F401
 from harness.bundled_tokenizer import trained_tokenizer_json as _trained_tokenizer_json
+from harness.families import BUNDLED_FAMILIES
 from harness.model_dims import PRESETS, VOCAB_SIZE, Dims, resolve_dims  # noqa: F401
 from harness.scenario import ModelSpec
 
@@ -105,7 +108,7 @@ def model_dir(spec: ModelSpec) -> Path:
     dims = resolve_dims(spec)
     key = json.dumps(
         {"v": FACTORY_VERSION, "family": spec.family, "seed": spec.seed, "scale": spec.lm_head_scale,
-         "max_seq_len": spec.max_seq_len, **asdict(dims), **file_format_generations()},
+         "max_seq_len": spec.max_seq_len, **asdict(dims), **file_format_generations(), **_family_key(spec)},
         sort_keys=True,
     )
     target = cache_root() / "models" / f"{spec.family}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
@@ -136,10 +139,29 @@ def file_format_generations() -> dict[str, str]:
     return {"tokenizer_json": tokenizer_json_generation()}
 
 
+def _family_key(spec: ModelSpec) -> dict[str, str]:
+    """What else decides the files of a family built from transformers' config classes: their
+    defaults and the model's layout belong to the installed transformers. (Nothing for llama and
+    mixtral, whose layout is written here: their cache keys stay as they were.)"""
+    if spec.family in BUNDLED_FAMILIES:
+        return {}
+    import transformers
+
+    from harness.tiny_families import BUILDER_VERSION, config_fingerprint
+
+    return {"builder": str(BUILDER_VERSION), "transformers_release": transformers.__version__,
+            "config": config_fingerprint(spec)}
+
+
 def _write_model(directory: Path, spec: ModelSpec, dims: Dims) -> None:
     from safetensors.torch import save_file
 
     tokenizer_path(directory)
+    if spec.family not in BUNDLED_FAMILIES:
+        from harness.tiny_families import write_model
+
+        write_model(directory, spec, dims)
+        return
     save_file(_weights(spec, dims), str(directory / "model.safetensors"), metadata={"format": "pt"})
     (directory / "config.json").write_text(json.dumps(_config(spec, dims), indent=2))
     (directory / "generation_config.json").write_text(

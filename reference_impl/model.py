@@ -49,6 +49,9 @@ class ModelArgs:
     def from_hf_config(cls, path: Path) -> ModelArgs:
         config = json.loads((path / "config.json").read_text())
         rope = config.get("rope_parameters") or {}
+        unsupported = unsupported_config(config)
+        if unsupported:
+            raise NotImplementedError(f"reference_impl cannot load this model faithfully: {unsupported}")
         return cls(
             vocab_size=config["vocab_size"],
             hidden_size=config["hidden_size"],
@@ -62,6 +65,28 @@ class ModelArgs:
             num_experts=config.get("num_local_experts", 0),
             experts_per_token=config.get("num_experts_per_tok", 2),
         )
+
+
+def unsupported_config(config: dict) -> str | None:
+    """What in a llama/mixtral config.json this implementation does not compute (a local
+    checkpoint may use it), or None."""
+    if config.get("model_type") not in ("llama", "mixtral"):
+        return f"model_type {config.get('model_type')!r} (it runs llama and mixtral)"
+    scaling = config.get("rope_scaling") or {}
+    rope_type = (config.get("rope_parameters") or {}).get("rope_type", scaling.get("rope_type", scaling.get("type", "default")))
+    checks = {
+        f"rope scaling {rope_type!r}": rope_type not in ("default", None),
+        "a tied lm_head (tie_word_embeddings)": bool(config.get("tie_word_embeddings")),
+        "attention biases": bool(config.get("attention_bias")),
+        "MLP biases": bool(config.get("mlp_bias")),
+        f"activation {config.get('hidden_act')!r}": config.get("hidden_act", "silu") != "silu",
+        "a head_dim other than hidden_size / num_attention_heads": config.get("head_dim") not in (
+            None, config["hidden_size"] // config["num_attention_heads"]),
+        "sliding-window attention": bool(config.get("sliding_window")) and config.get("model_type") == "mixtral"
+        and config["sliding_window"] < config.get("max_position_embeddings", 0),
+    }
+    found = [what for what, present in checks.items() if present]
+    return ", ".join(found) or None
 
 
 class RMSNorm(nn.Module):

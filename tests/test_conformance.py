@@ -43,3 +43,18 @@ def test_the_command_prints_a_verdict_per_line_and_exits_by_conformance() -> Non
     assert done.stdout.rstrip().splitlines()[-1].startswith("reference: conformant (")
     unknown = subprocess.run([sys.executable, "-m", "harness.cli", "check-engine", "refrence"], capture_output=True, text=True)
     assert unknown.returncode == 2 and "did you mean 'reference'?" in unknown.stderr
+
+
+def test_an_engine_that_does_not_run_llama_is_checked_on_an_architecture_it_declares(monkeypatch) -> None:
+    import dataclasses
+
+    from harness import conformance
+    from harness.engines import get_engine
+
+    real = get_engine("transformers")
+    qwen2_only = type("Qwen2Only", (real,), {"capabilities": dataclasses.replace(real.capabilities, families=frozenset({"qwen2"}))})
+    monkeypatch.setattr(conformance, "get_engine", lambda name: qwen2_only)
+    battery = conformance.Battery("qwen2-only", [], lambda case, options: None)
+    assert battery.family == "qwen2"
+    assert battery._scenario("plain").scenario.model.family == "qwen2"
+    assert battery._scenario("x", model={"family": "mixtral"}).scenario.model.family == "mixtral", "a line's own model wins"

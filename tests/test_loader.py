@@ -170,7 +170,7 @@ RULES = {
     "sampling_seed_past_64_bits": (S + "sampling: {mode: sample, seed: 18446744073709551616}\n",
                                    ":4:32: sampling.seed: Input should be less than or equal to 18446744073709551615 (got 18446744073709551616)"),
     "top_k_past_vocabulary": (S + "sampling: {mode: sample, top_k: 513}\n",
-                              ":4:33: sampling.top_k: Input should be less than or equal to 512 (got 513)"),
+                              ":4:33: sampling.top_k: top_k 513 exceeds the vocabulary (512 tokens)"),
     # model dimensions
     "heads_do_not_divide_hidden": (S + "model: {hidden_size: 100, num_heads: 3}\n",
                                    ":4:38: model.num_heads: hidden_size 100 is not divisible by num_heads 3"),

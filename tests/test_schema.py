@@ -36,7 +36,11 @@ def test_schema_validates_every_bundled_scenario_file(schema: dict) -> None:
     # bounds added with issue 11: what the schema can say, it says
     {"name": "x", "description": "d", "prompts": ["hi", ""]},
     {"name": "x", "description": "d", "prompt": "hi", "model": {"seed": 2**64}},
-    {"name": "x", "description": "d", "prompt": "hi", "sampling": {"mode": "sample", "top_k": 513}},
+    {"name": "x", "description": "d", "prompt": "hi", "sampling": {"mode": "sample", "top_k": 0}},
+    # model sources: exactly one of family, path, hub; each with only its own keys
+    {"name": "x", "description": "d", "prompt": "hi", "model": {"path": "m", "seed": 1}},
+    {"name": "x", "description": "d", "prompt": "hi", "model": {"hub": "not-org-slash-name"}},
+    {"name": "x", "description": "d", "prompt": "hi", "model": {"family": []}},
     {"name": "x", "description": "d", "prompt": "hi", "devices": [{"device": "auto", "gpus": 1}]},
     {"name": "x", "description": "d", "prompt": "hi", "devices": ["cuda:64"]},
     {"name": "x", "description": "d", "prompt": "hi", "model": {"lm_head_scale": 1e30}},

@@ -88,14 +88,29 @@ def test_a_simulated_generator_draws_what_the_cpu_one_draws():
 
 def test_a_missing_cpu_kernel_is_reported_as_a_kernel_gap():
     with simulated_gpus() as sim:
-        counts = torch.tensor([1, 2, 2, 3], dtype=torch.int32, device="cuda:0")
+        half = torch.tensor([1.0, 2.0], dtype=torch.float16, device="cuda:0")
         with pytest.raises(RuntimeError) as excinfo:
-            torch.histc(counts, bins=3)  # runs on a GPU; the CPU kernel has no int32
+            torch.polar(half, half)  # CUDA's polar takes float16; the CPU kernel does not
     assert is_kernel_gap(excinfo.value)
     assert len(sim.kernel_gaps) == 1
-    assert sim.kernel_gaps[0].startswith("histc")
+    assert sim.kernel_gaps[0].startswith("polar")
+    assert not sim.stand_ins
     assert not is_kernel_gap(RuntimeError("Expected all tensors to be on the same device, but found at least two"
                                           " devices, cuda:0 and cpu!"))
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
+def test_integer_histc_a_gpu_kernel_the_cpu_lacks_is_computed_exactly_and_noted(dtype):
+    # transformers' MoE routing counts tokens per expert with an integer histc on GPUs
+    # (integrations/moe.py): without a stand-in, every MoE model would skip on simulated GPUs.
+    values = [0, 3, 1, 1, 3, 3, 2, 7]
+    expected = torch.histc(torch.tensor(values, dtype=torch.float32), bins=4, min=0, max=3)
+    with simulated_gpus() as sim:
+        counts = torch.histc(torch.tensor(values, dtype=dtype, device="cuda:0"), bins=4, min=0, max=3)
+        assert counts.device == torch.device("cuda", 0) and counts.dtype == dtype
+        assert counts.cpu().tolist() == expected.long().tolist()
+    assert not sim.kernel_gaps
+    assert len(sim.stand_ins) == 1 and sim.stand_ins[0].startswith(f"histc: the CPU has no {dtype} kernel; counted in float32")
 
 
 def test_host_facing_methods_answer_as_for_a_cuda_tensor():
@@ -128,3 +143,15 @@ def test_simulated_tensors_keep_working_after_the_context():
     y = x * 3  # no mode outside: dispatch alone
     assert y.device == torch.device("cuda", 0)
     assert y.cpu().tolist() == [3.0, 3.0]
+
+
+def test_mm_with_an_output_dtype_a_cuda_only_kernel_is_computed_in_that_dtype_and_noted():
+    a = torch.randn(3, 8, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    b = torch.randn(8, 2, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        torch.mm(a, b, out_dtype=torch.float32)  # the CPU build has no kernel for it
+    with simulated_gpus() as sim:
+        out = torch.mm(a.to("cuda:0"), b.to("cuda:0"), out_dtype=torch.float32)
+        assert out.device == torch.device("cuda", 0) and out.dtype == torch.float32
+        assert torch.equal(out.cpu(), a.float() @ b.float())
+    assert not sim.kernel_gaps and sim.stand_ins[0].startswith("mm: the CPU has no mm with out_dtype")

@@ -44,7 +44,7 @@ from harness.devices.sim_tensor import (
     wrap,
     wrap_result,
 )
-from harness.devices.state import note_if_kernel_gap, record
+from harness.devices.state import NO_STAND_IN, record, stand_in
 
 _NO_KWARGS: Any = MappingProxyType({})  # read-only: handlers copy before changing kwargs
 _make_wrapper = Tensor._make_wrapper_subclass
@@ -113,8 +113,9 @@ def _fast(func, args, kwargs):
     try:
         out = func(*inner)
     except (RuntimeError, NotImplementedError) as exc:
-        note_if_kernel_gap(func, exc)
-        raise
+        out = stand_in(func, inner, None, exc)  # a CPU stand-in for a GPU kernel, else the gap is noted
+        if out is NO_STAND_IN:
+            raise
     if type(out) is Tensor:
         if out is inner[0]:
             return args[0]  # in-place, or a no-op like contiguous(): the receiver itself
@@ -208,8 +209,9 @@ def _with_kwargs(func, args, kwargs):
     try:
         out = func(*inner, **inner_kwargs)
     except (RuntimeError, NotImplementedError) as exc:
-        note_if_kernel_gap(func, exc)
-        raise
+        out = stand_in(func, inner, inner_kwargs, exc)  # a CPU stand-in for a GPU kernel, else the gap is noted
+        if out is NO_STAND_IN:
+            raise
     if target == -1:
         return out
     if "out" in kwargs and out is inner_kwargs["out"]:

@@ -25,6 +25,7 @@ class Simulation:
     count: int
     ledger: Ledger | None
     kernel_gaps: list[str] = field(default_factory=list)  # CPU kernels a GPU-only path lacked
+    stand_ins: list[str] = field(default_factory=list)  # GPU kernels computed another way (exactly)
 
 
 def unavailable_reason() -> str | None:
@@ -56,7 +57,7 @@ def simulated_gpus(count: int = 2, ledger: Ledger | None = None) -> Iterator[Sim
     try:
         patch_torch(patches, count)
         STATE.active, STATE.count, STATE.current = True, count, 0
-        STATE.ledger, STATE.kernel_gaps = ledger, simulation.kernel_gaps
+        STATE.ledger, STATE.kernel_gaps, STATE.stand_ins = ledger, simulation.kernel_gaps, simulation.stand_ins
         torch.__future__.set_swap_module_params_on_conversion(True)  # wrappers need swap_tensors
         with torch.no_grad(), SimFunctionMode():
             yield simulation
@@ -64,4 +65,4 @@ def simulated_gpus(count: int = 2, ledger: Ledger | None = None) -> Iterator[Sim
         torch.__future__.set_swap_module_params_on_conversion(swap)
         patches.undo()
         STATE.active, STATE.count, STATE.current, STATE.ledger = False, 0, 0, None
-        STATE.kernel_gaps = []
+        STATE.kernel_gaps, STATE.stand_ins = [], []

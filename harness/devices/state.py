@@ -10,8 +10,10 @@ import contextlib
 import os
 import sys
 import sysconfig
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
+from typing import Any
 
 import torch
 
@@ -26,6 +28,7 @@ class SimState:
     current: int = 0  # torch.cuda.current_device()
     ledger: Ledger | None = None
     kernel_gaps: list[str] = field(default_factory=list)  # "op: message at site" of CPU kernels missing
+    stand_ins: list[str] = field(default_factory=list)  # "op: what was computed instead at site"
 
 
 STATE = SimState()
@@ -60,6 +63,54 @@ def note_if_kernel_gap(func: object, exc: BaseException) -> None:
         del _GAP_ERRORS[next(iter(_GAP_ERRORS))]
     if note not in STATE.kernel_gaps:
         STATE.kernel_gaps.append(note)
+
+
+def _histc_in_float(func: Any, inner: Sequence[Any], kwargs: dict) -> tuple[Any, str] | None:
+    """CUDA's histc takes integer input (transformers' MoE routing counts tokens per expert with
+    it on GPUs); the CPU kernel is float-only. Counting in float32 is exact below 2**24."""
+    first = inner[0]
+    if first.is_floating_point():
+        return None
+    return func(first.float(), *inner[1:], **kwargs).to(first.dtype), f"the CPU has no {first.dtype} kernel; counted in float32 (exact)"
+
+
+def _mm_with_out_dtype(func: Any, inner: Sequence[Any], kwargs: dict) -> tuple[Any, str] | None:
+    """`mm(a, b, out_dtype=...)` (aten::mm.dtype) has only a CUDA kernel: the inputs in the output
+    dtype, multiplied on the CPU (a 16-bit input's products are exact in float32, as on the GPU)."""
+    if len(inner) < 2:
+        return None
+    out_dtype = kwargs.get("out_dtype", inner[2] if len(inner) > 2 else None)
+    if not isinstance(out_dtype, torch.dtype):
+        return None
+    a, b = inner[0].to(out_dtype), inner[1].to(out_dtype)
+    return torch.ops.aten.mm.default(a, b), f"the CPU has no mm with out_dtype; computed in {out_dtype}"
+
+
+# GPU kernels the CPU build lacks, computed another way with the GPU's result: op name ->
+# recipe, (result, how it was computed) or None where it does not apply. Each use is noted
+# for the case ("stand_ins: ..."), never silent; any other gap stays a kernel gap.
+CPU_STAND_INS: dict[str, Callable[[Any, Sequence[Any], dict], tuple[Any, str] | None]] = {
+    "histc": _histc_in_float, "mm": _mm_with_out_dtype}
+NO_STAND_IN = object()
+
+
+def stand_in(func: object, inner: Sequence[Any], kwargs: dict | None, exc: BaseException) -> object:
+    """The op's result computed by its CPU stand-in, when `exc` is a kernel gap that has one;
+    else NO_STAND_IN (the kernel gap noted as usual) and the caller re-raises."""
+    name = (getattr(func, "__name__", "") or "").split(".")[0].lstrip("_")
+    recipe = CPU_STAND_INS.get(name)
+    answer = None
+    if (recipe is not None and inner and isinstance(inner[0], torch.Tensor) and is_kernel_gap(exc)
+            and has_cuda_kernel(func)):
+        answer = recipe(func, inner, kwargs or {})
+    if answer is None:
+        note_if_kernel_gap(func, exc)
+        return NO_STAND_IN
+    out, how = answer
+    note = f"{name}: {how} at {call_site()}"
+    if note not in STATE.stand_ins:
+        STATE.stand_ins.append(note)
+    return out
 
 
 def has_cuda_kernel(func: object) -> bool:

@@ -6,7 +6,10 @@ What the harness calls, per case, in a fresh instance (README "Writing an engine
    case is then skipped with that reason. An engine may also raise `Unsupported(reason)`
    from load or generate for one case it cannot run here (the case is skipped).
 2. `load(request, placement)`: load the model of `request.model_dir` onto
-   `placement.devices` (one device, or several for `auto`). Afterwards the harness looks
+   `placement.devices` (one device, or several for `auto`). The directory is a generated
+   tiny model, or a path or hub model of the user's; `request.model` says its architecture,
+   vocabulary, EOS id and longest sequence, and `Capabilities.families` which
+   architectures the engine is given at all. Afterwards the harness looks
    at where the weights of `modules()` live and fails the case if that is not the
    placement asked for.
 3. `generate(request) -> Generation`: run every prompt of `request.spec`. The harness owns
@@ -41,6 +44,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from harness.model_source import ModelInfo
 from harness.scenario import Scenario
 from harness.spec import GenerationSpec
 
@@ -64,6 +68,9 @@ class Capabilities:
     # Checks whose failures are known properties of the engine, reported as findings
     # (a section of their own in the report) rather than failing the case.
     findings: frozenset[str] = frozenset()
+    # Model architectures it runs (config.json's model_type: "llama", "qwen2", ...); None: any
+    # architecture transformers loads. Cases of other families are skipped, naming them.
+    families: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,9 @@ class Request:
     # `engine_options.<this engine>` of the scenario: the typed options of a built-in engine,
     # the engine's `options_model` instance for a plugin that declares one, else a mapping.
     options: Any = None
+    # The model's architecture, vocabulary, EOS and positions (a generated model's, or a path or
+    # hub model's own config); None only in requests built by hand.
+    model: ModelInfo | None = None
 
     @property
     def prompt_ids(self) -> list[list[int]]:

@@ -29,17 +29,74 @@ from harness.scenario import Assistant, PeftAdapter, TransformersOptions
 from harness.versions import engine_problem
 
 
-def balanced_device_map(num_layers: int, devices: tuple[str, ...]) -> dict[str, str]:
-    """Contiguous layer groups; embeddings with the first group, norm and head with the last."""
-    per_device, extra = divmod(num_layers, len(devices))
-    device_map = {"model.embed_tokens": devices[0], "model.rotary_emb": devices[0]}
+def balanced_device_map(model: torch.nn.Module, devices: tuple[str, ...]) -> dict[str, str]:
+    """Contiguous groups of decoder layers over `devices`; what the model registers before its
+    layer list (embeddings) and the rotary tables go with the first group, what it registers
+    after (final norm, head) with the last. Found from the module tree, so any architecture's
+    naming works (llama's `model.layers`, gpt2's `transformer.h`, ...)."""
+    name, layers = _decoder_layers(model)
+    per_device, extra = divmod(len(layers), len(devices))
+    device_map: dict[str, str] = {}
     layer = 0
     for index, device in enumerate(devices):
         for _ in range(per_device + (1 if index < extra else 0)):
-            device_map[f"model.layers.{layer}"] = device
+            device_map[f"{name}.{layer}"] = device
             layer += 1
-    device_map |= {"model.norm": devices[-1], "lm_head": devices[-1]}
+    after_layers = False
+    for module_name, module in model.named_modules():
+        if module_name == name:
+            after_layers = True
+            continue
+        if not module_name or module_name.startswith(name + "."):
+            continue
+        own = [n for n, _ in module.named_parameters(recurse=False)] + [n for n, _ in module.named_buffers(recurse=False)]
+        if not own:
+            continue
+        device = devices[0] if not after_layers or module_name.endswith("rotary_emb") else devices[-1]
+        if any(True for child in module.children() for _ in child.parameters()) or any(
+                True for child in module.children() for _ in child.buffers()):
+            # A module with tensors of its own and children that have theirs (gpt's
+            # `transformer.position_ids`): its tensors by name, so the key does not also cover
+            # (and move) the children, which have keys of their own.
+            device_map |= {f"{module_name}.{tensor}": device for tensor in own}
+        else:
+            device_map[module_name] = device
     return device_map
+
+
+def _decoder_layers(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList]:
+    """The model's list of decoder layers: the ModuleList as long as its layer count. A model
+    with several such lists (XLM's attentions, ffns, ... one list per layer part; HRM's two
+    stacks) has no one split by layer: `Unsupported`, so its auto cases skip saying so."""
+    config = getattr(model, "config", None)
+    config = getattr(config, "get_text_config", lambda: config)()
+    count = getattr(config, "num_hidden_layers", None)
+    lists = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.ModuleList) and len(m)]
+    matching = [(n, m) for n, m in lists if len(m) == count]
+    if not matching and lists:  # a layer count that is not the list's length (HRM counts recurrent slots)
+        longest = max(len(m) for _, m in lists)
+        matching = [(n, m) for n, m in lists if len(m) == longest]
+    # Lists inside another one (LongCat's per-layer pairs of attentions) are parts of its layers.
+    matching = [(n, m) for n, m in matching if not any(n.startswith(other + ".") for other, _ in matching)]
+    if len(matching) > 1:
+        raise Unsupported(f"{type(model).__name__} has {len(matching)} lists of {len(matching[0][1])} layers "
+                          f"({', '.join(n for n, _ in matching)}): no one split by layer over devices")
+    if not matching:
+        raise Unsupported(f"{type(model).__name__}: no list of decoder layers to split over devices")
+    return matching[0]
+
+
+def _place_own_tensors(model: torch.nn.Module, device_map: dict[str, str]) -> None:
+    """Device-map keys that name a tensor (a parent module's own, see balanced_device_map):
+    accelerate covers them but leaves buffers where they are, so they are moved here."""
+    for key, device in device_map.items():
+        owner_name, _, tensor = key.rpartition(".")
+        owner = model.get_submodule(owner_name) if owner_name else model
+        buffer, parameter = owner._buffers.get(tensor), owner._parameters.get(tensor)
+        if buffer is not None:
+            owner._buffers[tensor] = buffer.to(device)
+        elif parameter is not None:
+            owner._parameters[tensor] = torch.nn.Parameter(parameter.data.to(device), requires_grad=parameter.requires_grad)
 
 
 class JsonSchemaProcessor:
@@ -178,14 +235,16 @@ def place(model: Any, placement: Placement) -> Any:
     if placement.kind == "auto":
         from accelerate import dispatch_model
 
-        device_map = balanced_device_map(model.config.num_hidden_layers, placement.devices)
+        device_map = balanced_device_map(model, placement.devices)
         # main_device: else accelerate picks one from a set, so the copies per token would
         # depend on PYTHONHASHSEED. skip_keys: the cache stays where each layer put it, as
         # from_pretrained(device_map=...) dispatches (transformers passes
         # model._skip_keys_device_placement); without it a tuple past_key_values handed to
         # the model (Outlines 0.0.x) is moved whole to the main device.
-        return dispatch_model(model, device_map=device_map, main_device=placement.devices[0],
-                              skip_keys=model._skip_keys_device_placement)
+        model = dispatch_model(model, device_map=device_map, main_device=placement.devices[0],
+                               skip_keys=model._skip_keys_device_placement)
+        _place_own_tensors(model, device_map)
+        return model
     if placement.devices[0] != "cpu":
         return model.to(placement.devices[0])
     return model

@@ -28,6 +28,8 @@ class LlamaCppEngine(Engine):
         # llama.cpp's JSON-schema-to-grammar conversion does not enforce numeric bounds
         # (seen: "age": -7511518687786936 against minimum 0): a finding, not a device bug.
         findings=frozenset({"json_schema"}),
+        # GGUF export (harness.gguf_export) writes llama models.
+        families=frozenset({"llama"}),
     )
 
     @classmethod
@@ -48,7 +50,7 @@ class LlamaCppEngine(Engine):
             raise NotImplementedError(f"the llamacpp adapter writes f32 and q8_0 GGUF files, not {quant.format}")
         path = gguf_file(request.model_dir, "q8_0" if quant is not None else "f32")
         self.llm = Llama(
-            model_path=str(path), n_ctx=request.scenario.model.max_seq_len, logits_all=True, verbose=False,
+            model_path=str(path), n_ctx=_context_length(request), logits_all=True, verbose=False,
             n_gpu_layers=0 if placement.kind == "cpu" else -1, seed=request.spec.sampling.seed, n_threads=2,
         )
 
@@ -95,3 +97,9 @@ class LlamaCppEngine(Engine):
 
     def close(self) -> None:
         self.llm = None
+
+
+def _context_length(request: Request) -> int:
+    """The model's own max_position_embeddings (a generated model's is its max_seq_len)."""
+    positions = request.model.max_positions if request.model is not None else None
+    return positions or 512

@@ -30,6 +30,8 @@ class MistralRsEngine(Engine):
         token_ids=False,
         teacher_forcing=False,
         deterministic=False,  # under sampling: the CPU build cannot be seeded
+        # The adapter names mistral.rs's Llama architecture.
+        families=frozenset({"llama"}),
     )
 
     @classmethod
@@ -45,7 +47,7 @@ class MistralRsEngine(Engine):
 
         os.environ.setdefault("MISTRALRS_CPU_KV_F32", "1")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        if request.scenario.model.family != "llama":
+        if request.model is not None and request.model.family != "llama":  # Capabilities.families skips these
             raise NotImplementedError("the mistralrs adapter loads llama models only")
         directory = Path(request.model_dir)
         template = directory / "passthrough_chat_template.jinja"

@@ -25,6 +25,9 @@ class ReferenceEngine(Engine):
         devices=frozenset({"cpu", "cuda", "auto"}),
         simulated=True,
         faults=frozenset(FAULTS),
+        # What reference_impl loads faithfully (its greedy ids equal transformers'); it refuses
+        # configs it cannot honour (rope scaling, biases, tied head) when it loads.
+        families=frozenset({"llama", "mixtral"}),
     )
 
     model: Transformer | None = None

@@ -34,7 +34,7 @@ class CleanEngine(Engine):
 
             from harness.engines.hf_transformers import balanced_device_map
 
-            device_map = balanced_device_map(model.config.num_hidden_layers, placement.devices)
+            device_map = balanced_device_map(model, placement.devices)
             model = dispatch_model(model, device_map=device_map, main_device=placement.devices[0])
         else:
             model = model.to(placement.devices[0])

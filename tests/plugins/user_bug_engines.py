@@ -51,7 +51,8 @@ class UserBugsEngine(Engine):
                 request.on_phase("decode")
             hidden = self.embed[token]  # [1, HIDDEN]
             if "gpu-only-path" in tags and hidden.device.type == "cuda":
-                torch.histc(token.int(), bins=4)  # a CUDA kernel exists for int32; the CPU's does not
+                half = hidden[0, :2].half()
+                torch.polar(half, half)  # a CUDA kernel exists for float16; the CPU's does not
             if "bug:4" in tags:
                 hidden = user.quantized_linear(hidden, self.qweight, self.scale, fixed=fixed)
             if "bug:2" in tags:

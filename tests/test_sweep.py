@@ -1,0 +1,88 @@
+"""The architecture sweep: `family: all` expands to one scenario per family of the installed
+transformers, the sweep file stays out of the quick default suite, the family table reads a
+run, and companion runs (the CPU parity oracle) are never shared between families."""
+
+from __future__ import annotations
+
+from harness.architectures import sweep_table
+from harness.cases import Case, DeviceTarget, expand
+from harness.errors import ErrorInfo
+from harness.families import causal_lm_families, known_families
+from harness.loader import load_file, load_paths
+from harness.results import CaseResult
+from harness.runner import Companions
+from harness.scenario import DeviceSpec
+from tests.conftest import REPO
+
+SWEEP = REPO / "sweeps" / "architectures.yaml"
+
+
+def test_family_all_is_one_scenario_per_family_of_the_installed_transformers() -> None:
+    result = load_file(SWEEP)
+    assert not result.errors, result.errors
+    names = [s.scenario.name for s in result.scenarios]
+    families = known_families()
+    assert families is not None and {"qwen2", "gemma2", "phi3", "mistral", "llama", "mixtral"} <= set(families)
+    bases = ["arch-greedy", "arch-beam-search", "arch-static-cache", "arch-sampled"]
+    assert names == [f"{base}.{family}" for base in bases for family in families]
+    assert {s.scenario.model.family for s in result.scenarios} == set(families)
+    assert {s.line for s in result.scenarios if s.scenario.name.startswith("arch-greedy.")} == {13}, "the item's own line"
+
+
+def test_the_family_list_is_read_without_importing_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from harness.families import causal_lm_families; n = len(causal_lm_families()); "
+            "print(n, 'torch' in sys.modules, 'transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert int(out[0]) == len(causal_lm_families() or ()) > 50 and out[1:] == ["False", "False"]
+
+
+def test_the_sweep_uses_the_features_it_names() -> None:
+    scenarios = {s.scenario.name.split(".")[0]: s.scenario for s in load_file(SWEEP).scenarios}
+    assert scenarios["arch-beam-search"].features.beam_search is not None
+    assert scenarios["arch-sampled"].sampling.mode == "sample"
+    assert scenarios["arch-static-cache"].engine_options.for_engine("transformers").generate == {"cache_implementation": "static"}
+    assert all(s.engines == ["transformers"] for s in scenarios.values())
+
+
+def test_the_sweep_is_not_part_of_the_default_suite() -> None:
+    bundled = [s.scenario.name for s in load_paths([REPO / "scenarios"]).scenarios]
+    assert bundled and not any(name.startswith("arch-") for name in bundled)
+    settings = [line for line in (REPO / "pyproject.toml").read_text().splitlines()
+                if line.startswith(("testpaths", "samedevice_paths"))]
+    assert len(settings) == 2 and not any("sweeps" in line for line in settings), settings
+    noxfile = (REPO / "noxfile.py").read_text()
+    assert '@nox.session(default=False)\ndef sweep(' in noxfile and '"sweep"' not in noxfile.split("nox.options.sessions")[1].splitlines()[0]
+
+
+def test_companion_runs_are_kept_per_family_of_one_line() -> None:
+    [greedy_qwen2] = [s for s in load_file(SWEEP).scenarios if s.scenario.name == "arch-greedy.qwen2"]
+    [greedy_gemma2] = [s for s in load_file(SWEEP).scenarios if s.scenario.name == "arch-greedy.gemma2"]
+    assert greedy_qwen2.line == greedy_gemma2.line
+    cpu = DeviceTarget(DeviceSpec(device="cpu"), simulated=False)
+    keys = {Companions._key(Case(s, "transformers", cpu)) for s in (greedy_qwen2, greedy_gemma2)}
+    assert len(keys) == 2, "a CPU oracle of one family must never judge another"
+    assert len(expand(greedy_qwen2)) == 5  # cpu, cuda:0 + sim, auto + sim
+
+
+def result(scenario: str, device: str, status: str, **fields) -> CaseResult:
+    return CaseResult(id=f"{scenario}[transformers-{device}]", scenario=scenario, engine="transformers", device=device,
+                      file="sweeps/architectures.yaml", line=13, status=status, **fields)
+
+
+def test_the_table_has_a_row_per_family_a_column_per_feature_and_device_and_the_findings() -> None:
+    error = ErrorInfo("RuntimeError", "The size of tensor a (2) must match", site="transformers/cache_utils.py:42")
+    results = [
+        result("arch-greedy.qwen2", "cpu", "passed"),
+        result("arch-greedy.qwen2", "sim:cuda:0", "passed"),
+        result("arch-sampled.qwen2", "sim:auto", "error", error=error),
+        result("arch-greedy.bert", "cpu", "skipped", reason="model family bert cannot be built tiny: encoder"),
+    ]
+    table = sweep_table(results).splitlines()
+    assert "| family | greedy cpu | greedy sim:cuda:0 | sampled sim:auto |" in table
+    assert "| qwen2 | ok | ok | ERR |" in table and "| bert | skip |  |  |" in table
+    assert "- bert: encoder" in table and "## Cannot be built tiny (1 families)" in table
+    assert ("- `arch-sampled.qwen2[transformers-sim:auto]` (sweeps/architectures.yaml:13): RuntimeError at "
+            "transformers/cache_utils.py:42: The size of tensor a (2) must match") in table
