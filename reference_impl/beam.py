@@ -127,7 +127,7 @@ def beam_search(
         pipeline.observe(tokens)
         host_index = torch.tensor(host_rows)  # built on the host: for host caches only
         model.reorder_caches(host_index if "ancestors_on_cpu" in model.faults else ancestors, host_index, position)
-        logits = model(to_input_device(model, tokens), position, last_only=True)[:, -1]
+        logits = model(to_input_device(model, tokens), position, last_only=True)
         position += 1
 
     if not finished.beams or steps >= config.max_new_tokens:

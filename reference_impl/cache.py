@@ -1,6 +1,7 @@
 """KV caches, one per layer, chosen by the scenario's `features.kv_cache.kind`.
 
-    static     preallocated [B, K, S_max, D] buffers on the layer's device (gpt-fast).
+    static     preallocated [B, K, S_max, D] buffers on the layer's device (gpt-fast); written
+               and read through `narrow` views.
     offloaded  kept in host memory between steps; each step brings the layer's past to the
                device in one explicit host-to-device copy and writes the new entries back in
                one device-to-host copy. Those are its only transfers, counted in `copies`.
@@ -9,9 +10,11 @@
                as Petals' llama block does (`torch.cat([past_key_value[0], key_states])`).
 
 Every cache answers `update(start, k, v) -> (k, v)` for positions [0, start + S) and
-`reorder(index, length)` for beam search (row i becomes row index[i]). `on_host` says
-which index a reorder needs: a host index for the offloaded cache, else one on the layer's
-device.
+`reorder(index, length)` for beam search (row i becomes row index[i]). The static cache also
+takes a [1] position tensor for `start` (the compiled decode step, see `compiled`): it writes
+there with `index_copy_` and hands back the whole cache, so no shape depends on the
+position; the other kinds run eagerly only. `on_host` says which index a reorder needs: a
+host index for the offloaded cache, else one on the layer's device.
 
 Axes: B batch (beams), K kv heads, S sequence, D head dim.
 """
@@ -31,7 +34,7 @@ Past = list[tuple[Tensor, Tensor]]  # per layer: keys and values [B, K, S, D]
 class Cache(Protocol):
     on_host: bool
 
-    def update(self, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]: ...
+    def update(self, start: int | Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]: ...
 
     def reorder(self, index: Tensor, length: int) -> None: ...
 
@@ -50,11 +53,15 @@ class KVCache(nn.Module):
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
-    def update(self, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        end = start + k.shape[2]
-        self.k[:, :, start:end] = k
-        self.v[:, :, start:end] = v
-        return self.k[:, :, :end], self.v[:, :, :end]
+    def update(self, start: int | Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        if isinstance(start, Tensor):  # the compiled decode step: fixed shapes, the whole cache
+            self.k.index_copy_(2, start, k)
+            self.v.index_copy_(2, start, v)
+            return self.k, self.v
+        length = k.shape[2]
+        self.k.narrow(2, start, length).copy_(k)
+        self.v.narrow(2, start, length).copy_(v)
+        return self.k.narrow(2, 0, start + length), self.v.narrow(2, 0, start + length)
 
     def reorder(self, index: Tensor, length: int) -> None:
         self.k[:, :, :length] = self.k[:, :, :length].index_select(0, index)

@@ -66,22 +66,23 @@ def prompt_tensor(model: Transformer, rows: list[list[int]]) -> Tensor:
     return torch.tensor(rows, device=device)
 
 
-def prefill(model: Transformer, ids: Tensor, kind: str) -> Tensor:
-    """Fill the caches with the prompt [B, S]; logits [B, V] of its last position.
+def prefill(model: Transformer, ids: Tensor, kind: str, cache_length: int | None = None) -> Tensor:
+    """Fill the caches (of `cache_length` positions, default max_seq_len) with the prompt
+    [B, S]; logits [B, V] of its last position.
 
     `external`: the caller's side of the Petals path. A first prefill of all but the last
     prompt token builds the past, which goes to the host in float32 (what a server sends
     back) and is handed to the model as its external past; the last token runs on top.
     """
     if kind != "external":
-        model.setup_caches(ids.shape[0], kind)
-        return model(ids, 0, last_only=True)[:, -1]
-    model.setup_caches(ids.shape[0], "static")
+        model.setup_caches(ids.shape[0], kind, cache_length)
+        return model(ids, 0, last_only=True)
+    model.setup_caches(ids.shape[0], "static", cache_length)
     length = ids.shape[1] - 1
     if length:
         model(ids[:, :length], 0, last_only=True)
     model.use_past(model.export_past(length))
-    return model(ids[:, length:], length, last_only=True)[:, -1]
+    return model(ids[:, length:], length, last_only=True)
 
 
 def build_pipeline(model: Transformer, ids: Tensor, config: GenerateConfig) -> LogitsPipeline:
@@ -137,7 +138,7 @@ def generate(
             return out
         if len(out) == 1:
             on_phase("decode")
-        token = choose(model(to_input_device(model, token), position, last_only=True)[:, -1])
+        token = choose(model(to_input_device(model, token), position, last_only=True))
         position += 1
 
 

@@ -105,6 +105,10 @@ def load_model(
         state[name] = tensor.to(device=_device_for(name, model, first, last), dtype=cast)
     model.load_state_dict(state, assign=True, strict=True)
 
+    tables: dict[torch.device, tuple[Tensor, Tensor, Tensor]] = {}  # built once per device, shared
     for block, device in zip(model.layers, model.block_devices, strict=True):
-        block.attention.cos, block.attention.sin = rope_tables(args, device)
+        if device not in tables:
+            cos, sin = rope_tables(args, device, dtype)
+            tables[device] = cos, sin, torch.arange(args.max_seq_len, device=device)
+        block.attention.cos, block.attention.sin, block.attention.positions = tables[device]
     return model.eval()
