@@ -41,6 +41,12 @@ class Cache(Protocol):
     def past(self, length: int) -> tuple[Tensor, Tensor]: ...
 
 
+def eager_only(start: int | Tensor, kind: str) -> int:
+    if not isinstance(start, int):
+        raise TypeError(f"the {kind} KV cache follows the position in its shapes: it takes a host int, not a tensor")
+    return start
+
+
 class KVCache(nn.Module):
     """Static: keys and values preallocated on the layer's device, written in place."""
 
@@ -85,7 +91,8 @@ class OffloadedKVCache(nn.Module):
         self.kv = torch.zeros((2, *shape), dtype=dtype, device="cpu")
         self.copies: Counter[str] = Counter()  # "h2d" / "d2h": the explicit transfers made
 
-    def update(self, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    def update(self, start: int | Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        start = eager_only(start, "offloaded")
         new = torch.stack((k, v))  # [2, B, K, S, D] on the layer's device
         end = start + k.shape[2]
         if start:
@@ -116,7 +123,8 @@ class ExternalKVCache(nn.Module):
         super().__init__()
         self.k, self.v = k, v
 
-    def update(self, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    def update(self, start: int | Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        start = eager_only(start, "external")
         if start != self.k.shape[2]:
             raise ValueError(f"external past holds {self.k.shape[2]} positions, update starts at {start}")
         self.k = torch.cat((self.k, k), dim=2)  # Petals: torch.cat([past_key_value[0], key_states])
