@@ -15,6 +15,8 @@ generated tokens (EOS included). Search stops at max_new_tokens, or once N hypot
 finished and no running beam can beat the worst of them (transformers' early_stopping=False
 rule). Returned best first.
 
+Beam search decodes eagerly: `GenerateConfig.compile` applies to `generate` only.
+
 Axes: N beams, V vocab.
 """
 
