@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from reference_impl.generate import GenerateConfig
 
 MIN_CACHE = 64
+RECOMPILE_LIMIT = 64
 
 
 def unsupported_reason(model: Transformer, config: GenerateConfig) -> str | None:
@@ -79,7 +80,9 @@ def compiled_step(device_type: str):
     mode = "reduce-overhead" if device_type == "cuda" else None  # CUDA graphs on CUDA
     # Not fullgraph=True: that raises where dynamo is off (simulated GPUs) instead of running
     # eagerly. tests/test_reference_compiled.py checks there are no graph breaks.
-    return torch.compile(_decode_step, mode=mode, dynamic=False)
+    # One graph per model configuration (shapes, dtype, quantization, cache length): allow
+    # more than dynamo's default 8 before it falls back to running the step eagerly.
+    return torch.compile(_decode_step, mode=mode, dynamic=False, recompile_limit=RECOMPILE_LIMIT)
 
 
 class CompiledDecode:
