@@ -82,7 +82,8 @@ def compiled_step(device_type: str):
     # eagerly. tests/test_reference_compiled.py checks there are no graph breaks.
     # One graph per model configuration (shapes, dtype, quantization, cache length): allow
     # more than dynamo's default 8 before it falls back to running the step eagerly.
-    return torch.compile(_decode_step, mode=mode, dynamic=False, recompile_limit=RECOMPILE_LIMIT)
+    return torch.compile(  # type: ignore[call-overload]  # torch 2.13's overloads omit recompile_limit
+        _decode_step, mode=mode, dynamic=False, recompile_limit=RECOMPILE_LIMIT)
 
 
 class CompiledDecode:
