@@ -1,13 +1,24 @@
-"""Decode throughput on the CPU, batch 1, greedy: the reference implementation vs
-transformers' `generate`, on the same generated weights. A script, not an asv benchmark:
+"""Decode throughput on the CPU, batch 1, greedy: the reference implementation, eager and
+compiled (`GenerateConfig(compile=True)`), vs transformers' `generate`, on the same
+generated weights. A script, not an asv benchmark:
 
-    python benchmarks/reference_vs_transformers.py [--sizes tiny bench] [--tokens 64] [--threads 1]
+    python benchmarks/reference_vs_transformers.py [--sizes tiny bench] [--tokens 64] [--repeats 7] [--threads 1] [--no-compile]
 
 Decode tokens/s = (new tokens - 1) / (time of the whole generate - time of a 1-token
-generate), so prefill and setup are left out the same way for both. Each figure is the best
-of --repeats runs (the machine is shared: best-of is the least noisy). Both engines are
-checked to produce the same tokens first, so the comparison is of equal work. Target: the
-reference at least 2x transformers at hidden 512 ("bench").
+generate), so prefill and setup are left out the same way for all three. The engines take
+turns, one run each per round, and each figure is the best of --repeats rounds: the machine
+is shared, best-of is the least noisy, and taking turns spreads a busy spell over all
+three. The load average (os.getloadavg: 1, 5, 15 minutes) is printed before each size.
+
+Before timing, every engine's greedy ids are checked equal to transformers' (the compiled
+reference's included); any difference exits non-zero, as the comparison would not be of
+equal work. `compile s` is the one-off cost of the compiled reference: its first generate
+(which compiles the decode step) minus a warm one, with inductor's on-disk caches off, so
+it is what a first run on a fresh machine pays (the first size also pays for loading the
+compiler; a warm cache makes later processes much faster to start).
+
+Targets: eager reference >= 2x transformers at hidden 64 and 512 ("tiny", "bench");
+compiled >= 4x at hidden 512.
 
 One thread by default: at batch 1 the matmuls are too small to gain from more, and on a
 shared machine OpenMP threads that spin-wait for a busy core run 10-40x slower.
@@ -16,31 +27,36 @@ shared machine OpenMP threads that spin-wait for a busy core run 10-40x slower.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 import warnings
+from collections.abc import Callable
 
 import torch
 
 PROMPT = [5, 17, 42, 99, 123, 7, 300, 211]
+Generate = Callable[[int], list[int]]
 
 
-def _best_seconds(run, repeats: int) -> float:
-    best = float("inf")
+def _seconds(run: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def decode_tokens_per_s(engines: dict[str, Generate], tokens: int, repeats: int) -> dict[str, float]:
+    """Best-of-`repeats` decode rate per engine, the engines taking turns each round."""
+    full = dict.fromkeys(engines, float("inf"))
+    first = dict.fromkeys(engines, float("inf"))
     for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return best
+        for name, generate_n in engines.items():
+            full[name] = min(full[name], _seconds(lambda g=generate_n: g(tokens)))
+            first[name] = min(first[name], _seconds(lambda g=generate_n: g(1)))
+    return {name: (tokens - 1) / max(full[name] - first[name], 1e-9) for name in engines}
 
 
-def decode_tokens_per_s(generate_n, tokens: int, repeats: int) -> float:
-    generate_n(tokens)  # warm-up
-    full = _best_seconds(lambda: generate_n(tokens), repeats)
-    first = _best_seconds(lambda: generate_n(1), repeats)
-    return (tokens - 1) / max(full - first, 1e-9)
-
-
-def bench_size(size: str, tokens: int, repeats: int) -> tuple[float, float]:
+def bench_size(size: str, tokens: int, repeats: int, compile_too: bool) -> tuple[dict[str, float], float | None]:
+    """Decode tokens/s per engine, and the compiled reference's one-off compile seconds."""
     from transformers import AutoModelForCausalLM
 
     from harness import tinymodel
@@ -52,36 +68,61 @@ def bench_size(size: str, tokens: int, repeats: int) -> tuple[float, float]:
     hf = AutoModelForCausalLM.from_pretrained(directory).eval()
     ids = torch.tensor([PROMPT])
 
-    def run_reference(n: int) -> list[int]:
-        return generate(reference, PROMPT, GenerateConfig(max_new_tokens=n))
-
     def run_transformers(n: int) -> list[int]:
         with torch.inference_mode():
             out = hf.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False,
                               pad_token_id=tinymodel.EOS_ID, eos_token_id=None)
         return out[0, len(PROMPT):].tolist()
 
-    if run_reference(tokens) != run_transformers(tokens):
-        raise SystemExit(f"{size}: the two engines chose different tokens; the comparison would be unfair")
-    return decode_tokens_per_s(run_reference, tokens, repeats), decode_tokens_per_s(run_transformers, tokens, repeats)
+    engines: dict[str, Generate] = {
+        "reference": lambda n: generate(reference, PROMPT, GenerateConfig(max_new_tokens=n)),
+        "transformers": run_transformers,
+    }
+    if compile_too:
+        engines["compiled"] = lambda n: generate(reference, PROMPT, GenerateConfig(max_new_tokens=n, compile=True))
+
+    expected = run_transformers(tokens)
+    compile_seconds = None
+    for name, generate_n in engines.items():
+        start = time.perf_counter()
+        got = generate_n(tokens)  # the compiled reference compiles here
+        if name == "compiled":
+            compile_seconds = time.perf_counter() - start - _seconds(lambda g=generate_n: g(tokens))
+        if got != expected:
+            raise SystemExit(f"{size}: {name} chose other tokens than transformers ({got[:8]}... vs {expected[:8]}...); "
+                             "the comparison would be unfair")
+    return decode_tokens_per_s(engines, tokens, repeats), compile_seconds
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=["tiny", "bench"], choices=["tiny", "parity", "bench"])
     parser.add_argument("--tokens", type=int, default=64, help="new tokens per run (default: 64)")
-    parser.add_argument("--repeats", type=int, default=5, help="runs per figure, best kept (default: 5)")
+    parser.add_argument("--repeats", type=int, default=7, help="rounds per figure, best kept (default: 7)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default: 1)")
+    parser.add_argument("--no-compile", action="store_true", help="skip the compiled reference")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
-    print(f"decode tokens/s, CPU, batch 1, greedy, {args.tokens} new tokens, {torch.get_num_threads()} thread(s), best of {args.repeats}")
-    print(f"{'size':<8}{'hidden':>8}{'reference':>12}{'transformers':>14}{'ratio':>8}")
+    if not args.no_compile:
+        from torch._inductor import config as inductor_config
+
+        inductor_config.force_disable_caches = True  # measure the cold compile
     from harness.tinymodel import PRESETS
 
+    print(f"decode tokens/s, CPU, batch 1, greedy, {args.tokens} new tokens, {torch.get_num_threads()} thread(s), "
+          f"best of {args.repeats}, torch {torch.__version__}; greedy ids equal transformers' in every column")
+    print(f"{'size':<7}{'hidden':>7}{'load avg':>17}{'transformers':>14}{'eager':>9}{'ratio':>7}"
+          f"{'compiled':>10}{'ratio':>7}{'compile s':>11}")
     for size in args.sizes:
-        ours, theirs = bench_size(size, args.tokens, args.repeats)
-        print(f"{size:<8}{PRESETS[size].hidden_size:>8}{ours:>12.1f}{theirs:>14.1f}{ours / theirs:>7.2f}x")
+        load = "/".join(f"{v:.2f}" for v in os.getloadavg())
+        rates, compile_seconds = bench_size(size, args.tokens, args.repeats, not args.no_compile)
+        theirs, eager = rates["transformers"], rates["reference"]
+        line = f"{size:<7}{PRESETS[size].hidden_size:>7}{load:>17}{theirs:>14.1f}{eager:>9.1f}{eager / theirs:>6.2f}x"
+        if "compiled" in rates:
+            line += f"{rates['compiled']:>10.1f}{rates['compiled'] / theirs:>6.2f}x{compile_seconds:>11.1f}"
+        print(line, flush=True)
+    print(f"load avg after: {'/'.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 
 if __name__ == "__main__":

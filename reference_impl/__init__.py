@@ -3,7 +3,8 @@
 One module per concern: `model` (llama and mixtral-style MoE decoders, RoPE), `cache` (KV
 cache kinds), `placement` (loading onto one or several devices), `quantize` (int8, Q8_0,
 Q4_0), `sampling` (bias, penalty, greedy/sampled choice), `constrained` (JSON schema via
-llguidance), `generate` (the prefill/decode loop), `beam` (beam search) and `faults` (the
+llguidance), `generate` (the prefill/decode loop), `compiled` (the decode step under
+torch.compile: `GenerateConfig(compile=True)`), `beam` (beam search) and `faults` (the
 switches that put each known device bug back).
 """
 

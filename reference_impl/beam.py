@@ -15,6 +15,8 @@ generated tokens (EOS included). Search stops at max_new_tokens, or once N hypot
 finished and no running beam can beat the worst of them (transformers' early_stopping=False
 rule). Returned best first.
 
+Beam search decodes eagerly: `GenerateConfig.compile` applies to `generate` only.
+
 Axes: N beams, V vocab.
 """
 
@@ -90,7 +92,7 @@ def beam_search(
     device = model.output_device
     scores = torch.zeros(n, device=device)
     scores[1:] = NEG_INF  # step 1: only beam 0 proposes, so the beams start distinct
-    logits = prefill(model, ids, config.kv_cache, on_phase)  # [N, V]
+    logits = prefill(model, ids, config.kv_cache, on_phase=on_phase)  # [N, V]
 
     finished = Hypotheses(n, config.length_penalty)
     histories: list[list[int]] = [[] for _ in range(n)]
@@ -127,7 +129,7 @@ def beam_search(
         pipeline.observe(tokens)
         host_index = torch.tensor(host_rows)  # built on the host: for host caches only
         model.reorder_caches(host_index if "ancestors_on_cpu" in model.faults else ancestors, host_index, position)
-        logits = model(to_input_device(model, tokens), position, last_only=True)[:, -1]
+        logits = model(to_input_device(model, tokens), position, last_only=True)
         position += 1
 
     if not finished.beams or steps >= config.max_new_tokens:

@@ -1,6 +1,7 @@
 """KV caches, one per layer, chosen by the scenario's `features.kv_cache.kind`.
 
-    static     preallocated [B, K, S_max, D] buffers on the layer's device (gpt-fast).
+    static     preallocated [B, K, S_max, D] buffers on the layer's device (gpt-fast); written
+               and read through `narrow` views.
     offloaded  kept in host memory between steps; each step brings the layer's past to the
                device in one explicit host-to-device copy and writes the new entries back in
                one device-to-host copy. Those are its only transfers, counted in `copies`.
@@ -9,9 +10,11 @@
                as Petals' llama block does (`torch.cat([past_key_value[0], key_states])`).
 
 Every cache answers `update(start, k, v) -> (k, v)` for positions [0, start + S) and
-`reorder(index, length)` for beam search (row i becomes row index[i]). `on_host` says
-which index a reorder needs: a host index for the offloaded cache, else one on the layer's
-device.
+`reorder(index, length)` for beam search (row i becomes row index[i]). The static cache also
+takes a [1] position tensor for `start` (the compiled decode step, see `compiled`): it writes
+there with `index_copy_` and hands back the whole cache, so no shape depends on the
+position; the other kinds run eagerly only. `on_host` says which index a reorder needs: a
+host index for the offloaded cache, else one on the layer's device.
 
 Axes: B batch (beams), K kv heads, S sequence, D head dim.
 """
@@ -31,11 +34,17 @@ Past = list[tuple[Tensor, Tensor]]  # per layer: keys and values [B, K, S, D]
 class Cache(Protocol):
     on_host: bool
 
-    def update(self, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]: ...
+    def update(self, start: int | Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]: ...
 
     def reorder(self, index: Tensor, length: int) -> None: ...
 
     def past(self, length: int) -> tuple[Tensor, Tensor]: ...
+
+
+def eager_only(start: int | Tensor, kind: str) -> int:
+    if not isinstance(start, int):
+        raise TypeError(f"the {kind} KV cache follows the position in its shapes: it takes a host int, not a tensor")
+    return start
 
 
 class KVCache(nn.Module):
@@ -50,11 +59,15 @@ class KVCache(nn.Module):
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
-    def update(self, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        end = start + k.shape[2]
-        self.k[:, :, start:end] = k
-        self.v[:, :, start:end] = v
-        return self.k[:, :, :end], self.v[:, :, :end]
+    def update(self, start: int | Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        if isinstance(start, Tensor):  # the compiled decode step: fixed shapes, the whole cache
+            self.k.index_copy_(2, start, k)
+            self.v.index_copy_(2, start, v)
+            return self.k, self.v
+        length = k.shape[2]
+        self.k.narrow(2, start, length).copy_(k)
+        self.v.narrow(2, start, length).copy_(v)
+        return self.k.narrow(2, 0, start + length), self.v.narrow(2, 0, start + length)
 
     def reorder(self, index: Tensor, length: int) -> None:
         self.k[:, :, :length] = self.k[:, :, :length].index_select(0, index)
@@ -78,7 +91,8 @@ class OffloadedKVCache(nn.Module):
         self.kv = torch.zeros((2, *shape), dtype=dtype, device="cpu")
         self.copies: Counter[str] = Counter()  # "h2d" / "d2h": the explicit transfers made
 
-    def update(self, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    def update(self, start: int | Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        start = eager_only(start, "offloaded")
         new = torch.stack((k, v))  # [2, B, K, S, D] on the layer's device
         end = start + k.shape[2]
         if start:
@@ -109,7 +123,8 @@ class ExternalKVCache(nn.Module):
         super().__init__()
         self.k, self.v = k, v
 
-    def update(self, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    def update(self, start: int | Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        start = eager_only(start, "external")
         if start != self.k.shape[2]:
             raise ValueError(f"external past holds {self.k.shape[2]} positions, update starts at {start}")
         self.k = torch.cat((self.k, k), dim=2)  # Petals: torch.cat([past_key_value[0], key_states])

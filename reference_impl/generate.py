@@ -8,17 +8,23 @@ Transfer profile (what the harness budgets, per decode step):
 - device-to-device, under `auto`: one per device boundary crossed by the activations, and
   the chosen token's hop back from the last device to the embedding's.
 The prompt, the bias row and the first mask go to the device once, in prefill.
+
+`GenerateConfig(compile=True)` runs the decode steps compiled (`compiled`: torch.compile,
+CUDA graphs on CUDA) where that is supported, i.e. the static cache on one device; anything
+else runs eagerly, and `compiled.unsupported_reason(model, config)` says why. The transfer
+profile is the same: the compiled step's position lives on the device and is advanced there.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
+from reference_impl import compiled
 from reference_impl.constrained import JsonConstraint
 from reference_impl.model import Transformer
 from reference_impl.sampling import LogitsPipeline, next_token
@@ -46,6 +52,7 @@ class GenerateConfig:
     num_beams: int = 1  # > 1: beam search (see `beam`)
     length_penalty: float = 1.0
     num_return: int = 1
+    compile: bool = False  # decode steps under torch.compile where supported (see `compiled`)
 
     @property
     def stop_id(self) -> int | None:
@@ -66,8 +73,10 @@ def prompt_tensor(model: Transformer, rows: list[list[int]]) -> Tensor:
     return torch.tensor(rows, device=device)
 
 
-def prefill(model: Transformer, ids: Tensor, kind: str, on_phase: Callable[[str], None] = _noop) -> Tensor:
-    """Fill the caches with the prompt [B, S]; logits [B, V] of its last position.
+def prefill(model: Transformer, ids: Tensor, kind: str, cache_length: int | None = None,
+            on_phase: Callable[[str], None] = _noop) -> Tensor:
+    """Fill the caches (of `cache_length` positions, default max_seq_len) with the prompt
+    [B, S]; logits [B, V] of its last position.
 
     `external`: the caller's side of the Petals path. A first prefill of all but the last
     prompt token builds the past, which goes to the host in float32 (what a server sends
@@ -75,15 +84,15 @@ def prefill(model: Transformer, ids: Tensor, kind: str, on_phase: Callable[[str]
     (still prefill: marked as such, so the harness does not take it for a decode step).
     """
     if kind != "external":
-        model.setup_caches(ids.shape[0], kind)
-        return model(ids, 0, last_only=True)[:, -1]
-    model.setup_caches(ids.shape[0], "static")
+        model.setup_caches(ids.shape[0], kind, cache_length)
+        return model(ids, 0, last_only=True)
+    model.setup_caches(ids.shape[0], "static", cache_length)
     length = ids.shape[1] - 1
     if length:
         model(ids[:, :length], 0, last_only=True)
     model.use_past(model.export_past(length))
     on_phase("prefill")
-    return model(ids[:, length:], length, last_only=True)[:, -1]
+    return model(ids[:, length:], length, last_only=True)
 
 
 def build_pipeline(model: Transformer, ids: Tensor, config: GenerateConfig) -> LogitsPipeline:
@@ -127,8 +136,8 @@ def generate(
         pipeline.observe(token)
         return token  # [1], on the logits' device
 
-    token = choose(prefill(model, ids, config.kv_cache, on_phase))
-    position = len(prompt_ids)
+    decode = decoder(model, config, len(prompt_ids))
+    token = choose(prefill(model, ids, config.kv_cache, decode.cache_length, on_phase))
     out: list[int] = []
     while True:
         value = token.cpu().tolist()[0]  # the one read-back per step
@@ -139,8 +148,36 @@ def generate(
             return out
         if len(out) == 1:
             on_phase("decode")
-        token = choose(model(to_input_device(model, token), position, last_only=True)[:, -1])
-        position += 1
+        token = choose(decode(to_input_device(model, token)))
+
+
+class Decode(Protocol):
+    cache_length: int | None  # positions the static cache needs; None: max_seq_len
+
+    def __call__(self, tokens: Tensor) -> Tensor: ...
+
+
+class EagerDecode:
+    """Decode steps run as they are written: the position is a host int."""
+
+    cache_length: int | None = None
+
+    def __init__(self, model: Transformer, start: int) -> None:
+        self.model, self.position = model, start
+
+    def __call__(self, tokens: Tensor) -> Tensor:
+        """Logits [B, V] for the next tokens [B, 1]."""
+        logits = self.model(tokens, self.position, last_only=True)
+        self.position += 1
+        return logits
+
+
+def decoder(model: Transformer, config: GenerateConfig, start: int) -> Decode:
+    """The decode step for a request whose prompt holds `start` tokens: compiled if asked
+    and supported, else eager."""
+    if config.compile and compiled.unsupported_reason(model, config) is None:
+        return compiled.CompiledDecode(model, start, start + config.max_new_tokens)
+    return EagerDecode(model, start)
 
 
 @torch.inference_mode()

@@ -9,6 +9,17 @@ Projections are fused (q, k and v in `wqkv`; gate and up in `w13`) and stored tr
 (`quantize.Linear`); activations are [B, S, C] and the head runs on the last position only
 when generating.
 
+At batch 1 a decode step is bound by per-op overhead, so what is fixed per sequence is built
+once, at load, beside the layers: RoPE tables in the model's dtype and a position row (for
+masks), shared by the layers of a device. q, k and v are split as views of one projection
+with a single transpose, and the cache is written and read through `narrow` views.
+
+Positions: `start` is a host int (eager: RoPE rows and cache writes by slicing, attention
+over the cache's first start + S positions), or a [1] position tensor on the device (the
+compiled decode step, see `compiled`: every shape is fixed, so RoPE rows and cache writes
+are indexed with the tensor and attention reads the whole static cache, masked past the
+position, as gpt-fast does).
+
 Axes: B batch (beams), S sequence, H heads, K kv heads, D head dim, C hidden (channels),
 V vocab, I intermediate, T tokens (B * S), E experts, A active experts per token.
 """
@@ -102,23 +113,31 @@ class RMSNorm(nn.Module):
         return self.weight * F.rms_norm(x.float(), self.weight.shape, eps=self.eps).to(x.dtype)
 
 
-def rope_tables(args: ModelArgs, device: torch.device) -> tuple[Tensor, Tensor]:
+def rope_tables(args: ModelArgs, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """cos and signed sin, [S_max, D], for transformers' half-rotation layout, on `device`.
-    The sin table's first half is negated so that rotate_half(x) * sin == roll(x) * table."""
+    Computed in float32 and cast to the model's dtype once: the values transformers casts
+    to the activations' dtype at every step. The sin table's first half is negated so that
+    rotate_half(x) * sin == roll(x) * table."""
     inv_freq = 1.0 / (args.rope_theta ** (torch.arange(0, args.head_dim, 2, device=device).float() / args.head_dim))
     freqs = torch.outer(torch.arange(args.max_seq_len, device=device).float(), inv_freq)  # [S_max, D/2]
-    return torch.cat((freqs, freqs), dim=-1).cos(), torch.cat((-freqs.sin(), freqs.sin()), dim=-1)
+    cos, sin = torch.cat((freqs, freqs), dim=-1).cos(), torch.cat((-freqs.sin(), freqs.sin()), dim=-1)
+    return cos.to(dtype), sin.to(dtype)
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """x [B, S, heads, D] rotated by the tables [S, D]: x * cos + rotate_half(x) * sin."""
-    cos, sin = cos[:, None].to(x.dtype), sin[:, None].to(x.dtype)
+    """x [B, heads, S, D] rotated by the table rows [S, D]: x * cos + rotate_half(x) * sin."""
     return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin
 
 
+def rows(table: Tensor, start: int | Tensor, length: int) -> Tensor:
+    """table[start : start + length]; a position tensor (the compiled step) indexes instead."""
+    return table[start : start + length] if isinstance(start, int) else table[start]
+
+
 class Attention(nn.Module):
-    cos: Tensor  # [S_max, D]
+    cos: Tensor  # [S_max, D], in the model's dtype
     sin: Tensor
+    positions: Tensor  # [S_max] int64: 0, 1, ... (for masks)
 
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
@@ -126,32 +145,29 @@ class Attention(nn.Module):
         d = args.head_dim
         self.wqkv = Linear(args.hidden_size, (args.num_heads + 2 * args.num_kv_heads) * d)  # q, k, v
         self.wo = Linear(args.num_heads * d, args.hidden_size)
+        # Set by placement: one set per device, shared by the layers on it.
         self.register_buffer("cos", torch.empty(args.max_seq_len, d), persistent=False)
         self.register_buffer("sin", torch.empty(args.max_seq_len, d), persistent=False)
+        self.register_buffer("positions", torch.empty(args.max_seq_len, dtype=torch.long), persistent=False)
         self.cache: Cache | None = None
 
-    def forward(self, x: Tensor, start: int) -> Tensor:
+    def forward(self, x: Tensor, start: int | Tensor) -> Tensor:
         a = self.args
         B, S, _ = x.shape
-        qkv = self.wqkv(x).view(B, S, a.num_heads + 2 * a.num_kv_heads, a.head_dim)
-        qk = apply_rope(qkv[:, :, : a.num_heads + a.num_kv_heads], self.cos[start : start + S], self.sin[start : start + S])
-        q = qk[:, :, : a.num_heads].transpose(1, 2)  # [B, H, S, D]
-        k = qk[:, :, a.num_heads :].transpose(1, 2)  # [B, K, S, D]
-        v = qkv[:, :, a.num_heads + a.num_kv_heads :].transpose(1, 2)
+        H, K = a.num_heads, a.num_kv_heads
+        qkv = self.wqkv(x).view(B, S, H + 2 * K, a.head_dim).transpose(1, 2)  # [B, H + 2K, S, D]: views
+        qk, v = qkv.split((H + K, K), dim=1)
+        q, k = apply_rope(qk, rows(self.cos, start, S), rows(self.sin, start, S)).split((H, K), dim=1)
         if self.cache is not None:
-            k, v = self.cache.update(start, k, v)  # [B, K, start+S, D]
-        out = F.scaled_dot_product_attention(
-            q, k, v, is_causal=S > 1 and start == 0, enable_gqa=a.num_kv_heads != a.num_heads,
-            attn_mask=None if S == 1 or start == 0 else _chunk_mask(start, S, x.device),
-        )  # [B, H, S, D]
+            k, v = self.cache.update(start, k, v)  # [B, K, start+S, D], or the whole static cache
+        if isinstance(start, Tensor):  # compiled decode step: mask the cache past the position
+            mask, causal = self.positions[: k.shape[2]] <= start[:, None], False  # [1, L]
+        elif S == 1 or start == 0:  # one new token sees every cached one; a prompt is causal
+            mask, causal = None, S > 1
+        else:  # a chunk of S tokens after `start` cached ones
+            mask, causal = self.positions[: start + S] <= self.positions[start : start + S, None], False
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=K != H)  # [B, H, S, D]
         return self.wo(out.transpose(1, 2).reshape(B, S, -1))
-
-
-def _chunk_mask(start: int, length: int, device: torch.device) -> Tensor:
-    """Causal mask for a chunk of `length` new tokens after `start` cached ones."""
-    rows = torch.arange(start, start + length, device=device)[:, None]
-    cols = torch.arange(start + length, device=device)[None, :]
-    return cols <= rows
 
 
 class FeedForward(nn.Module):
@@ -205,7 +221,7 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(args.hidden_size, args.norm_eps)
         self.feed_forward: nn.Module = MoEFeedForward(args) if args.num_experts else FeedForward(args)
 
-    def forward(self, x: Tensor, start: int) -> Tensor:
+    def forward(self, x: Tensor, start: int | Tensor) -> Tensor:
         x = x + self.attention(self.attention_norm(x), start)
         return x + self.feed_forward(self.ffn_norm(x))
 
@@ -242,11 +258,12 @@ class Transformer(nn.Module):
             if hasattr(module, "faults"):
                 setattr(module, "faults", faults)  # noqa: B010
 
-    def setup_caches(self, batch: int, kind: str = "static") -> None:
+    def setup_caches(self, batch: int, kind: str = "static", length: int | None = None) -> None:
         """A KV cache per layer, beside it: on its device, or on the host when offloaded.
-        A static cache of the same shape is kept from the previous generation."""
+        `length` positions (default: max_seq_len). A static cache of the same shape is kept
+        from the previous generation."""
         a = self.args
-        shape = (batch, a.num_kv_heads, a.max_seq_len, a.head_dim)
+        shape = (batch, a.num_kv_heads, length or a.max_seq_len, a.head_dim)
         for block, device in zip(self.layers, self.block_devices, strict=True):
             attention = block.attention
             old = attention.cache
@@ -295,16 +312,17 @@ class Transformer(nn.Module):
                 index = per_device[device]
             cache.reorder(index, length)
 
-    def forward(self, ids: Tensor, start: int, last_only: bool = False) -> Tensor:
-        """Logits [B, S, V] float32 for token ids [B, S] at positions start..start+S-1
-        ([B, 1, V] for the last position only when `last_only`)."""
+    def forward(self, ids: Tensor, start: int | Tensor, last_only: bool = False) -> Tensor:
+        """Logits [B, S, V] float32 for token ids [B, S] at positions start..start+S-1, or
+        [B, V] for the last position only when `last_only`. `start`: see the module docstring."""
         x = self.tok_embeddings(ids)  # [B, S, C]
         for block, device in zip(self.layers, self.block_devices, strict=True):
             if x.device != device:
                 x = x.to(device)  # the one legal hop: a device boundary under `auto`
             x = block(x, start)
         if last_only:
-            x = x[:, -1:]
+            x = x[:, -1]  # [B, C]
         if x.device != self.output_device:
             x = x.to(self.output_device)
-        return self.output(self.norm(x)).float()
+        logits = self.output(self.norm(x))
+        return logits if logits.dtype == torch.float32 else logits.float()

@@ -3,9 +3,9 @@
 Loading goes through the meta device and `load_state_dict(assign=True)`: each weight is
 converted to this implementation's layout on the host (q/k/v and gate/up fused, dense
 projections transposed, experts stacked, quantized if asked) and copied once, straight to
-the device of the module that owns it. Checkpoint names are transformers' (llama:
-`mlp.{gate,up,down}_proj`; mixtral: `block_sparse_moe.gate`,
-`block_sparse_moe.experts.{e}.w1/w2/w3`).
+the device of the module that owns it; those on the CPU then go into one buffer backed by
+huge pages (`hostmem`). Checkpoint names are transformers' (llama: `mlp.{gate,up,down}_proj`;
+mixtral: `block_sparse_moe.gate`, `block_sparse_moe.experts.{e}.w1/w2/w3`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from reference_impl import faults as fault_switches
+from reference_impl import hostmem
 from reference_impl.model import ModelArgs, Transformer, rope_tables
 from reference_impl.quantize import Linear, QuantizedWeight, quantize_modules
 
@@ -103,8 +104,12 @@ def load_model(
     for name, tensor in state.items():
         cast = dtype if tensor.is_floating_point() and not name.endswith(".scales") else tensor.dtype
         state[name] = tensor.to(device=_device_for(name, model, first, last), dtype=cast)
-    model.load_state_dict(state, assign=True, strict=True)
+    model.load_state_dict(hostmem.pack_host_tensors(state), assign=True, strict=True)
 
+    tables: dict[torch.device, tuple[Tensor, Tensor, Tensor]] = {}  # built once per device, shared
     for block, device in zip(model.layers, model.block_devices, strict=True):
-        block.attention.cos, block.attention.sin = rope_tables(args, device)
+        if device not in tables:
+            cos, sin = rope_tables(args, device, dtype)
+            tables[device] = cos, sin, torch.arange(args.max_seq_len, device=device)
+        block.attention.cos, block.attention.sin, block.attention.positions = tables[device]
     return model.eval()

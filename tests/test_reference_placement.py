@@ -56,3 +56,19 @@ def test_beam_search_moves_the_ancestors_once_per_other_device():
     # 2 boundaries + the tokens' hop back + the ancestors to cuda:0 and cuda:1 (cuda:2 holds them)
     assert ledger.per_token("d2d") == 5, f"saw {ledger.per_token('d2d')} D2D per step: {ledger.top_sites('decode', 'd2d')}"
     assert ledger.per_token("d2h") == 1, "one packed read-back of the beam candidates per step"
+
+
+def test_host_weights_go_into_one_aligned_buffer_unchanged_and_device_tensors_stay():
+    from reference_impl.hostmem import pack_host_tensors
+
+    state = {"w": torch.randn(3, 5), "q": torch.arange(7, dtype=torch.int8), "elsewhere": torch.empty(4, device="meta")}
+    packed = pack_host_tensors(state)
+    assert packed["elsewhere"] is state["elsewhere"], "a tensor off the host must be left alone"
+    for name in ("w", "q"):
+        assert torch.equal(packed[name], state[name]) and packed[name].dtype == state[name].dtype, f"{name} changed"
+        assert packed[name].data_ptr() % 64 == 0, f"{name} is not 64-byte aligned in the buffer"
+    assert packed["w"].untyped_storage().data_ptr() == packed["q"].untyped_storage().data_ptr(), "not one buffer"
+
+    model = load_model(tinymodel.model_dir(ModelSpec()), ["cpu"])
+    storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    assert len(storages) == 1, f"the loaded weights live in {len(storages)} buffers, expected one"

@@ -57,9 +57,10 @@ class ReferenceEngine(Engine):
 
         assert self.model is not None, "generate() before load()"
         config = build_config(request)
+        notes = compile_notes(self.model, config, request)
         if config.num_beams == 1:
             tokens = [generate(self.model, ids, config, request.on_phase) for ids in request.prompt_ids]
-            return Generation(tokens=tokens, texts=[request.decode(t) for t in tokens])
+            return Generation(tokens=tokens, texts=[request.decode(t) for t in tokens], notes=notes)
         results = [beam_search(self.model, ids, config, request.on_phase) for ids in request.prompt_ids]
         tokens = [r.beams[0].tokens for r in results]
         return Generation(
@@ -67,6 +68,7 @@ class ReferenceEngine(Engine):
             texts=[request.decode(t) for t in tokens],
             extra={"beams": [[{"tokens": b.tokens, "score": b.score} for b in r.beams] for r in results]},
             decode_steps=sum(r.steps - 1 for r in results),  # a beam that ended early is shorter
+            notes=notes,
         )
 
     def teacher_forced_logits(self, ids: list[int]) -> torch.Tensor:
@@ -101,4 +103,24 @@ def build_config(request: Request) -> GenerateConfig:
         num_beams=spec.beams.num_beams if spec.beams else 1,
         length_penalty=spec.beams.length_penalty if spec.beams else 1.0,
         num_return=spec.beams.num_return if spec.beams else 1,
+        # engine_options.reference.compile: never on simulated GPUs, which cannot be traced
+        compile=bool(request.options and request.options.compile) and not simulated(),
     )
+
+
+def simulated() -> bool:
+    from harness.devices.state import STATE
+
+    return STATE.active
+
+
+def compile_notes(model: Transformer, config: GenerateConfig, request: Request) -> list[str]:
+    """Why `compile: true` did not compile this case's decode steps, if it did not."""
+    from reference_impl import compiled
+
+    if not (request.options and request.options.compile):
+        return []
+    if simulated():
+        return ["compile ignored: simulated GPUs cannot be traced by torch.compile; decoded eagerly"]
+    why = compiled.unsupported_reason(model, config)
+    return [f"compile not applied: {why}; decoded eagerly"] if why else ["decode step compiled (torch.compile)"]
