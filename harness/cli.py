@@ -378,8 +378,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     console.print(report.console_table(results))
     for r in results:
         if r.status in ("failed", "error"):
-            line = Text.assemble((r.status.upper(), "bold red"), f" {terminal(r.id)} ({terminal(r.file)}:{r.line})")
-            console.print(line, soft_wrap=True)
+            heading = Text.assemble((r.status.upper(), "bold red"), f" {terminal(r.id)} ({terminal(r.file)}:{r.line})")
+            console.print(heading, soft_wrap=True)
             for f in r.failures:
                 console.print(terminal_text(f"    {f.check}: {f.message}", indent="      "), soft_wrap=True)
             if r.status == "error" and r.error is not None:

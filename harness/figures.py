@@ -49,12 +49,8 @@ class CaseFigures:
             self.error = self.error or error
             return
         ledger = ledger or Ledger()
-        counts = {
-            "per_token": {k: ledger.per_token(k) for k in KINDS},
-            "bytes_per_token": {k: ledger.bytes_per_token(k) for k in KINDS},
-            "prefill": {k: ledger.count("prefill", k) for k in KINDS},
-        }
-        self._pool_counts(counts["per_token"], counts["bytes_per_token"], counts["prefill"])
+        self._pool_counts({k: ledger.per_token(k) for k in KINDS}, {k: ledger.bytes_per_token(k) for k in KINDS},
+                          {k: ledger.count("prefill", k) for k in KINDS})
         self.runs += 1
         self.decode_tokens = ledger.decode_tokens
         tps = timings.get("decode_tokens_per_s")

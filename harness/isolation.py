@@ -96,12 +96,12 @@ def _prepare(case: Case) -> None:
     """What a case needs before its clock starts: its engine's libraries imported (the
     registry, plugins, the engine's own availability check) and its tiny model built. A
     failure here is not reported here: the case meets it again and reports it as its own."""
-    from harness import tinymodel
+    from harness import model_source
     from harness.cases import skip_reason
 
     with contextlib.suppress(Exception):
         if skip_reason(case) is None:
-            tinymodel.model_dir(case.scenario.model)
+            model_source.describe(case.scenario.model)  # builds a generated model on a cache miss
 
 
 def _lead_own_process_group() -> None:

@@ -26,7 +26,7 @@ by reference, without copying: the parity check judges token flips on them.
 from __future__ import annotations
 
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,7 +85,7 @@ class PhaseTracker:
     def __init__(self, ledger: Ledger, synchronize: Callable[[], None] | None = None) -> None:
         self.ledger = ledger
         self.synchronize = synchronize  # real GPUs: a phase's time is its kernels' time
-        self.seconds: Counter[str] = Counter()
+        self.seconds: defaultdict[str, float] = defaultdict(float)
         self._since = time.perf_counter()
         self.prompts: list[PromptTrace] = []
         self.forwards = 0  # hooked forwards of the main module

@@ -104,7 +104,7 @@ def weight_map(engine: Any, modules: list[torch.nn.Module] | None = None) -> Wei
 
 
 def _named_tensors(module: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
-    named = list(module.named_parameters(remove_duplicate=True))
+    named: list[tuple[str, torch.Tensor]] = list(module.named_parameters(remove_duplicate=True))
     named += [(n, b) for n, b in module.named_buffers(remove_duplicate=True) if b is not None]
     return named
 

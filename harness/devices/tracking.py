@@ -107,7 +107,8 @@ def memcpy_events(events: Iterable[Any]) -> list[tuple[Any, int, float]]:
         match = _MEMCPY.search(_name(event))
         if not match:
             continue
-        start = launches.get(_correlation(event), _event_start_us(event))
+        correlation = _correlation(event)
+        start = launches.get(correlation, _event_start_us(event)) if correlation is not None else _event_start_us(event)
         found.append((_MEMCPY_KIND[match.group(1)], _event_bytes(event), start))
     return found
 
@@ -222,13 +223,13 @@ def replay(ledger: Ledger, first_phase: Any, calls: list[Call], marks: list[tupl
     copies = [c for c in copies if not any(start <= c[2] <= end for start, end in host_reads)]
     if calls and not marks:  # no marker reached the profiler: the calls in order, then the copies
         marks = [(float("-inf"), index) for index in range(len(calls))]
-    timeline = [(start, 0, ("call", index)) for start, index in marks]
+    timeline: list[tuple[float, int, tuple[Any, ...]]] = [(start, 0, ("call", index)) for start, index in marks]
     timeline += [(start, 1, ("copy", kind, nbytes)) for kind, nbytes, start in copies]
     for _, _, item in sorted(timeline, key=lambda row: (row[0], row[1])):
         if item[0] == "copy":
             if reading:
                 continue
-            queue = sites.get((ledger.phase, item[1]))
+            queue = sites.get((str(ledger.phase), str(item[1])))
             op, site = queue.popleft() if queue else ("memcpy", "?")
             ledger.record(item[1], item[2], op, site)
             continue
