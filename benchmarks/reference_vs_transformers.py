@@ -17,6 +17,10 @@ equal work. `compile s` is the one-off cost of the compiled reference: its first
 it is what a first run on a fresh machine pays (the first size also pays for loading the
 compiler; a warm cache makes later processes much faster to start).
 
+`matmuls only` runs just the reference's weight matmuls, the same shapes a decode step
+runs, in the same turns: its ratio is the ceiling for any float32 reference built on these
+kernels (at hidden 512 they are most of a step, and they are bound by memory bandwidth).
+
 Targets: eager reference >= 2x transformers at hidden 64 and 512 ("tiny", "bench");
 compiled >= 4x at hidden 512.
 
@@ -91,7 +95,27 @@ def bench_size(size: str, tokens: int, repeats: int, compile_too: bool) -> tuple
         if got != expected:
             raise SystemExit(f"{size}: {name} chose other tokens than transformers ({got[:8]}... vs {expected[:8]}...); "
                              "the comparison would be unfair")
+    engines["matmuls"] = weight_matmuls_only(reference)
     return decode_tokens_per_s(engines, tokens, repeats), compile_seconds
+
+
+def weight_matmuls_only(reference) -> Generate:
+    """n rounds of only the reference's weight matmuls (each projection's `x @ weight`, as a
+    decode step runs them, on fixed inputs): the time a float32 decode step cannot go below
+    with these kernels, whatever else is removed or compiled."""
+    from reference_impl.quantize import Linear
+
+    weights = [m.weight for m in reference.modules() if isinstance(m, Linear)]
+    inputs = [torch.randn(1, 1, w.shape[0]) for w in weights]
+
+    def run(n: int) -> list[int]:
+        with torch.inference_mode():
+            for _ in range(n):
+                for x, w in zip(inputs, weights, strict=True):
+                    x @ w
+        return []
+
+    return run
 
 
 def main() -> None:
@@ -113,7 +137,7 @@ def main() -> None:
     print(f"decode tokens/s, CPU, batch 1, greedy, {args.tokens} new tokens, {torch.get_num_threads()} thread(s), "
           f"best of {args.repeats}, torch {torch.__version__}; greedy ids equal transformers' in every column")
     print(f"{'size':<7}{'hidden':>7}{'load avg':>17}{'transformers':>14}{'eager':>9}{'ratio':>7}"
-          f"{'compiled':>10}{'ratio':>7}{'compile s':>11}")
+          f"{'compiled':>10}{'ratio':>7}{'compile s':>11}{'matmuls only':>14}{'ratio':>7}")
     for size in args.sizes:
         load = "/".join(f"{v:.2f}" for v in os.getloadavg())
         rates, compile_seconds = bench_size(size, args.tokens, args.repeats, not args.no_compile)
@@ -121,6 +145,9 @@ def main() -> None:
         line = f"{size:<7}{PRESETS[size].hidden_size:>7}{load:>17}{theirs:>14.1f}{eager:>9.1f}{eager / theirs:>6.2f}x"
         if "compiled" in rates:
             line += f"{rates['compiled']:>10.1f}{rates['compiled'] / theirs:>6.2f}x{compile_seconds:>11.1f}"
+        else:
+            line += " " * 28  # the compiled columns, left empty
+        line += f"{rates['matmuls']:>14.1f}{rates['matmuls'] / theirs:>6.2f}x"
         print(line, flush=True)
     print(f"load avg after: {'/'.join(f'{v:.2f}' for v in os.getloadavg())}")
 
