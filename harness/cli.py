@@ -161,12 +161,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _report_broken_plugins() -> None:
-    """A plugin that failed to import, with its error: its engines' cases fail, naming it."""
+def _report_broken_plugins() -> dict[str, str]:
+    """Each plugin that failed to import, with its error (its engines' scenarios are invalid,
+    naming it; the run still runs the rest, and fails)."""
     from harness.engines import broken_plugins
 
-    for name, why in sorted(broken_plugins().items()):
+    broken = broken_plugins()
+    for name, why in sorted(broken.items()):
         print(f"samedevice: plugin {terminal(name)} failed to load: {terminal(why)}", file=sys.stderr)
+    return broken
 
 
 def _usage_error(message: str) -> NoReturn:
@@ -254,14 +257,14 @@ def cmd_list(args: argparse.Namespace) -> int:
     from harness.cases import skip_reason
 
     errors, cases = _select(args)
-    _report_broken_plugins()
+    broken = _report_broken_plugins()
     for error in errors:  # a scenario that would not load is listed as such, never as `runs`
         print(f"{terminal(error.scenario or error.path)}\tinvalid: {terminal(str(error))}")
     for case in cases:
         skip = skip_reason(case)
         print(f"{terminal(case.id)}\t{'skip: ' + terminal(skip[0]) if skip else 'runs'}")
     print(f"{len(cases)} cases, {len(errors)} invalid scenario file problems", file=sys.stderr)
-    return 1 if errors else 0
+    return 1 if errors or broken else 0
 
 
 class _Terminated(BaseException):
@@ -316,7 +319,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if problem:
             _usage_error(problem)
     errors, cases = _select(args)
-    _report_broken_plugins()
+    broken = _report_broken_plugins()
     expected_ids = [c.id for c in cases]
     if args.shard:
         from harness.sharding import select_shard
@@ -327,6 +330,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             _usage_error(str(exc))
     for error in errors:
         _eprint(f"invalid scenario: {terminal(error)}")
+    if not cases and (errors or broken) and not args.allow_empty:
+        _eprint("samedevice: nothing to run: every selected scenario is invalid (above)")
+        return 1
     if not cases and not args.allow_empty:
         _usage_error(f"nothing to run: {_empty_selection(args, len(expected_ids))} "
                      "(--allow-empty accepts an empty run)")
@@ -384,7 +390,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 console.print(terminal_text(f"    {f.check}: {f.message}", indent="      "), soft_wrap=True)
             if r.status == "error" and r.error is not None:
                 console.print(terminal_text(f"    {r.error.one_line()}"), soft_wrap=True)
-    console.print(terminal_text(f"{report.counts_line(results)}; {len(errors)} invalid scenario problem(s). "
+    plugins = f"; {len(broken)} plugin(s) failed to load" if broken else ""
+    console.print(terminal_text(f"{report.counts_line(results)}; {len(errors)} invalid scenario problem(s){plugins}. "
                                 f"Results: {run.path}"), soft_wrap=True)
     if write_error is not None or unwritten:
         return 2
@@ -393,7 +400,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                       soft_wrap=True)
         return 130
     bad = any(r.status in ("failed", "error") for r in results)
-    return 1 if bad or errors else 0
+    return 1 if bad or errors or broken else 0
 
 
 class _progress:

@@ -1,8 +1,8 @@
 """pytest plugin (entry point `pytest11`): scenario files become test items.
 
 Only files under the configured scenario paths (ini `samedevice_paths`, default
-`scenarios/`) are collected, so installing samedevice never makes pytest collect
-unrelated YAML. Each case is an item `file.yaml::name[engine-device]` with a marker per
+`scenarios/`) and YAML files named on the command line are collected, so installing
+samedevice never makes pytest collect unrelated YAML. Each case is an item `file.yaml::name[engine-device]` with a marker per
 device kind (cpu, gpu, multigpu, sim). Results stream to results/<run-id>/cases.jsonl;
 under xdist the controller creates the run directory and every worker appends to it.
 
@@ -150,11 +150,19 @@ def _scenario_roots(config: pytest.Config) -> list[Path]:
     return [Path(p).resolve() for p in paths]
 
 
+def _named_files(config: pytest.Config) -> set[Path]:
+    """YAML files named on the command line (`pytest my/scenario.yaml`): scenarios wherever
+    they are. A named directory is not enough: `pytest .` must not collect every YAML."""
+    named = (Path(config.invocation_params.dir, arg.split("::")[0]) for arg in config.args)
+    return {path.resolve() for path in named if path.suffix in (".yaml", ".yml")}
+
+
 def pytest_collect_file(file_path: Path, parent: pytest.Collector):
     if file_path.suffix not in (".yaml", ".yml"):
         return None
     resolved = file_path.resolve()
-    if not any(resolved.is_relative_to(root) for root in _scenario_roots(parent.config)):
+    if not (any(resolved.is_relative_to(root) for root in _scenario_roots(parent.config))
+            or resolved in _named_files(parent.config)):
         return None
     return ScenarioFile.from_parent(parent, path=file_path)
 
@@ -165,6 +173,7 @@ class ScenarioFile(pytest.File):
         from harness.loader import duplicate_name, load_file
 
         loaded = load_file(self.path)
+        yield from self._broken_plugins()
         for error in loaded.errors:
             yield InvalidScenario.from_parent(self, name=f"invalid[{error.line}:{error.column}]", error=str(error))
         devices = self.config.getoption("samedevice_device")
@@ -182,6 +191,18 @@ class ScenarioFile(pytest.File):
                 item.add_marker(case.target.marker)
                 item.add_marker("samedevice")
                 yield item
+
+    def _broken_plugins(self):
+        """A plugin that failed to import fails the session as one item, in the first
+        scenario file collected (every xdist worker collects files in the same order)."""
+        from harness.engines import broken_plugins
+
+        reported = self.config.__dict__.setdefault("_samedevice_plugins_reported", set())
+        for module, why in sorted(broken_plugins().items()):
+            if module not in reported:
+                reported.add(module)
+                yield InvalidScenario.from_parent(self, name=f"plugin[{module}]",
+                                                  error=f"plugin {module} failed to load: {why}")
 
 
 class CaseFailed(Exception):
@@ -276,7 +297,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if collected is not None:  # under xdist: a case's item is `file.yaml::<case id>`
         cases = [nodeid.split("::", 1)[1] for nodeid in collected
                  if ".yaml::" in nodeid or ".yml::" in nodeid]
-        run.info.expected_ids = run.info.selected_ids = [c for c in cases if not c.startswith(("invalid[", "duplicate["))]
+        run.info.expected_ids = run.info.selected_ids = [c for c in cases if not c.startswith(("invalid[", "duplicate[", "plugin["))]
     try:
         read = run.directory.load_cases()
         problems = run.close(read.results, exitstatus=int(exitstatus), damaged=read.damaged)

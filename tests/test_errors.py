@@ -36,9 +36,34 @@ def _cli(tmp_path: Path, scenario: str, plugins: str, *args: str) -> subprocess.
 def test_a_plugin_that_fails_to_import_is_printed_with_its_error_and_named_where_its_engine_is_needed(tmp_path):
     done = _cli(tmp_path, "- {name: f, description: d, engines: [fancy], devices: [cpu], prompt: hi}\n",
                 "tests.plugins.broken_plugin", "run")
-    assert done.returncode == 2, "its only scenario names an engine that does not exist here: nothing to run"
+    assert done.returncode == 1, "its only scenario is invalid (its engine's plugin is broken): a failure, not usage"
     assert "plugin tests.plugins.broken_plugin failed to load: ImportError: No module named 'fancy_engine_lib'" in done.stderr
     assert "unknown engine 'fancy'" in done.stderr and "plugins that failed to load: tests.plugins.broken_plugin" in done.stderr
+    assert "nothing to run: every selected scenario is invalid" in done.stderr
+
+
+def test_a_broken_plugin_fails_the_run_even_when_every_case_passes(tmp_path):
+    done = _cli(tmp_path, "- {name: ok, description: d, devices: [cpu], prompt: hi, max_new_tokens: 3}\n",
+                "tests.plugins.broken_plugin", "run")
+    assert done.returncode == 1, done.stderr
+    assert "1 passed" in done.stderr and "1 plugin(s) failed to load" in done.stderr, done.stderr
+    env = dict(os.environ, SAMEDEVICE_PLUGINS="tests.plugins.broken_plugin",
+               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    listed = subprocess.run([sys.executable, "-m", "harness.cli", "list", "s.yaml"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert listed.returncode == 1 and "failed to load" in listed.stderr, listed.stderr
+
+
+def test_pytest_fails_the_session_on_a_broken_plugin_with_one_line(tmp_path):
+    (tmp_path / "s.yaml").write_text("- {name: ok, description: d, devices: [cpu], prompt: hi, max_new_tokens: 3}\n")
+    env = dict(os.environ, SAMEDEVICE_PLUGINS="tests.plugins.broken_plugin",
+               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-m", "pytest", "s.yaml", "-p", "no:cacheprovider", "-q",
+                           "--samedevice-no-results"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stdout
+    assert "1 failed, 1 passed" in done.stdout, "the scenario outside scenarios/ is collected because it is named"
+    assert ("invalid scenario: plugin tests.plugins.broken_plugin failed to load: ImportError: "
+            "No module named 'fancy_engine_lib'") in done.stdout
 
 
 def test_a_harness_exception_in_process_is_a_harness_error_not_the_engines(monkeypatch):
