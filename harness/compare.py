@@ -149,15 +149,19 @@ def _judge_throughput(row: Row, factor: float | None) -> None:
         row.improvements.append(finding)
 
 
-def load_side(path: Path, warnings: list[str] | None = None) -> dict[str, CaseFigures]:
-    """A run directory's figures. ValueError if it is not one, or if its run.json or a line of
-    its cases.jsonl is damaged (naming the file and line: a gate must not judge part of a
-    run as if it were all of it); OSError if it cannot be read. A torn last line (a writer
-    killed mid-case) is not a case: it is left out and named in `warnings`."""
+def load_side(path: Path, warnings: list[str] | None = None, allow_incomplete: bool = False) -> dict[str, CaseFigures]:
+    """A run directory's figures. ValueError if it is not one, if its run.json or a line of
+    its cases.jsonl is damaged (naming the file and line), or if the run is not whole (no
+    run.json, cases it was to run without results, never recorded its end) unless
+    `allow_incomplete`: a gate must not judge part of a run as if it were all of it. OSError
+    if it cannot be read. A torn last line (a writer killed mid-case) is not a case: it is
+    left out and named in `warnings`."""
+    from harness.report import completeness
+
     directory = RunDirectory(path)
     if not directory.cases_path.is_file():
         raise ValueError(f"{path} is not a run directory (no cases.jsonl)")
-    directory.read_run_info()  # DamagedResults (a ValueError) names the file
+    info = directory.read_run_info()  # DamagedResults (a ValueError) names the file
     read = directory.load_cases()
     damaged = [d for d in read.damaged if not d.torn]
     if damaged:
@@ -165,12 +169,18 @@ def load_side(path: Path, warnings: list[str] | None = None) -> dict[str, CaseFi
         raise ValueError(f"damaged result line: {damaged[0]}{more}")
     if warnings is not None:
         warnings += [f"left out: {d}" for d in read.damaged if d.torn]
+    incomplete = "no run.json" if not info else completeness(read.results, info)[0]
+    if incomplete and not allow_incomplete:
+        raise ValueError(f"{path}: {incomplete}: not a whole run, so not judged "
+                         "(rerun it, or --allow-incomplete compares the cases it has)")
+    if incomplete and warnings is not None:
+        warnings.append(f"{path}: {incomplete}; compared as it is (--allow-incomplete)")
     return summarise(read.results)
 
 
 def compare_dirs(base: Path, head: Path, factor: float | None = DEFAULT_FACTOR,
-                 warnings: list[str] | None = None) -> Comparison:
-    return compare(load_side(base, warnings), load_side(head, warnings), factor)
+                 warnings: list[str] | None = None, allow_incomplete: bool = False) -> Comparison:
+    return compare(load_side(base, warnings, allow_incomplete), load_side(head, warnings, allow_incomplete), factor)
 
 
 # --- output ------------------------------------------------------------------------------------
@@ -263,6 +273,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help=f"fail when head decode tokens/s < base / FACTOR (default: {DEFAULT_FACTOR})")
     parser.add_argument("--no-throughput", action="store_true",
                         help="judge transfer counts only (runs from different machines; default: off)")
+    parser.add_argument("--allow-incomplete", action="store_true",
+                        help="compare a run that is not whole (interrupted, killed, no run.json) "
+                             "instead of refusing it (default: refuse, exit 2)")
     parser.add_argument("--markdown", type=Path, default=None, metavar="OUT",
                         help="also write the markdown table here (default: stdout only)")
     parser.set_defaults(func=cmd_compare)
@@ -273,7 +286,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     warnings: list[str] = []
     try:
         comparison = compare_dirs(args.run_a, args.run_b, None if args.no_throughput else args.throughput_factor,
-                                  warnings)
+                                  warnings, args.allow_incomplete)
         labels = _side_label(args.run_a), _side_label(args.run_b)
     except (ValueError, OSError) as exc:
         print(f"samedevice compare: error: {terminal(exc)}", file=sys.stderr)

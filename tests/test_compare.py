@@ -44,7 +44,7 @@ def run_dir(path: Path, *results: CaseResult, info: dict | None = None) -> Path:
     path.mkdir(parents=True)
     for result in results:
         directory.append(result)
-    directory.write_run_info(info or {"run_id": path.name})
+    directory.write_run_info(info or {"run_id": path.name, "finished": 1.0, "complete": True})
     return path
 
 
@@ -166,8 +166,8 @@ def test_markdown_goes_to_the_file_and_the_github_step_summary(tmp_path, capsys,
 
 
 def test_the_side_labels_name_the_commit_and_rounds(tmp_path, capsys):
-    base = run_dir(tmp_path / "base", case(), info={"git_commit": "0123456789abcdef", "rounds": 3})
-    head = run_dir(tmp_path / "head", case(), info={"label": "HEAD (commit 89abcdef01)", "rounds": 3})
+    base = run_dir(tmp_path / "base", case(), info={"git_commit": "0123456789abcdef", "rounds": 3, "finished": 1.0})
+    head = run_dir(tmp_path / "head", case(), info={"label": "HEAD (commit 89abcdef01)", "rounds": 3, "finished": 1.0})
     assert main([str(base), str(head)]) == 0
     out = capsys.readouterr().out
     assert "commit `0123456789`, 3 round(s)" in out, "run.json's values are data: in code spans"

@@ -119,8 +119,9 @@ def test_a_merge_of_damaged_inputs_names_each_and_fails(tmp_path: Path, capsys) 
     (("run.json", b"[]"), "{head}/run.json: a JSON array, not an object"),
 ])
 def test_compare_names_damaged_input_and_exits_2(tmp_path: Path, capsys, damage, expected: str) -> None:
-    base = run_dir(tmp_path / "base", IDS[:1], FINISHED)
-    head = run_dir(tmp_path / "head", IDS[:1], FINISHED)
+    one = FINISHED | {"expected_ids": IDS[:1], "selected_ids": IDS[:1]}
+    base = run_dir(tmp_path / "base", IDS[:1], one)
+    head = run_dir(tmp_path / "head", IDS[:1], one)
     name, content = damage
     with open(head / name, "ab" if name == "cases.jsonl" else "wb") as handle:
         handle.write(content)
@@ -132,3 +133,21 @@ def test_the_null_fields_a_run_writes_pass_the_run_json_checks(tmp_path: Path) -
     path = run_dir(tmp_path / "run", IDS, FINISHED | {"interrupted": None, "shard": None, "write_error": None})
     assert RunDirectory(path).read_run_info()["selected_ids"] == IDS
     assert json.loads((path / "run.json").read_text())["complete"] is True
+
+
+@pytest.mark.parametrize(("damage", "expected"), [
+    ("truncate", "INCOMPLETE: 2 of 5 cases ran; 3 never ran"),
+    ("no run.json", "no run.json"),
+    ("killed", "INCOMPLETE: 3 of 5 cases ran; 2 never ran (the run never recorded its end"),
+])
+def test_compare_refuses_a_run_that_is_not_whole(tmp_path: Path, capsys, damage: str, expected: str) -> None:
+    base = run_dir(tmp_path / "base", IDS, FINISHED)
+    head = run_dir(tmp_path / "head", {"truncate": IDS[:2], "killed": IDS[:3]}.get(damage, IDS),
+                   {k: v for k, v in FINISHED.items() if k != "finished"} if damage == "killed" else FINISHED)
+    if damage == "no run.json":
+        (head / "run.json").unlink()
+    assert main(["compare", str(base), str(head), "--no-throughput"]) == 2
+    err = capsys.readouterr().err
+    assert f"samedevice compare: error: {head}: {expected}" in err and "not a whole run, so not judged" in err
+    assert main(["compare", str(base), str(head), "--no-throughput", "--allow-incomplete"]) == 0
+    assert "compared as it is (--allow-incomplete)" in capsys.readouterr().err
