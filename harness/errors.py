@@ -50,9 +50,18 @@ class ErrorInfo:
     def one_line(self) -> str:
         where = f" at {self.site}" if self.site else ""
         op = f" [op {self.op}]" if self.op else ""
-        first = self.message.strip().splitlines()[0] if self.message.strip() else self.type
         prefix = "harness error: " if self.origin == "harness" else ""
-        return f"{prefix}{self.type}{op}{where}: {first}"
+        return f"{prefix}{self.type}{op}{where}: {one_line(self.message) or self.type}"
+
+
+ONE_LINE_CHARS = 600
+
+
+def one_line(message: str) -> str:
+    """A multi-line message on one line: its lines joined, blank ones dropped (the first line
+    of a parser's error is often only `regex parse error:`), cut at ONE_LINE_CHARS."""
+    text = " ".join(line.strip() for line in message.splitlines() if line.strip())
+    return text if len(text) <= ONE_LINE_CHARS else text[: ONE_LINE_CHARS - 3] + "..."
 
 
 def describe(exc: BaseException, origin: Origin = "engine") -> ErrorInfo:

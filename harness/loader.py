@@ -362,8 +362,22 @@ def _open_problem(path: Path, exc: OSError) -> str:
     return f"cannot read: {exc.strerror or exc}"
 
 
+def _reader_error(display: str, text: str, exc: yaml.reader.ReaderError) -> ScenarioError:
+    """A character YAML does not allow (a raw control character): its line and column,
+    which the reader gives only as an offset."""
+    before = text[: exc.position]
+    line, column = before.count("\n") + 1, exc.position - (before.rfind("\n") + 1) + 1
+    code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+    escape = f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    return ScenarioError(display, line, column, "", f"invalid YAML: character U+{code:04X} is not allowed (a raw "
+                         f"control character: write it as the escape \"{escape}\" in a double-quoted string)")
+
+
 def _compose(text: str, display: str) -> tuple[yaml.Node | None, ScenarioError | None]:
-    loader = _DepthLimitedLoader(text)
+    try:  # the reader checks every character up front
+        loader = _DepthLimitedLoader(text)
+    except yaml.reader.ReaderError as exc:
+        return None, _reader_error(display, text, exc)
     try:
         documents: list[yaml.Node] = []
         while loader.check_node():

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 import os
 import re
+import types
+import typing
 import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -61,10 +63,45 @@ class FieldError(ValueError):
         self.loc = (loc,) if isinstance(loc, str) else tuple(loc)
 
 
+def _scalar_kinds(annotation: Any) -> set[type]:
+    """The scalar types a field's annotation admits (`int | None` -> {int, NoneType})."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return set().union(*(_scalar_kinds(a) for a in args))
+    if typing.get_origin(annotation) is Literal:
+        return {type(a) for a in args}
+    return {annotation} if isinstance(annotation, type) else set()
+
+
+def _lax_coercion(value: Any, kinds: set[type]) -> str | None:
+    """What pydantic's lax mode would quietly convert for a scalar field, or None: a YAML
+    `true` or `"4"` as a number, `4.0` as a whole number, `yes` or `"true"` as a boolean."""
+    numeric = kinds & {int, float}
+    if isinstance(value, bool) and numeric and bool not in kinds:
+        return f"expected a number, got {str(value).lower()} (a boolean)"
+    if isinstance(value, str) and (numeric or bool in kinds) and str not in kinds:
+        return f"expected {'true or false' if bool in kinds else 'a number'}, got the string {value!r}"
+    if isinstance(value, float) and int in kinds and float not in kinds:
+        return f"expected a whole number, got {value!r}"
+    if isinstance(value, int) and not isinstance(value, bool) and bool in kinds and not numeric:
+        return f"expected true or false, got {value!r}"
+    return None
+
+
 class _Strict(BaseModel):
     # allow_inf_nan=False: every float field of the format is finite (NaN would pass any
     # bound check silently, and inf makes a bias, a scale or a budget meaningless).
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_lax_coercion(cls, value: Any, info: ValidationInfo) -> Any:
+        """Scalars as written: pydantic's strict mode would also refuse a list for a tuple."""
+        field = cls.model_fields.get(info.field_name or "")
+        problem = _lax_coercion(value, _scalar_kinds(field.annotation)) if field is not None else None
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 Dtype = Literal["float32", "bfloat16", "float16"]

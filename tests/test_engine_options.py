@@ -27,7 +27,7 @@ def _case(engine: str, device: str, simulated: bool, **fields) -> Case:
     ({"transformers": {"assistant": {"device": "gpu1"}}}, ["transformers"],
      ": [0].engine_options.transformers.assistant.device: must be `same` or cuda:N, but got 'gpu1'"),
     ({"reference": {"compile": "yes please"}}, ["reference"],
-     ": [0].engine_options.reference.compile: Input should be a valid boolean"),
+     ": [0].engine_options.reference.compile: expected true or false, got the string 'yes please'"),
     ({"transformers": {"peft": {"type": "qlora"}}}, ["transformers"],
      ": [0].engine_options.transformers.peft.type: Input should be 'prefix_tuning', 'prompt_tuning' or 'lora'"),
 ])
