@@ -753,6 +753,22 @@ def _check_schema(schema: dict[str, Any]) -> None:
         raise FieldError(where, f"not a valid JSON Schema: {message}") from None
     except RecursionError:
         raise FieldError((), "not a valid JSON Schema: nested too deeply to check") from None
+    _check_grammar(schema)
+
+
+def _check_grammar(schema: dict[str, Any]) -> None:
+    """What llguidance, the constraint the reference (every scenario's CPU oracle) and the
+    transformers engine decode with, refuses in a schema that the meta-schema allows: a
+    remote `$ref`, bounds no value meets, a regex its Rust dialect lacks."""
+    try:
+        from llguidance import LLMatcher
+    except ImportError:  # a core dependency; without it the engines say so at run time
+        return
+    grammar = LLMatcher.grammar_from_json_schema(schema, defaults={"whitespace_flexible": False})
+    problem = LLMatcher.validate_grammar(grammar, None)
+    if problem:
+        text = " ".join(line.strip() for line in problem.splitlines() if line.strip())
+        raise FieldError((), f"llguidance, which the reference and transformers engines constrain with, rejects it: {text}")
 
 
 def _check_patterns(schema: Any) -> None:

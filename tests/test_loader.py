@@ -578,3 +578,18 @@ def test_without_jsonschema_patterns_are_still_compiled(tmp_path: Path, monkeypa
     assert [str(e) for e in load_file(path).errors] == [
         f"{path}:4:69: features.json_schema.schema.patternProperties.[: not a valid JSON Schema: not a regular "
         "expression Python's re compiles: unterminated character set at position 0"]
+
+
+@pytest.mark.parametrize(("schema", "expected"), [
+    ("{$ref: 'http://example.com/x.json'}", "is not present in a registry"),
+    ("{type: integer, minimum: 5, maximum: 1}", "Unsatisfiable schema: minimum (5) is greater than maximum (1)"),
+    ("{type: string, pattern: '(?P<x>a)(?P=x)'}", "regex parse error: (?P<x>a)(?P=x) ^ error: unrecognized flag"),
+])
+def test_a_schema_the_constraint_engine_rejects_is_a_load_error_not_a_case_error(tmp_path: Path, schema: str,
+                                                                                 expected: str) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(f"name: x\ndescription: d\nprompt: hi\nfeatures:\n  json_schema:\n    schema: {schema}\n")
+    [error] = load_file(path).errors
+    assert str(error).startswith(f"{path}:6:13: features.json_schema.schema: llguidance, which the reference and "
+                                 "transformers engines constrain with, rejects it: "), str(error)
+    assert expected in str(error) and "\n" not in str(error)
