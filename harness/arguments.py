@@ -91,6 +91,14 @@ def output_file_problem(path: Path, what: str) -> str | None:
     return None
 
 
+def results_root_problem(root: Path, exc: BaseException) -> str:
+    """One line for a results root a run directory could not be made in."""
+    if root.exists() and not root.is_dir():
+        return f"results directory {root} is a file, not a directory"
+    why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+    return f"results directory {root} is not writable: {why}"
+
+
 BUILD_TIMEOUT_ENV = "SAMEDEVICE_BUILD_TIMEOUT"
 DEFAULT_BUILD_TIMEOUT_S = 900.0
 

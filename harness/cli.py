@@ -27,6 +27,7 @@ from harness.arguments import (
     device_filter_problems,
     engine_filter_problems,
     output_file_problem,
+    results_root_problem,
     timeout_seconds,
 )
 from harness.render import terminal, terminal_text
@@ -345,8 +346,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _eprint(f"samedevice: error: {terminal(exc)}")
         return 2
     except OSError as exc:
-        _eprint(f"samedevice: error: results directory {terminal(settings.results_root)} is not writable: "
-                f"{terminal(exc.strerror or exc)}")
+        _eprint(f"samedevice: error: {terminal(results_root_problem(Path(settings.results_root), exc))}")
         return 2
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     options = RunOptions(strict_devices=settings.strict_devices)
@@ -473,6 +473,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     if damaged:
         _eprint(f"samedevice report: {len(damaged)} damaged line(s) in {terminal(args.run_dir)}, listed in the report")
         return 1
+    if not run_dir.run_path.exists():
+        _eprint(f"samedevice report: {terminal(args.run_dir)} has no run.json: versions, devices and completeness "
+                "are unknown")
+        return 1
     return 0
 
 
@@ -510,10 +514,11 @@ def cmd_merge(args: argparse.Namespace) -> int:
     from harness.merge import merge_runs
     from harness.run import results_root_default
 
+    root = Path(args.results or results_root_default())
     try:
-        outcome = merge_runs(args.run_dirs, args.results or results_root_default())
+        outcome = merge_runs(args.run_dirs, root)
     except OSError as exc:  # the merged run cannot be written
-        _eprint(f"samedevice: error: {terminal(exc)}")
+        _eprint(f"samedevice: error: {terminal(results_root_problem(root, exc))}")
         return 2
     for label, items in (("duplicate", outcome.duplicates), ("gap", outcome.gaps),
                          ("unexpected", outcome.unexpected), ("problem", outcome.problems),

@@ -169,7 +169,7 @@ def load_side(path: Path, warnings: list[str] | None = None, allow_incomplete: b
         raise ValueError(f"damaged result line: {damaged[0]}{more}")
     if warnings is not None:
         warnings += [f"left out: {d}" for d in read.damaged if d.torn]
-    incomplete = "no run.json" if not info else completeness(read.results, info)[0]
+    incomplete = completeness(read.results, info)[0]
     if incomplete and not allow_incomplete:
         raise ValueError(f"{path}: {incomplete}: not a whole run, so not judged "
                          "(rerun it, or --allow-incomplete compares the cases it has)")

@@ -22,6 +22,7 @@ from harness.arguments import (
     build_timeout,
     device_filter_problems,
     engine_filter_problems,
+    results_root_problem,
     timeout_seconds,
 )
 from harness.render import terminal
@@ -123,9 +124,7 @@ def _ensure_run(config: pytest.Config) -> Run | None:
     try:
         run = Run.start(settings)
     except (OSError, ResultsWriteError) as exc:
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-        raise pytest.UsageError(f"samedevice: results directory {terminal(settings.results_root)} is not writable: "
-                                f"{terminal(why)}") from None
+        raise pytest.UsageError(f"samedevice: {terminal(results_root_problem(Path(settings.results_root), exc))}") from None
     config._samedevice_run = run  # type: ignore[attr-defined]
     return run
 

@@ -49,6 +49,8 @@ def completeness(results: list[CaseResult], run_info: dict[str, Any]) -> tuple[s
     The cases a run was to run are `selected_ids` in run.json (a shard's own share), or
     `expected_ids` for an unsharded or merged run; a run without them (a pytest run) is
     judged by whether it recorded its end."""
+    if not run_info:
+        return "INCOMPLETE: no run.json, so which cases were to run and whether the run ended are unknown", []
     ran = {r.id for r in results}
     wanted = run_info.get("selected_ids")
     if wanted is None and not run_info.get("shard"):
@@ -122,7 +124,7 @@ def markdown(results: list[CaseResult], run_info: dict[str, Any], invalid_files:
     verdict, never_ran = completeness(results, run_info)
     if verdict:
         lines += [f"**{verdict}**", ""]
-    versions = ", ".join(f"{name} {markdown_code(run_info.get(name))}" for name in ("samedevice", "torch", "transformers"))
+    versions = ", ".join(f"{name} {markdown_code(run_info.get(name, 'unknown'))}" for name in ("samedevice", "torch", "transformers"))
     devices = ", ".join(markdown_code(d) for d in run_info.get("devices") or []) or "unknown"
     lines += [f"**{counts_line(results)}** - {versions}, devices: {devices}", ""]
     merge_sections = (

@@ -80,6 +80,9 @@ def test_unwritable_results_directory_fails_before_any_case(tmp_path: Path, writ
     out = samedevice("run", "scenarios", "--results", "res/sub", "--no-progress", cwd=tmp_path)
     assert out.returncode == 2
     assert out.stderr.startswith("samedevice: error: results directory res/sub is not writable")
+    out = samedevice("run", "scenarios", "--results", "res", "--no-progress", cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.startswith("samedevice: error: results directory res is a file, not a directory")
 
 
 def test_list_shows_skip_reasons(tmp_path: Path, write_scenario) -> None:

@@ -137,7 +137,7 @@ def test_the_null_fields_a_run_writes_pass_the_run_json_checks(tmp_path: Path) -
 
 @pytest.mark.parametrize(("damage", "expected"), [
     ("truncate", "INCOMPLETE: 2 of 5 cases ran; 3 never ran"),
-    ("no run.json", "no run.json"),
+    ("no run.json", "INCOMPLETE: no run.json, so which cases were to run and whether the run ended are unknown"),
     ("killed", "INCOMPLETE: 3 of 5 cases ran; 2 never ran (the run never recorded its end"),
 ])
 def test_compare_refuses_a_run_that_is_not_whole(tmp_path: Path, capsys, damage: str, expected: str) -> None:
@@ -151,3 +151,12 @@ def test_compare_refuses_a_run_that_is_not_whole(tmp_path: Path, capsys, damage:
     assert f"samedevice compare: error: {head}: {expected}" in err and "not a whole run, so not judged" in err
     assert main(["compare", str(base), str(head), "--no-throughput", "--allow-incomplete"]) == 0
     assert "compared as it is (--allow-incomplete)" in capsys.readouterr().err
+
+
+def test_report_of_a_run_without_run_json_says_so_and_fails(tmp_path: Path, capsys) -> None:
+    path = run_dir(tmp_path / "run", IDS, FINISHED)
+    (path / "run.json").unlink()
+    assert main(["report", str(path)]) == 1
+    out, err = capsys.readouterr()
+    assert f"samedevice report: {path} has no run.json" in err
+    assert "**INCOMPLETE: no run.json" in out and "samedevice `unknown`" in out and "`None`" not in out
