@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -281,8 +282,9 @@ def _console():
     from rich.console import Console
 
     console = Console(stderr=True, markup=False, highlight=False, emoji=False)
-    if not console.is_terminal:  # CI logs: wide rows, not folded columns
-        console = Console(stderr=True, width=200, markup=False, highlight=False, emoji=False)
+    if not console.is_terminal:  # CI logs: wide rows, not folded columns ($COLUMNS if set)
+        width = int(os.environ["COLUMNS"]) if os.environ.get("COLUMNS", "").isdigit() else 200
+        console = Console(stderr=True, width=width, markup=False, highlight=False, emoji=False)
     return console
 
 
@@ -533,7 +535,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
             _eprint(f"samedevice: error: cannot append the summary to {terminal(args.summary)}: {terminal(exc.strerror or exc)}")
             return 2
     bad = [r for r in outcome.results if r.status in ("failed", "error")]
-    _eprint(f"merged {len(args.run_dirs)} runs: {report.counts_line(outcome.results)}; "
+    _eprint(f"merged {outcome.sources_read} of {len(args.run_dirs)} runs: {report.counts_line(outcome.results)}; "
             f"{len(outcome.gaps)} gaps, {len(outcome.duplicates)} duplicates, {len(outcome.damaged)} damaged lines, "
             f"{len(outcome.problems)} problems -> {terminal(outcome.run_dir.path)}")
     return 1 if bad or not outcome.complete else 0

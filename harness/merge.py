@@ -22,6 +22,7 @@ class MergeOutcome:
     problems: list[str] = field(default_factory=list)
     damaged: list[DamagedLine] = field(default_factory=list)
     report: str = ""  # the merged run's report.md
+    sources_read: int = 0  # the sources whose cases could be read
 
     @property
     def complete(self) -> bool:
@@ -88,7 +89,7 @@ def merge_runs(sources: list[Path], root: Path) -> MergeOutcome:
         run.record(result)
     outcome = MergeOutcome(
         run.directory, merged, sorted(set(duplicates)), sorted(expected - seen.keys()),
-        sorted(seen.keys() - expected) if expected else [], problems, damaged,
+        sorted(seen.keys() - expected) if expected else [], problems, damaged, sources_read=len(infos),
     )
     run.info.duplicates, run.info.gaps, run.info.unexpected = outcome.duplicates, outcome.gaps, outcome.unexpected
     run.info.problems, run.info.damaged = outcome.problems, [str(d) for d in damaged]

@@ -672,8 +672,9 @@ class Scenario(_Strict):
     @field_validator("engines")
     @classmethod
     def _unique_engines(cls, value: list[str]) -> list[str]:
-        if len(set(value)) != len(value):
-            raise ValueError("engines are listed twice")
+        twice = sorted({engine for engine in value if value.count(engine) > 1})
+        if twice:
+            raise ValueError(f"{', '.join(map(repr, twice))} listed twice")
         return value
 
     @field_validator("devices")
