@@ -13,7 +13,9 @@ with samedevice installed, Windows included); options are checked at configure t
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -296,6 +298,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if collected is not None:  # under xdist: a case's item is `file.yaml::<case id>`
         cases = [nodeid.split("::", 1)[1] for nodeid in collected
                  if ".yaml::" in nodeid or ".yml::" in nodeid]
+        if not cases and _remove_unused_run(run.path):
+            return  # a pytest -n of no scenario: it leaves no results directory behind
         run.info.expected_ids = run.info.selected_ids = [c for c in cases if not c.startswith(("invalid[", "duplicate[", "plugin["))]
     try:
         read = run.directory.load_cases()
@@ -308,6 +312,19 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config._samedevice_summary = (  # type: ignore[attr-defined]
         f"samedevice: {report.counts_line(read.results)}{damaged}{unwritten}; results in "
         f"{terminal(os.path.relpath(run.path))}")
+
+
+def _remove_unused_run(path: Path) -> bool:
+    """Remove a run directory the xdist controller made before it knew there would be no
+    scenario case (workers need its path when they start), and its results root if that is
+    left empty. False if a case was recorded after all."""
+    cases = path / "cases.jsonl"
+    if cases.exists() and cases.stat().st_size:
+        return False
+    shutil.rmtree(path, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        path.parent.rmdir()  # only if empty
+    return True
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:

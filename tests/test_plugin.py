@@ -62,6 +62,13 @@ def test_xdist_loses_no_case(project: pytest.Pytester) -> None:
     assert {c["worker"] for c in cases if c["status"] == "passed"} == {"gw0", "gw1"}
 
 
+def test_pytest_n_over_no_scenario_leaves_no_results_directory(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_plain="def test_plain():\n    assert True\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2")
+    result.assert_outcomes(passed=1)
+    assert not (pytester.path / "results").exists(), "a project that only has samedevice installed gets no results/"
+
+
 def test_a_failing_case_reads_as_a_verdict_not_a_traceback(project: pytest.Pytester) -> None:
     (project.path / "scenarios" / "fail.yaml").write_text(
         "name: f\ndescription: d\nprompt: hi\ndevices: [cpu]\nmax_new_tokens: 2\n"
