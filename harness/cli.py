@@ -220,12 +220,19 @@ def _standard_suite_file(args: argparse.Namespace) -> Path:
     """The standard suite for `--model`, written where the run can point at it."""
     import tempfile
 
+    from harness.model_source import ModelSourceError, describe
+    from harness.scenario import HubModel, PathModel
     from harness.standard_suite import suite_for, to_yaml
 
+    source = model_source(args.model)
+    try:  # before any suite is written: one line naming --model, not a temporary file
+        describe(HubModel(**source) if "hub" in source else PathModel(**source))
+    except (ModelSourceError, ValueError) as exc:
+        _usage_error(f"--model {args.model}: {exc}")
     engines = args.engine or ["transformers"]
     scenarios = []
     for engine in engines:
-        kept, left_out = suite_for(engine, model_source(args.model))
+        kept, left_out = suite_for(engine, source)
         for line in left_out:
             print(f"samedevice: standard suite: left out {line}", file=sys.stderr)
         scenarios += [dict(s, name=f"{s['name']}-{engine}") if len(engines) > 1 else s for s in kept]

@@ -338,14 +338,21 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     marker = metafunc.definition.get_closest_marker("samedevice")
-    if marker is None or "devices" not in marker.kwargs:
+    if marker is None:
         return
+    from harness.testing import DeviceRun, device_runs, marker_problem
+
+    problem = marker_problem(marker.args, marker.kwargs)
+    if problem and "samedevice_target" in metafunc.fixturenames:  # this test fails with it; the rest run
+        metafunc.parametrize("samedevice_target", [DeviceRun("invalid", ("cpu",), False, problem=problem)],
+                             ids=["invalid-marker"], indirect=True)
+        return
+    if problem or "devices" not in marker.kwargs:
+        return  # sim_gpus reports a bad marker itself
     if "samedevice_target" not in metafunc.fixturenames:
         raise pytest.UsageError(f"{metafunc.definition.nodeid}: @pytest.mark.samedevice(devices=...) parametrizes the "
                                 "`samedevice_target` fixture: add it (or `device`) to the test's arguments")
-    from harness.testing import device_runs
-
-    runs = device_runs(list(marker.kwargs["devices"]), int(marker.kwargs.get("gpus", 2)))
+    runs = device_runs(list(marker.kwargs["devices"]), marker.kwargs.get("gpus", 2))
     metafunc.parametrize("samedevice_target", runs, ids=[run.label for run in runs], indirect=True)
 
 
@@ -356,6 +363,8 @@ def samedevice_target(request: pytest.FixtureRequest):
     run = getattr(request, "param", None)
     if run is None:
         raise pytest.UsageError("samedevice_target needs @pytest.mark.samedevice(devices=[...]) on the test")
+    if run.problem:
+        pytest.fail(run.problem, pytrace=False)
     if run.skip:
         pytest.skip(run.skip)
     if not run.simulated:
@@ -365,7 +374,8 @@ def samedevice_target(request: pytest.FixtureRequest):
 
     from harness.testing import simulated_gpus
 
-    with torch.no_grad(), simulated_gpus(count=max(2, len(run.devices))):
+    with torch.no_grad(), simulated_gpus(count=run.gpu_count) as simulation:
+        request.node._samedevice_simulation = simulation  # what sim_gpus hands out for this test
         yield run
 
 
@@ -380,12 +390,22 @@ def sim_gpus(request: pytest.FixtureRequest):
     """Simulated CUDA GPUs for the test (`@pytest.mark.samedevice(gpus=N)`, default 2):
     a `harness.devices.Simulation`; skipped with the reason where simulation cannot run."""
     from harness.devices import unavailable_reason
+    from harness.testing import marker_problem
 
+    marker = request.node.get_closest_marker("samedevice")
+    problem = marker_problem(marker.args, marker.kwargs) if marker is not None else None
+    if problem:
+        pytest.fail(problem, pytrace=False)
+    if "samedevice_target" in request.fixturenames:  # the marked test's own simulation, if any
+        request.getfixturevalue("samedevice_target")
+        simulation = getattr(request.node, "_samedevice_simulation", None)
+        if simulation is not None:
+            yield simulation
+            return
     why = unavailable_reason()
     if why:
         pytest.skip(f"simulated GPUs unavailable: {why}")
-    marker = request.node.get_closest_marker("samedevice")
-    count = int(marker.kwargs.get("gpus", 2)) if marker is not None else 2
+    count = marker.kwargs.get("gpus", 2) if marker is not None else 2
     import torch
 
     from harness.testing import simulated_gpus

@@ -49,7 +49,7 @@ FAULTS = (
 )
 
 # cuda:N with N < MAX_GPUS, written without leading zeros (cuda:01 would be a second label).
-_DEVICE_RE = re.compile(r"^(cpu|auto|cuda:([0-9]|[1-5][0-9]|6[0-3]))$")
+DEVICE_RE = re.compile(r"^(cpu|auto|cuda:([0-9]|[1-5][0-9]|6[0-3]))$")
 
 NonEmptyStr = Annotated[str, Field(min_length=1)]
 
@@ -331,9 +331,9 @@ class DeviceSpec(_Strict):
     @field_validator("device")
     @classmethod
     def _known_device(cls, value: str) -> str:
-        if re.fullmatch(r"cuda:\d+", value) and not _DEVICE_RE.match(value):
+        if re.fullmatch(r"cuda:\d+", value) and not DEVICE_RE.match(value):
             raise ValueError(f"cuda:N takes N from 0 to {MAX_GPUS - 1} without leading zeros, but got {value!r}")
-        if not _DEVICE_RE.match(value):
+        if not DEVICE_RE.match(value):
             raise ValueError(f"must be one of cpu, cuda:N, auto, but got {value!r}")
         return value
 
@@ -805,9 +805,9 @@ def scenario_json_schema() -> dict[str, Any]:
     defs["Scenario"] = schema
     # The shorthands the before-validators accept: `- cuda:0` and `parity: false`.
     defs["DeviceSpec"] = {
-        "anyOf": [{"type": "string", "pattern": _DEVICE_RE.pattern}, defs["DeviceSpec"]]
+        "anyOf": [{"type": "string", "pattern": DEVICE_RE.pattern}, defs["DeviceSpec"]]
     }
-    defs["DeviceSpec"]["anyOf"][1]["properties"]["device"]["pattern"] = _DEVICE_RE.pattern
+    defs["DeviceSpec"]["anyOf"][1]["properties"]["device"]["pattern"] = DEVICE_RE.pattern
     defs["ParityCheck"] = {"anyOf": [{"type": "boolean"}, defs["ParityCheck"]]}
     defs["ExpectFailure"] = {"anyOf": [{"enum": list(EXPECTABLE_CHECKS)}, defs["ExpectFailure"]]}
     # The loader's sweep forms of a family: a list of names, or `all`.

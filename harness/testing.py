@@ -65,6 +65,12 @@ class DeviceRun:
     devices: tuple[str, ...]  # where to place a model: ("cpu",), ("cuda:0",), ("cuda:0", "cuda:1")
     simulated: bool
     skip: str | None = None  # why this device cannot run here
+    problem: str | None = None  # what is wrong with the marker: the test fails with it
+
+    @property
+    def gpu_count(self) -> int:
+        """GPUs to simulate for this run: enough for its highest cuda:N, at least 2."""
+        return max(2, *(int(d.split(":")[1]) + 1 for d in self.devices if d.startswith("cuda:")))
 
     @property
     def device(self) -> str:
@@ -73,6 +79,43 @@ class DeviceRun:
     @property
     def kind(self) -> str:
         return "cpu" if self.devices == ("cpu",) else ("auto" if len(self.devices) > 1 else "cuda")
+
+
+MARKER_KEYWORDS = ("devices", "gpus")
+
+
+def marker_problem(args: tuple, kwargs: dict[str, Any]) -> str | None:
+    """What is wrong with a `@pytest.mark.samedevice(...)`, in one line, or None."""
+    import difflib
+
+    from harness.scenario import DEVICE_RE, MAX_GPUS
+
+    usage = "use @pytest.mark.samedevice(devices=['cpu', 'cuda:0', 'auto'], gpus=2)"
+    if args:
+        return f"@pytest.mark.samedevice takes keywords only, got {args!r}: {usage}"
+    for key in kwargs:
+        if key not in MARKER_KEYWORDS:
+            close = difflib.get_close_matches(key, MARKER_KEYWORDS, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else usage
+            return f"@pytest.mark.samedevice: unknown keyword {key!r} ({hint})"
+    gpus = kwargs.get("gpus", 2)
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or not 1 <= gpus <= MAX_GPUS:
+        return f"@pytest.mark.samedevice: gpus must be a whole number from 1 to {MAX_GPUS}, got {gpus!r}"
+    if "devices" not in kwargs:
+        return None
+    devices = kwargs["devices"]
+    if isinstance(devices, str) or not isinstance(devices, (list, tuple)) or not devices:
+        return f"@pytest.mark.samedevice: devices must be a non-empty list such as ['cpu', 'cuda:0'], got {devices!r}"
+    for device in devices:
+        if not isinstance(device, str) or not DEVICE_RE.match(device):
+            hint = (" (drop the sim: prefix: a real GPU is used where present, a simulated one otherwise)"
+                    if isinstance(device, str) and device.startswith("sim:") else "")
+            return f"@pytest.mark.samedevice: device {device!r} is not cpu, cuda:N or auto{hint}"
+    if "auto" in devices and gpus < 2:
+        return f"@pytest.mark.samedevice: auto spreads a model over gpus >= 2 GPUs, got gpus={gpus}"
+    if len(set(devices)) != len(devices):
+        return f"@pytest.mark.samedevice: a device is listed twice in {list(devices)!r}"
+    return None
 
 
 def device_runs(devices: list[str], gpus: int = 2) -> list[DeviceRun]:
@@ -133,11 +176,14 @@ class TrackedLedger:
         self.tracker.on_phase(name)
 
     def per_token(self, kind: str) -> float:
-        """Copies of `kind` (h2d, d2h, d2d, sync) per complete decode step."""
-        return self.ledger.per_token(kind)
+        """Events of `kind` (h2d, d2h, d2d, syncs; `sync` too) per complete decode step."""
+        return self.ledger.per_token(_kind(kind))
 
     def count(self, phase: str, kind: str) -> int:
-        return self.ledger.count(phase, kind)
+        """Events of `kind` in `phase` (setup, prefill, decode, finish)."""
+        if phase not in PHASES:
+            raise ValueError(f"unknown phase {phase!r}: one of {', '.join(PHASES)}")
+        return self.ledger.count(phase, _kind(kind))
 
     @property
     def decode_steps(self) -> int:
@@ -147,13 +193,57 @@ class TrackedLedger:
         return self.ledger.to_json()
 
 
+PHASES = ("setup", "prefill", "decode", "finish")
+
+
+def _kind(kind: str) -> str:
+    """A ledger kind from a budget's name (`syncs`) or the ledger's own (`sync`); a typo is an
+    error, never a count of 0."""
+    from harness.ledger import BUDGET_NAMES
+
+    if kind in BUDGET_NAMES.values():
+        return kind
+    if kind in BUDGET_NAMES:
+        return BUDGET_NAMES[kind]
+    raise ValueError(f"unknown transfer kind {kind!r}: one of {', '.join(BUDGET_NAMES)}")
+
+
 def assert_transfers(ledger: TrackedLedger | Ledger, **budgets: dict[str, float]) -> None:
-    """Budgets per phase (`decode=` per generated token; `setup=`, `prefill=`, `finish=` for
-    the whole phase; fields h2d, d2h, d2d, syncs), checked as a scenario's are."""
+    """Budgets per phase (`decode=` per decode step; `setup=`, `prefill=`, `finish=` for the
+    whole phase; fields h2d, d2h, d2d, syncs), checked as a scenario's are.
+
+    Decode steps: the first forward is the prefill and each later forward starts a step that
+    is complete when the next one starts, so a generate of N tokens has N - 2 complete steps
+    (the last token's read-back is `finish`)."""
+    from pydantic import ValidationError
+
     from harness.checks import check_transfers
     from harness.scenario import PhaseBudgets
 
     target = ledger.ledger if isinstance(ledger, TrackedLedger) else ledger
-    failures = check_transfers(PhaseBudgets.model_validate(budgets), target).failures
+    try:
+        phase_budgets = PhaseBudgets.model_validate(budgets)
+    except ValidationError as exc:
+        raise TypeError(f"assert_transfers: {_budget_problem(exc)}") from None
+    if phase_budgets.decode is not None and target.decode_tokens <= 0 and not target.counts:
+        raise AssertionError("decode budget not judged: the ledger saw nothing; generate inside "
+                             "`with transfer_ledger.track(model):`, passing the model so its forwards mark the steps")
+    failures = check_transfers(phase_budgets, target).failures
     if failures:
         raise AssertionError("\n".join(f"{f.check}: {f.message}" for f in failures))
+
+
+def _budget_problem(exc: Any) -> str:
+    """The first problem of assert_transfers' budgets, in one line with a "did you mean"."""
+    import difflib
+
+    from harness.scenario import Budget, PhaseBudgets
+
+    error = exc.errors(include_url=False)[0]
+    loc = [str(part) for part in error["loc"]]
+    if error["type"] == "extra_forbidden":
+        known = list(PhaseBudgets.model_fields) if len(loc) == 1 else list(Budget.model_fields)
+        close = difflib.get_close_matches(loc[-1], known, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"one of {', '.join(known)}"
+        return f"{'.'.join(loc)}: unknown key {loc[-1]!r} ({hint})"
+    return f"{'.'.join(loc)}: {error['msg']}"

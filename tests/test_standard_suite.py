@@ -28,3 +28,13 @@ def test_init_scenarios_writes_an_editable_file_that_loads_and_refuses_to_overwr
     assert not loaded.errors and [s.scenario.name for s in loaded.scenarios] == [s["name"] for s in SUITE]
     again = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and "exists (--force to overwrite)" in again.stderr
+
+
+def test_run_model_that_cannot_be_used_is_one_usage_line_naming_the_flag(tmp_path) -> None:
+    for model, expected in ((tmp_path / "missing", "no such directory"), (tmp_path, "no config.json")):
+        done = subprocess.run([sys.executable, "-m", "harness.cli", "run", "--model", str(model), "--results",
+                               str(tmp_path / "res")], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2, done.stderr
+        [line] = done.stderr.splitlines()
+        assert line.startswith(f"samedevice: error: --model {model}: ") and expected in line, line
+        assert not (tmp_path / "res").exists(), "nothing ran"
