@@ -34,7 +34,7 @@ Simulated GPUs are for inference: the test body runs under `torch.no_grad()`.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,7 +84,7 @@ class DeviceRun:
 MARKER_KEYWORDS = ("devices", "gpus")
 
 
-def marker_problem(args: tuple, kwargs: dict[str, Any]) -> str | None:
+def marker_problem(args: tuple, kwargs: Mapping[str, Any]) -> str | None:
     """What is wrong with a `@pytest.mark.samedevice(...)`, in one line, or None."""
     import difflib
 
