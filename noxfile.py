@@ -155,9 +155,9 @@ def llamacpp(session: nox.Session) -> None:
 OLD_NUMPY = "numpy<2"  # what the 4.4x-era stacks were used with
 LEGACY_OUTLINES = ["datasets==2.18.0", "fsspec<=2024.2.0", "pyarrow<18"]  # pyarrow 18+ needs numpy 2
 # The pyproject floors (accelerate 0.34.0 needs safetensors >= 0.4.3, so that is the floor).
-# peft 0.12.0 is the release of 4.44's time: the newest peft reads configs in ways 4.44 lacks.
+# peft 0.13 (the oldest the engines extra allows): the newest peft reads configs in ways 4.44 lacks.
 TRANSFORMERS_4_44 = ["transformers==4.44.0", "tokenizers==0.19.1", "accelerate==0.34.0", "safetensors==0.4.3", OLD_NUMPY,
-                     "peft==0.12.0"]
+                     "peft==0.13.2"]
 TRANSFORMERS_4_46 = ["transformers==4.46.3", "accelerate==0.34.2", OLD_NUMPY]
 TRANSFORMERS_4_48 = ["transformers==4.48.3", "accelerate==0.34.2", OLD_NUMPY]
 COMPAT_STACKS: dict[str, tuple[list[str], list[str]]] = {  # id -> (pins, engines)
