@@ -185,6 +185,9 @@ KNOWN_RELEASED_BUGS = {
     ("transformers-4.46", "options-assisted-decoding[transformers-sim:cuda:0]"): _ASSISTED,
     ("transformers-4.44", "options-static-cache[transformers-sim:auto]"): (
         "transformers/cache_utils.py", "a static cache on one GPU for layers on two (passes from 4.46)"),
+    ("transformers-4.44", "options-prefix-tuning[transformers-sim:auto]"): (
+        "transformers/cache_utils.py", "prefix tuning on two GPUs (peft 0.13.2): the prefix cache is concatenated "
+        "with keys of layers on the other GPU (passes on 4.46 with the newest peft)"),
     ("transformers-4.44", "options-dola[transformers-sim:auto]"): (
         "transformers/generation/utils.py", "DoLa mixes hidden states of layers on two GPUs (passes from 4.46)"),
 }
