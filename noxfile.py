@@ -191,6 +191,12 @@ KNOWN_RELEASED_BUGS = {
     ("transformers-4.44", "options-dola[transformers-sim:auto]"): (
         "transformers/generation/utils.py", "DoLa mixes hidden states of layers on two GPUs (passes from 4.46)"),
 }
+# Where the simulator itself is wrong on a stack (a false failure, named, never a pass):
+# transformers 4.57 builds the sdpa mask under torch.vmap, whose batched tensors the simulated
+# GPUs do not follow (the code moves the mask to `result.device` itself; 4.48 and 5.x do not vmap).
+_VMAP = ("transformers/masking_utils.py", "simulator gap: torch.vmap in the sdpa mask (a false failure)")
+KNOWN_SIMULATOR_GAPS = {("transformers-4.57", f"options-{name}[transformers-sim:{device}]"): _VMAP
+                        for name in ("static-cache", "prefix-tuning") for device in ("cuda:0", "auto")}
 COMPAT_TESTS = ["tests/test_engines.py", "tests/test_sim_beam_search.py", "tests/test_sim_python_views.py",
                 "tests/test_sim_transformers.py", "tests/test_versions.py"]
 
@@ -236,9 +242,12 @@ def compat(session: nox.Session, stack: str) -> None:
         device = "sim" if case["device"].startswith("sim") else case["device"]
         verdict = case["status"]
         known = KNOWN_RELEASED_BUGS.get((stack, case["id"]))
+        gap = KNOWN_SIMULATOR_GAPS.get((stack, case["id"]))
         error_site = (case.get("error") or {}).get("site") or ""
         if verdict == "failed" and known and error_site.startswith(known[0]):
             verdict = f"caught {known[1]}"
+        elif verdict == "failed" and gap and error_site.startswith(gap[0]):
+            verdict = gap[1]
         elif verdict not in ("passed", "skipped"):
             unexpected.append(f"{case['id']}: {verdict}: {case.get('reason') or case['failures'] or case.get('error')}")
         row["cells"].setdefault(f"{case['engine']} {device}", []).append(verdict)

@@ -204,7 +204,14 @@ class TransformersEngine(Engine):
 
                 rows = beams.num_beams if beams is not None else 1
                 kwargs["logits_processor"] = LogitsProcessorList([JsonSchemaProcessor(request, len(ids), rows)])
-            out = self.model.generate(prompt, **kwargs)
+            try:
+                out = self.model.generate(prompt, **kwargs)
+            except ValueError as exc:
+                if self.assistant is not None and "MinLengthLogitsProcessor" in str(exc):
+                    # transformers 4.5x refuses a minimum length with an assistant (4.48 and 5.x take it)
+                    raise Unsupported(f"transformers {transformers_version()} refuses min_new_tokens with assisted "
+                                      "decoding, which a scenario with stop_at_eos: false needs") from None
+                raise
             if beams is not None:
                 sequences = out.sequences[:, len(ids):].tolist()
                 scores = out.sequences_scores.tolist()
@@ -318,6 +325,12 @@ def cached_teacher_forcing(model: Any, ids: list[int], device: torch.device) -> 
             out = model(torch.tensor([[token]], device=device), past_key_values=out.past_key_values, use_cache=True)
             rows.append(out.logits[0, -1].float().cpu())
     return torch.stack(rows)
+
+
+def transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
 
 
 def _strip(tokens: list[int], eos_id: int, keep_eos: bool = False) -> list[int]:
