@@ -171,25 +171,25 @@ COMPAT_STACKS: dict[str, tuple[list[str], list[str]]] = {  # id -> (pins, engine
     # Outlines 0.1.x wraps the tokenizer after importing LlamaTokenizer: sentencepiece on 4.48.
     "outlines-0.1.14": (["outlines==0.1.14", "sentencepiece", *LEGACY_OUTLINES, *TRANSFORMERS_4_48], ["outlines"]),
 }
-# Released device bugs the simulated GPUs catch on a stack: (stack, case id) -> (where, why).
+# Released device bugs the simulated GPUs catch on a stack: (stack, case id) -> (where, verdict).
 # Such a failure is the harness working; a stack passes when its failures are exactly these.
 _ASSISTED = ("transformers/models/llama/modeling_llama.py",
-             "assisted decoding: the assistant's candidate ids reach the main model on the assistant's GPU "
+             "caught assisted decoding: the assistant's candidate ids reach the main model on the assistant's GPU "
              "(passes from 4.48)")
 KNOWN_RELEASED_BUGS = {
     ("outlines-0.0.28", "engines-json-schema[outlines-sim:cuda:0]"): (
-        "outlines/generate/generator.py", "Outlines #651 (fixed in 0.0.30)"),
+        "outlines/generate/generator.py", "caught Outlines #651 (fixed in 0.0.30)"),
     ("outlines-0.0.28", "engines-json-schema[outlines-sim:auto]"): (
-        "outlines/generate/generator.py", "Outlines #651 (fixed in 0.0.30)"),
+        "outlines/generate/generator.py", "caught Outlines #651 (fixed in 0.0.30)"),
     ("transformers-4.44", "options-assisted-decoding[transformers-sim:cuda:0]"): _ASSISTED,
     ("transformers-4.46", "options-assisted-decoding[transformers-sim:cuda:0]"): _ASSISTED,
     ("transformers-4.44", "options-static-cache[transformers-sim:auto]"): (
-        "transformers/cache_utils.py", "a static cache on one GPU for layers on two (passes from 4.46)"),
+        "transformers/cache_utils.py", "caught a static cache on one GPU for layers on two (passes from 4.46)"),
     ("transformers-4.44", "options-prefix-tuning[transformers-sim:auto]"): (
-        "transformers/cache_utils.py", "prefix tuning on two GPUs (peft 0.13.2): the prefix cache is concatenated "
+        "transformers/cache_utils.py", "caught prefix tuning on two GPUs (peft 0.13.2): the prefix cache is concatenated "
         "with keys of layers on the other GPU (passes on 4.46 with the newest peft)"),
     ("transformers-4.44", "options-dola[transformers-sim:auto]"): (
-        "transformers/generation/utils.py", "DoLa mixes hidden states of layers on two GPUs (passes from 4.46)"),
+        "transformers/generation/utils.py", "caught DoLa mixes hidden states of layers on two GPUs (passes from 4.46)"),
 }
 # Where the simulator itself is wrong on a stack (a false failure, named, never a pass):
 # transformers 4.57 builds the sdpa mask under torch.vmap, whose batched tensors the simulated
@@ -241,13 +241,12 @@ def compat(session: nox.Session, stack: str) -> None:
     for case in cases:
         device = "sim" if case["device"].startswith("sim") else case["device"]
         verdict = case["status"]
-        known = KNOWN_RELEASED_BUGS.get((stack, case["id"]))
-        gap = KNOWN_SIMULATOR_GAPS.get((stack, case["id"]))
+        # a failure listed for this case, at the library line listed, is explained
+        where, explained = KNOWN_RELEASED_BUGS.get((stack, case["id"])) or KNOWN_SIMULATOR_GAPS.get(
+            (stack, case["id"])) or ("", "")
         error_site = (case.get("error") or {}).get("site") or ""
-        if verdict == "failed" and known and error_site.startswith(known[0]):
-            verdict = f"caught {known[1]}"
-        elif verdict == "failed" and gap and error_site.startswith(gap[0]):
-            verdict = gap[1]
+        if verdict == "failed" and where and error_site.startswith(where):
+            verdict = explained
         elif verdict not in ("passed", "skipped"):
             unexpected.append(f"{case['id']}: {verdict}: {case.get('reason') or case['failures'] or case.get('error')}")
         row["cells"].setdefault(f"{case['engine']} {device}", []).append(verdict)

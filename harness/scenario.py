@@ -768,8 +768,10 @@ def _check_grammar(schema: dict[str, Any]) -> None:
     grammar = LLMatcher.grammar_from_json_schema(schema, defaults={"whitespace_flexible": False})
     problem = LLMatcher.validate_grammar(grammar, None)
     if problem:
-        text = " ".join(line.strip() for line in problem.splitlines() if line.strip())
-        raise FieldError((), f"llguidance, which the reference and transformers engines constrain with, rejects it: {text}")
+        from harness.errors import one_line
+
+        raise FieldError((), f"llguidance, which the reference and transformers engines constrain with, rejects it: "
+                             f"{one_line(problem)}")
 
 
 def _check_patterns(schema: Any) -> None:

@@ -38,7 +38,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.ledger import Ledger
+from harness.ledger import PHASES, Ledger
 
 __all__ = ["DeviceRun", "TrackedLedger", "assert_transfers", "device_runs", "simulated_gpus", "track_transfers"]
 
@@ -180,7 +180,7 @@ class TrackedLedger:
         return self.ledger.per_token(_kind(kind))
 
     def count(self, phase: str, kind: str) -> int:
-        """Events of `kind` in `phase` (setup, prefill, decode, finish)."""
+        """Events of `kind` in `phase` (load, setup, prefill, decode, finish)."""
         if phase not in PHASES:
             raise ValueError(f"unknown phase {phase!r}: one of {', '.join(PHASES)}")
         return self.ledger.count(phase, _kind(kind))
@@ -191,9 +191,6 @@ class TrackedLedger:
 
     def summary(self) -> dict[str, Any]:
         return self.ledger.to_json()
-
-
-PHASES = ("setup", "prefill", "decode", "finish")
 
 
 def _kind(kind: str) -> str:

@@ -26,7 +26,7 @@ from harness.engines.base import (
 )
 from harness.engines.hf_compat import dtype_argument, sequence_bias_argument
 from harness.scenario import Assistant, PeftAdapter, TransformersOptions
-from harness.versions import engine_problem
+from harness.versions import engine_problem, installed_version
 
 
 def balanced_device_map(model: torch.nn.Module, devices: tuple[str, ...]) -> dict[str, str]:
@@ -209,7 +209,7 @@ class TransformersEngine(Engine):
             except ValueError as exc:
                 if self.assistant is not None and "MinLengthLogitsProcessor" in str(exc):
                     # transformers 4.5x refuses a minimum length with an assistant (4.48 and 5.x take it)
-                    raise Unsupported(f"transformers {transformers_version()} refuses min_new_tokens with assisted "
+                    raise Unsupported(f"transformers {installed_version('transformers')} refuses min_new_tokens with assisted "
                                       "decoding, which a scenario with stop_at_eos: false needs") from None
                 raise
             if beams is not None:
@@ -325,12 +325,6 @@ def cached_teacher_forcing(model: Any, ids: list[int], device: torch.device) -> 
             out = model(torch.tensor([[token]], device=device), past_key_values=out.past_key_values, use_cache=True)
             rows.append(out.logits[0, -1].float().cpu())
     return torch.stack(rows)
-
-
-def transformers_version() -> str:
-    import transformers
-
-    return transformers.__version__
 
 
 def _strip(tokens: list[int], eos_id: int, keep_eos: bool = False) -> list[int]:
