@@ -20,6 +20,9 @@ compiler; a warm cache makes later processes much faster to start).
 `matmuls only` runs just the reference's weight matmuls, the same shapes a decode step
 runs, in the same turns: its ratio is the ceiling for any float32 reference built on these
 kernels (at hidden 512 they are most of a step, and they are bound by memory bandwidth).
+`GB/s` is the weights' bytes over that column's time per token: the rate they stream at,
+to set beside the machine's read bandwidth (one core of this machine kind read about
+28 GB/s, two about 53).
 
 Targets: eager reference >= 2x transformers at hidden 64 and 512 ("tiny", "bench");
 compiled >= 4x at hidden 512.
@@ -59,8 +62,9 @@ def decode_tokens_per_s(engines: dict[str, Generate], tokens: int, repeats: int)
     return {name: (tokens - 1) / max(full[name] - first[name], 1e-9) for name in engines}
 
 
-def bench_size(size: str, tokens: int, repeats: int, compile_too: bool) -> tuple[dict[str, float], float | None]:
-    """Decode tokens/s per engine, and the compiled reference's one-off compile seconds."""
+def bench_size(size: str, tokens: int, repeats: int, compile_too: bool) -> tuple[dict[str, float], float | None, int]:
+    """Decode tokens/s per engine, the compiled reference's one-off compile seconds, and
+    the bytes of weights its matmuls read per token."""
     from transformers import AutoModelForCausalLM
 
     from harness import tinymodel
@@ -96,7 +100,14 @@ def bench_size(size: str, tokens: int, repeats: int, compile_too: bool) -> tuple
             raise SystemExit(f"{size}: {name} chose other tokens than transformers ({got[:8]}... vs {expected[:8]}...); "
                              "the comparison would be unfair")
     engines["matmuls"] = weight_matmuls_only(reference)
-    return decode_tokens_per_s(engines, tokens, repeats), compile_seconds
+    return decode_tokens_per_s(engines, tokens, repeats), compile_seconds, weight_bytes(reference)
+
+
+def weight_bytes(reference) -> int:
+    """Bytes of the weights a decode step's matmuls read once per token."""
+    from reference_impl.quantize import Linear
+
+    return sum(m.weight.numel() * m.weight.element_size() for m in reference.modules() if isinstance(m, Linear))
 
 
 def weight_matmuls_only(reference) -> Generate:
@@ -137,17 +148,18 @@ def main() -> None:
     print(f"decode tokens/s, CPU, batch 1, greedy, {args.tokens} new tokens, {torch.get_num_threads()} thread(s), "
           f"best of {args.repeats}, torch {torch.__version__}; greedy ids equal transformers' in every column")
     print(f"{'size':<7}{'hidden':>7}{'load avg':>17}{'transformers':>14}{'eager':>9}{'ratio':>7}"
-          f"{'compiled':>10}{'ratio':>7}{'compile s':>11}{'matmuls only':>14}{'ratio':>7}")
+          f"{'compiled':>10}{'ratio':>7}{'compile s':>11}{'matmuls only':>14}{'ratio':>7}{'GB/s':>6}")
     for size in args.sizes:
         load = "/".join(f"{v:.2f}" for v in os.getloadavg())
-        rates, compile_seconds = bench_size(size, args.tokens, args.repeats, not args.no_compile)
+        rates, compile_seconds, streamed_bytes = bench_size(size, args.tokens, args.repeats, not args.no_compile)
         theirs, eager = rates["transformers"], rates["reference"]
         line = f"{size:<7}{PRESETS[size].hidden_size:>7}{load:>17}{theirs:>14.1f}{eager:>9.1f}{eager / theirs:>6.2f}x"
         if "compiled" in rates:
             line += f"{rates['compiled']:>10.1f}{rates['compiled'] / theirs:>6.2f}x{compile_seconds:>11.1f}"
         else:
             line += " " * 28  # the compiled columns, left empty
-        line += f"{rates['matmuls']:>14.1f}{rates['matmuls'] / theirs:>6.2f}x"
+        streamed = streamed_bytes * rates["matmuls"] / 1e9
+        line += f"{rates['matmuls']:>14.1f}{rates['matmuls'] / theirs:>6.2f}x{streamed:>6.1f}"
         print(line, flush=True)
     print(f"load avg after: {'/'.join(f'{v:.2f}' for v in os.getloadavg())}")
 
