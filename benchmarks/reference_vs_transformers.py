@@ -103,20 +103,23 @@ def bench_size(size: str, tokens: int, repeats: int, compile_too: bool) -> tuple
     return decode_tokens_per_s(engines, tokens, repeats), compile_seconds, weight_bytes(reference)
 
 
-def weight_bytes(reference) -> int:
-    """Bytes of the weights a decode step's matmuls read once per token."""
+def linear_weights(reference) -> list[torch.Tensor]:
+    """The weights of the reference's projections: what a decode step's matmuls read."""
     from reference_impl.quantize import Linear
 
-    return sum(m.weight.numel() * m.weight.element_size() for m in reference.modules() if isinstance(m, Linear))
+    return [m.weight for m in reference.modules() if isinstance(m, Linear)]
+
+
+def weight_bytes(reference) -> int:
+    """Bytes of the weights a decode step's matmuls read once per token."""
+    return sum(w.numel() * w.element_size() for w in linear_weights(reference))
 
 
 def weight_matmuls_only(reference) -> Generate:
     """n rounds of only the reference's weight matmuls (each projection's `x @ weight`, as a
     decode step runs them, on fixed inputs): the time a float32 decode step cannot go below
     with these kernels, whatever else is removed or compiled."""
-    from reference_impl.quantize import Linear
-
-    weights = [m.weight for m in reference.modules() if isinstance(m, Linear)]
+    weights = linear_weights(reference)
     inputs = [torch.randn(1, 1, w.shape[0]) for w in weights]
 
     def run(n: int) -> list[int]:
@@ -137,6 +140,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default: 1)")
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled reference")
     args = parser.parse_args()
+    for flag, value, least in (("--tokens", args.tokens, 2), ("--repeats", args.repeats, 1), ("--threads", args.threads, 1)):
+        if value < least:  # a decode rate needs a second token: the first one is prefill's
+            parser.error(f"{flag} must be at least {least}, got {value}")
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     if not args.no_compile:
