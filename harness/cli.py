@@ -218,11 +218,13 @@ def model_source(text: str) -> dict:
 
 def _standard_suite_file(args: argparse.Namespace) -> Path:
     """The standard suite for `--model`, written where the run can point at it."""
+    import hashlib
     import tempfile
 
     from harness.model_source import ModelSourceError, describe
     from harness.scenario import HubModel, PathModel
     from harness.standard_suite import suite_for, to_yaml
+    from harness.tinymodel import cache_root
 
     source = model_source(args.model)
     try:  # before any suite is written: one line naming --model, not a temporary file
@@ -236,8 +238,16 @@ def _standard_suite_file(args: argparse.Namespace) -> Path:
         for line in left_out:
             print(f"samedevice: standard suite: left out {line}", file=sys.stderr)
         scenarios += [dict(s, name=f"{s['name']}-{engine}") if len(engines) > 1 else s for s in kept]
-    path = Path(tempfile.mkdtemp(prefix="samedevice-suite-")) / "standard-suite.yaml"
-    path.write_text(to_yaml(scenarios))
+    # Named by its content in the cache, not in a fresh temporary directory: the same model
+    # and engines reuse one file across runs (none piles up in /tmp), and the path that
+    # results and reports name stays readable after the run.
+    text = to_yaml(scenarios)
+    path = cache_root() / "suites" / f"standard-suite-{hashlib.sha256(text.encode()).hexdigest()[:16]}.yaml"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkstemp(prefix=".suite-", dir=path.parent)[1])
+        staging.write_text(text)
+        staging.replace(path)  # atomic: a concurrent run reads a whole file or none
     print(f"samedevice: the standard suite for {args.model}: {path} (samedevice init scenarios writes it out)",
           file=sys.stderr)
     return path

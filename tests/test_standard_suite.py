@@ -3,6 +3,7 @@ written out by `samedevice init scenarios` as a file that loads and runs."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -38,3 +39,22 @@ def test_run_model_that_cannot_be_used_is_one_usage_line_naming_the_flag(tmp_pat
         [line] = done.stderr.splitlines()
         assert line.startswith(f"samedevice: error: --model {model}: ") and expected in line, line
         assert not (tmp_path / "res").exists(), "nothing ran"
+
+
+def test_run_model_keeps_one_suite_file_per_model_that_later_runs_reuse(tmp_path) -> None:
+    from harness import tinymodel
+    from harness.scenario import ModelSpec
+
+    model = tinymodel.model_dir(ModelSpec(size="tiny"))
+    env = {**os.environ, "SAMEDEVICE_CACHE": str(tmp_path / "cache")}
+    command = [sys.executable, "-m", "harness.cli", "run", "--model", str(model), "-d", "cpu", "-k", "std-greedy",
+               "--results", str(tmp_path / "res"), "--no-progress"]
+    for _ in range(2):
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+        assert done.returncode == 0, done.stderr
+        assert "1 passed" in done.stderr, done.stderr
+    [suite] = (tmp_path / "cache" / "suites").iterdir()  # the second run reused the first's file
+    announced = [line for line in done.stderr.splitlines() if line.startswith("samedevice: the standard suite for")]
+    assert announced and str(suite) in announced[0]
+    assert [s.scenario.name for s in load_file(suite).scenarios] == [s["name"] for s in suite_for("transformers", {
+        "path": str(model.resolve())})[0]]
