@@ -245,8 +245,10 @@ def _standard_suite_file(args: argparse.Namespace) -> Path:
     path = cache_root() / "suites" / f"standard-suite-{hashlib.sha256(text.encode()).hexdigest()[:16]}.yaml"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkstemp(prefix=".suite-", dir=path.parent)[1])
-        staging.write_text(text)
+        handle, name = tempfile.mkstemp(prefix=".suite-", dir=path.parent)
+        with os.fdopen(handle, "w") as staged:
+            staged.write(text)
+        staging = Path(name)
         staging.replace(path)  # atomic: a concurrent run reads a whole file or none
     print(f"samedevice: the standard suite for {args.model}: {path} (samedevice init scenarios writes it out)",
           file=sys.stderr)
