@@ -6,7 +6,16 @@ Greedy, batch 1, CPU. Prints, per decode token: the aten ops dispatched (counted
 TorchDispatchMode, so views and in-place ops count too), by name; then torch.profiler's
 top ops by self CPU time over the decode steps, and the wall time per token. Per-token
 figures are the difference between an N-token and a 1-token generate, divided by N - 1,
-so prefill and setup drop out. `--compile` profiles the compiled decode step instead; it
+so prefill and setup drop out.
+
+Eagerly, it also splits a token's time: the weight matmuls alone (the same weights streamed,
+as in reference_vs_transformers.py's `matmuls only`), the other ops as the difference, and
+those other ops alone with the matmuls stubbed out. On the bench model (hidden 512) the
+other ops cost about twice as much inside the step as alone: each matmul streams up to 4 MB
+of weights through a 2 MB L2, so the interpreter and dispatcher behind the next op run cold.
+Fewer ops help a little; what is left is bound by the weights' bandwidth and these misses.
+
+`--compile` profiles the compiled decode step instead; it
 skips the dispatch count (dynamo does not trace under a dispatch mode, so the count would
 be of the eager path): the profiler table shows the graph's kernels and what runs outside.
 """
@@ -18,6 +27,7 @@ import os
 import time
 import warnings
 from collections import Counter
+from collections.abc import Callable
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -33,6 +43,39 @@ class OpCounter(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.ops[str(func.overloadpacket.__name__)] += 1
         return func(*args, **(kwargs or {}))
+
+
+def _per_token(run: Callable[[int], object], tokens: int) -> float:
+    """Seconds per decode token: best-of-5 of an N-token run minus a 1-token run, over N - 1."""
+    best = {}
+    for n in (tokens, 1):
+        best[n] = float("inf")
+        for _ in range(5):
+            start = time.perf_counter()
+            run(n)
+            best[n] = min(best[n], time.perf_counter() - start)
+    return (best[tokens] - best[1]) / (tokens - 1)
+
+
+def time_split(model, run: Callable[[int], object], tokens: int, whole: float) -> str:
+    """Where an eager decode token's time goes: the weight matmuls alone (streaming the same
+    weights), and everything else alone with the matmuls stubbed out (so its code and data
+    stay in the caches). When the whole step costs more than the two apart, the other ops
+    pay for cache misses: each matmul streams megabytes of weights through L2 before them."""
+    from benchmarks.reference_vs_transformers import weight_bytes, weight_matmuls_only
+    from reference_impl.quantize import Linear
+
+    matmuls = _per_token(weight_matmuls_only(model), tokens)
+    real_forward = Linear.forward
+    Linear.forward = lambda self, x: x.new_zeros(*x.shape[:-1], self.weight.shape[1])  # type: ignore[method-assign]
+    try:
+        rest_hot = _per_token(run, tokens)
+    finally:
+        Linear.forward = real_forward  # type: ignore[method-assign]
+    us = 1e6
+    return (f"where a decode token's time goes: whole step {whole * us:.0f} us = weight matmuls alone "
+            f"{matmuls * us:.0f} us ({weight_bytes(model) / matmuls / 1e9:.1f} GB/s) + the other ops "
+            f"{(whole - matmuls) * us:.0f} us; the other ops alone, caches hot, {rest_hot * us:.0f} us")
 
 
 def main() -> None:
@@ -71,16 +114,11 @@ def main() -> None:
         for name, value in sorted(per_token.items(), key=lambda item: (-item[1], item[0])):
             print(f"  {value:6.2f}  {name}")
 
-    walls = []
-    for n in (args.tokens, 1):
-        best = float("inf")
-        for _ in range(5):
-            start = time.perf_counter()
-            run(n)
-            best = min(best, time.perf_counter() - start)
-        walls.append(best)
+    whole = _per_token(run, args.tokens)
     print(f"size {args.size}{' (compiled)' if args.compile else ''}: wall per decode token "
-          f"{(walls[0] - walls[1]) / steps * 1e6:.0f} us (best of 5), load average {os.getloadavg()[0]:.2f}")
+          f"{whole * 1e6:.0f} us (best of 5), load average {os.getloadavg()[0]:.2f}")
+    if not args.compile:
+        print(time_split(model, run, args.tokens, whole))
 
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         run(args.tokens)
