@@ -62,7 +62,10 @@ def time_split(model, run: Callable[[int], object], tokens: int, whole: float) -
     weights), and everything else alone with the matmuls stubbed out (so its code and data
     stay in the caches). When the whole step costs more than the two apart, the other ops
     pay for cache misses: each matmul streams megabytes of weights through L2 before them."""
-    from benchmarks.reference_vs_transformers import weight_bytes, weight_matmuls_only
+    try:  # imported as a module of the benchmarks package
+        from benchmarks.reference_vs_transformers import weight_bytes, weight_matmuls_only
+    except ModuleNotFoundError:  # run as a script: its own directory is sys.path[0]
+        from reference_vs_transformers import weight_bytes, weight_matmuls_only  # type: ignore[no-redef]
     from reference_impl.quantize import Linear
 
     matmuls = _per_token(weight_matmuls_only(model), tokens)

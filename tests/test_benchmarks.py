@@ -227,3 +227,29 @@ def test_asv_conf_points_at_this_suite_and_the_git_ignored_results():
     paths = ["results/asv/vm/machine.json", "results/html/index.html"]
     ignored = subprocess.run(["git", "check-ignore", *paths], cwd=REPO, capture_output=True, text=True)
     assert ignored.stdout.split() == paths, "asv output must be git-ignored"
+
+
+def _script(name: str, *args: str) -> subprocess.CompletedProcess:
+    """A benchmark script run the way README shows (`python benchmarks/NAME.py`), from a
+    directory outside the checkout, on the tiny model, for a few tokens."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run([sys.executable, str(REPO / "benchmarks" / name), *args], capture_output=True,
+                          text=True, timeout=300, env=env, cwd=REPO.parent)
+
+
+def test_the_throughput_script_prints_every_column_and_checks_the_ids():
+    done = _script("reference_vs_transformers.py", "--sizes", "tiny", "--tokens", "4", "--repeats", "1",
+                   "--no-compile")
+    assert done.returncode == 0, done.stderr
+    [row] = [line.split() for line in done.stdout.splitlines() if line.startswith("tiny")]
+    assert row[1] == "64" and row[5].endswith("x") and row[-2].endswith("x") and float(row[-1]) > 0, row
+    refused = _script("reference_vs_transformers.py", "--tokens", "1")
+    assert refused.returncode == 2 and "--tokens must be at least 2, got 1" in refused.stderr
+
+
+def test_the_profile_script_counts_ops_and_splits_a_tokens_time():
+    done = _script("profile_reference_decode.py", "--size", "tiny", "--tokens", "4", "--top", "2")
+    assert done.returncode == 0, done.stderr
+    assert "aten ops dispatched per decode token" in done.stdout
+    [split] = [line for line in done.stdout.splitlines() if line.startswith("where a decode token's time goes")]
+    assert "weight matmuls alone" in split and "the other ops alone, caches hot" in split, split
