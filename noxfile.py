@@ -191,12 +191,10 @@ KNOWN_RELEASED_BUGS = {
     ("transformers-4.44", "options-dola[transformers-sim:auto]"): (
         "transformers/generation/utils.py", "caught DoLa mixes hidden states of layers on two GPUs (passes from 4.46)"),
 }
-# Where the simulator itself is wrong on a stack (a false failure, named, never a pass):
-# transformers 4.57 builds the sdpa mask under torch.vmap, whose batched tensors the simulated
-# GPUs do not follow (the code moves the mask to `result.device` itself; 4.48 and 5.x do not vmap).
-_VMAP = ("transformers/masking_utils.py", "simulator gap: torch.vmap in the sdpa mask (a false failure)")
-KNOWN_SIMULATOR_GAPS = {("transformers-4.57", f"options-{name}[transformers-sim:{device}]"): _VMAP
-                        for name in ("static-cache", "prefix-tuning") for device in ("cuda:0", "auto")}
+# Where the simulator itself is wrong on a stack (a false failure, named, never a pass), as
+# (stack, case id) -> (library file, explanation). None known: transformers 4.57 builds its sdpa
+# masks under torch.vmap, which the simulated GPUs follow since tests/test_sim_vmap.py.
+KNOWN_SIMULATOR_GAPS: dict[tuple[str, str], tuple[str, str]] = {}
 COMPAT_TESTS = ["tests/test_engines.py", "tests/test_sim_beam_search.py", "tests/test_sim_python_views.py",
                 "tests/test_sim_transformers.py", "tests/test_versions.py"]
 

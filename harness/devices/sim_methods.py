@@ -18,13 +18,24 @@ import torch
 from torch import Tensor
 
 from harness.devices import errors
-from harness.devices.sim_tensor import CUDA, SimTensor, check_index, copy_between, wrap
+from harness.devices.sim_tensor import (
+    CUDA,
+    SimDispatchMode,
+    SimTensor,
+    check_index,
+    copy_between,
+    functorch_inner,
+    functorch_wrapped,
+    sim_index,
+    wrap,
+)
 from harness.devices.state import record
 
 _no_tf = torch._C.DisableTorchFunction
 _parse_to = torch._C._nn._parse_to
 _RealDevice = torch.device  # torch.device is swapped for a look-alike inside the simulation
 _dtype = torch.dtype
+_functorch_level = torch._C._functorch.maybe_current_level  # None outside vmap and friends
 
 
 def parse_device(device: Any) -> Any:
@@ -50,6 +61,8 @@ def map_int_device(value: Any) -> Any:
 
 def move(t: Any, target: int, dtype=None, memory_format=None, copy: bool = False, op: str = "to") -> Any:
     """`t` (CPU or simulated) on `target` (-1: CPU), converted to `dtype`, as `Tensor.to` does."""
+    if functorch_wrapped(t):
+        return _move_wrapped(t, target, dtype, memory_format, copy, op)
     source = t._dev if type(t) is SimTensor else -1
     inner = t._inner if source != -1 else t
     kwargs: dict[str, Any] = {"dtype": dtype or inner.dtype, "copy": copy or source != target}
@@ -62,6 +75,24 @@ def move(t: Any, target: int, dtype=None, memory_format=None, copy: bool = False
     elif out is inner:
         return t
     return out if target == -1 else wrap(out, target)
+
+
+def _move_wrapped(t: Any, target: int, dtype, memory_format, copy: bool, op: str) -> Any:
+    """`move` for a tensor under torch.vmap (transformers 4.5x builds its attention masks
+    there): aten's `_to_copy` goes through functorch's wrappers to the SimTensor inside,
+    whose dispatch handler counts a device-to-host or device-to-device copy."""
+    source = sim_index(t)
+    same_dtype = dtype is None or dtype == t.dtype
+    if source == target and same_dtype and not copy and memory_format in (None, torch.preserve_format):
+        return t  # as Tensor.to: nothing to do, the tensor itself
+    device = torch.device("cpu") if target == -1 else CUDA[check_index(target)]
+    kwargs: dict[str, Any] = {"dtype": dtype or t.dtype, "device": device}
+    if memory_format is not None:
+        kwargs["memory_format"] = memory_format
+    if source == -1 and target != -1:
+        record("h2d", functorch_inner(t).nbytes, op)  # a host tensor: no SimTensor handler sees it
+    with _no_tf(), SimDispatchMode():  # the mode turns a host source's cuda device into a SimTensor
+        return torch.ops.aten._to_copy.default(t, **kwargs)
 
 
 def tensor_to(t: Any, *args: Any, **kwargs: Any) -> Any:
@@ -78,13 +109,13 @@ def tensor_to(t: Any, *args: Any, **kwargs: Any) -> Any:
         copy, args = args[copy_position], args[:copy_position]
     with _no_tf():
         device, dtype, _non_blocking, memory_format = _parse_to(*args, **kwargs)
-    current = t._dev if type(t) is SimTensor else -1
+    current = sim_index(t)
     target = current if device is None else parse_device(device)
     if type(target) is not int:  # meta and friends
         inner = t._inner if type(t) is SimTensor else t
         with _no_tf():
             return inner.to(device=target, dtype=dtype, copy=copy)
-    if type(t) is not SimTensor and target == -1:
+    if current == -1 and target == -1:
         with _no_tf():
             return Tensor.to(t, *args, copy=copy, **kwargs)  # type: ignore[call-overload]
     return move(t, target, dtype, memory_format, copy, "to")
@@ -140,7 +171,47 @@ def _advanced(index: Any) -> bool:
     return any(isinstance(k, (Tensor, list)) for k in keys)
 
 
+def functorch_getitem(self: Any, index: Any) -> Any | None:
+    """`self[index]` under torch.vmap, where `self` or an index tensor is functorch's wrapper
+    (transformers 4.5x: `padding_mask[batch_idx, kv_idx]` in masking_utils.py); None when
+    neither is. Index tensors go to aten.index, as torch's TransformGetItemToIndex does (C++
+    indexing would ask for a CUDA device guard), and dispatch checks their devices."""
+    if _functorch_level() is None:  # not inside a transform: the common case, one C call
+        return None
+    keys = index if type(index) is tuple else (index,)
+    if not (functorch_wrapped(self) or any(isinstance(k, Tensor) and functorch_wrapped(k) for k in keys)):
+        return None
+    with _no_tf(), SimDispatchMode():
+        if all(isinstance(k, Tensor) for k in keys):
+            return torch.ops.aten.index.Tensor(self, list(keys))
+        if not any(isinstance(k, (Tensor, list)) for k in keys):
+            return _basic_index(self, keys)
+        return Tensor.__getitem__(self, index)  # tensors mixed with slices: as C++ indexes them
+
+
+def _basic_index(t: Tensor, keys: tuple) -> Tensor:
+    """t[keys] for ints, slices, None and Ellipsis, as the views torch's indexing makes."""
+    remaining = sum(1 for k in keys if k is not None and k is not Ellipsis)  # keys that take a dim
+    dim = 0
+    for k in keys:
+        if k is None:
+            t = torch.ops.aten.unsqueeze.default(t, dim)
+            dim += 1
+        elif k is Ellipsis:
+            dim = t.dim() - remaining  # the dims that no key names
+        elif isinstance(k, slice):
+            t = torch.ops.aten.slice.Tensor(t, dim, k.start, k.stop, 1 if k.step is None else k.step)
+            dim, remaining = dim + 1, remaining - 1
+        else:
+            t = torch.ops.aten.select.int(t, dim, int(k))
+            remaining -= 1
+    return t
+
+
 def _getitem(self, index):
+    vmapped = functorch_getitem(self, index)
+    if vmapped is not None:
+        return vmapped
     if type(index) is tuple:
         key = index_arg(CUDA[self._dev], self._dev, index, "__getitem__") if _advanced(index) else index
     elif isinstance(index, (int, slice)) or index is None or index is Ellipsis:

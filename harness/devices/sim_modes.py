@@ -27,6 +27,7 @@ from torch.overrides import TorchFunctionMode
 
 from harness.devices import errors
 from harness.devices.sim_methods import (
+    functorch_getitem,
     host_elements,
     map_int_device,
     new_from_data,
@@ -245,6 +246,9 @@ def _getitem(func, args, kwargs):
     self_, index = args
     if type(self_) is SimTensor:
         return self_[index]
+    vmapped = functorch_getitem(self_, index)
+    if vmapped is not None:
+        return vmapped
     _refuse_simulated_index(self_, index)
     return func(self_, index)
 

@@ -145,6 +145,29 @@ def device_of(t: Any) -> torch.device:
     return CUDA[t._dev] if type(t) is SimTensor else t.device
 
 
+_functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+_functorch_unwrapped = torch._C._functorch.get_unwrapped
+
+
+def functorch_wrapped(t: Any) -> bool:
+    """Inside torch.vmap a tensor is functorch's wrapper (perhaps several deep) around the
+    SimTensor or host tensor the transform was given, not a SimTensor itself."""
+    return type(t) is not SimTensor and _functorch_wrapped(t)
+
+
+def functorch_inner(t: Any) -> Any:
+    """The tensor inside functorch's wrappers (`t` itself outside a transform): all the data."""
+    while functorch_wrapped(t):
+        t = _functorch_unwrapped(t)
+    return t
+
+
+def sim_index(t: Any) -> int:
+    """The simulated device index of a tensor, -1 for a host one; looks inside functorch's wrappers."""
+    t = functorch_inner(t)
+    return t._dev if type(t) is SimTensor else -1
+
+
 def _repr(t: SimTensor) -> str:
     """PyTorch's repr with the simulated device, e.g. `tensor([1.], device='cuda:0')`: the
     device comes first among the suffixes, right after the data (printing reads the device)."""

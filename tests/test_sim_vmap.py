@@ -1,0 +1,98 @@
+"""Simulated GPUs under torch.vmap: transformers 4.5x builds its attention masks with
+`torch.vmap` (masking_utils.py), where model code sees functorch's wrappers around the
+simulated tensors. The devices they report, the copies they make and the mismatches they
+hit must be those of a real GPU, as outside vmap."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness.devices import simulated_gpus
+from harness.ledger import Ledger
+
+
+def _mask(q_idx, kv_idx):
+    """transformers 4.57's `and_masks` shape: a result built from the index, and each mask
+    function's output moved to the result's device before it is combined."""
+    result = q_idx.new_ones((), dtype=torch.bool)
+    return result & (kv_idx <= q_idx).to(result.device)
+
+
+def _vmapped(fn):
+    return torch.vmap(torch.vmap(fn, in_dims=(None, 0)), in_dims=(0, None))
+
+
+def test_a_mask_built_under_vmap_stays_on_its_gpu_and_equals_the_cpu_one():
+    expected = _vmapped(_mask)(torch.arange(4), torch.arange(6))
+    ledger = Ledger()
+    with simulated_gpus(ledger=ledger):
+        mask = _vmapped(_mask)(torch.arange(4, device="cuda:1"), torch.arange(6, device="cuda:1"))
+        assert mask.device == torch.device("cuda", 1) and mask.shape == (4, 6)
+        assert sum(ledger.counts.values()) == 0, "moving to the device it is on copies nothing"
+        assert torch.equal(mask.cpu(), expected)
+
+
+def test_copies_under_vmap_are_counted_in_every_direction():
+    ledger = Ledger()
+    with simulated_gpus(ledger=ledger):
+        x = torch.arange(6.0, device="cuda:0")
+        host = torch.arange(6.0)
+        on_host = torch.vmap(lambda t: t.to("cpu") * 2)(x)
+        on_other = torch.vmap(lambda t: t.to("cuda:1"))(x)
+        uploaded = torch.vmap(lambda t: t.to("cuda:0"))(host)
+        assert on_host.device.type == "cpu" and torch.equal(on_host, torch.arange(6.0) * 2)
+        assert on_other.device == torch.device("cuda", 1) and uploaded.device == torch.device("cuda", 0)
+    assert {kind: n for (_, kind), n in ledger.counts.items()} == {"d2h": 1, "d2d": 1, "h2d": 1}
+
+
+@pytest.mark.parametrize("other", ["cpu", "cuda:1"])
+def test_a_device_mismatch_under_vmap_raises_as_on_a_gpu(other):
+    with simulated_gpus():
+        x = torch.arange(6.0, device="cuda:0")
+        stray = torch.ones(6, device=other)  # a whole tensor, not a 0-dim scalar: no exception for it
+        with pytest.raises(RuntimeError, match="Expected all tensors to be on the same device"):
+            torch.vmap(lambda t: t + stray)(x)
+
+
+def _padding_mask(padding):
+    """transformers 4.57's `padding_mask_function`: the 2D mask indexed by the vmapped indices."""
+    return lambda batch_idx, kv_idx: padding[batch_idx, kv_idx]
+
+
+def test_indexing_with_vmapped_indices_reads_the_mask_on_its_gpu():
+    from torch._dynamo._trace_wrapped_higher_order_op import TransformGetItemToIndex
+
+    padding = torch.tensor([[True, True, False], [False, True, True]])
+    with TransformGetItemToIndex():
+        expected = _vmapped(_padding_mask(padding))(torch.arange(2), torch.arange(3))
+    with simulated_gpus():
+        with TransformGetItemToIndex():
+            got = _vmapped(_padding_mask(padding.to("cuda:1")))(torch.arange(2, device="cuda:1"),
+                                                                 torch.arange(3, device="cuda:1"))
+        assert got.device == torch.device("cuda", 1)
+        assert torch.equal(got.cpu(), expected)
+        # Without the context manager the indexing is Tensor.__getitem__ itself.
+        plain = torch.vmap(lambda i: padding.to("cuda:1")[i])(torch.arange(2, device="cuda:1"))
+        assert plain.device == torch.device("cuda", 1) and torch.equal(plain.cpu(), padding)
+
+
+def test_a_vmapped_index_on_another_gpu_fails_as_on_a_gpu():
+    with simulated_gpus():
+        padding = torch.ones(2, 3, dtype=torch.bool, device="cuda:0")
+        with pytest.raises(IndexError, match="indices should be either on cpu or on the same device"):
+            torch.vmap(lambda i: padding[i])(torch.arange(2, device="cuda:1"))
+
+
+BASIC_KEYS = [1, -1, slice(1, None), slice(None, None, 2), None, Ellipsis, (Ellipsis, 1), (slice(None), None, slice(None, None, 2)),
+              (-1, Ellipsis, None), (Ellipsis, slice(1, 3), None), (1, 2)]
+
+
+@pytest.mark.parametrize("key", BASIC_KEYS, ids=repr)
+def test_basic_indexing_under_vmap_gives_the_cpu_views_on_the_gpu(key):
+    x = torch.arange(48.0).reshape(2, 2, 3, 4)
+    expected = torch.vmap(lambda t: t[key])(x)
+    with simulated_gpus():
+        got = torch.vmap(lambda t: t[key])(x.to("cuda:0"))
+        assert got.device == torch.device("cuda", 0)
+        assert torch.equal(got.cpu(), expected)
