@@ -77,11 +77,15 @@ def test_indexing_with_vmapped_indices_reads_the_mask_on_its_gpu():
         assert plain.device == torch.device("cuda", 1) and torch.equal(plain.cpu(), padding)
 
 
-def test_a_vmapped_index_on_another_gpu_fails_as_on_a_gpu():
+@pytest.mark.parametrize("mask_device", ["cuda:0", "cpu"])
+def test_a_vmapped_index_on_another_device_fails_as_on_a_gpu(mask_device):
     with simulated_gpus():
-        padding = torch.ones(2, 3, dtype=torch.bool, device="cuda:0")
-        with pytest.raises(IndexError, match="indices should be either on cpu or on the same device"):
+        padding = torch.ones(2, 3, dtype=torch.bool, device=mask_device)  # left on the host: the bug class
+        message = f"indices should be either on cpu or on the same device as the indexed tensor \\({mask_device}\\)"
+        with pytest.raises(IndexError, match=message):
             torch.vmap(lambda i: padding[i])(torch.arange(2, device="cuda:1"))
+        with pytest.raises(IndexError, match=message):  # aten.index itself, as TransformGetItemToIndex calls it
+            torch.ops.aten.index.Tensor(padding, [torch.arange(2, device="cuda:1")])
 
 
 BASIC_KEYS = [1, -1, slice(1, None), slice(None, None, 2), None, Ellipsis, (Ellipsis, 1), (slice(None), None, slice(None, None, 2)),

@@ -481,13 +481,22 @@ def _indices(self_: SimTensor, indices, op: str) -> list:
     return inner
 
 
+def _host_indexed_by_simulated(self_: Any) -> None:
+    """A host tensor indexed with simulated (CUDA) indices fails in libtorch; `t[i]` is refused
+    before dispatch, but aten.index itself (torch.vmap, TransformGetItemToIndex) arrives here."""
+    if type(self_) is not SimTensor:
+        raise IndexError(errors.index_message(self_.device))
+
+
 def _index(func, args, kwargs):
     self_ = args[0]
+    _host_indexed_by_simulated(self_)
     return wrap(func(self_._inner, _indices(self_, args[1], "index"), *args[2:], **kwargs), self_._dev)
 
 
 def _index_put(func, args, kwargs):
     self_, indices, values = args[0], args[1], args[2]
+    _host_indexed_by_simulated(self_)
     if type(values) is SimTensor:
         if values._dev != self_._dev:
             raise RuntimeError(errors.index_put_values_message(CUDA[self_._dev], CUDA[values._dev]))
