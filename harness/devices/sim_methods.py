@@ -19,6 +19,7 @@ from torch import Tensor
 
 from harness.devices import errors
 from harness.devices.sim_tensor import (
+    CPU,
     CUDA,
     SimDispatchMode,
     SimTensor,
@@ -85,7 +86,7 @@ def _move_wrapped(t: Any, target: int, dtype, memory_format, copy: bool, op: str
     same_dtype = dtype is None or dtype == t.dtype
     if source == target and same_dtype and not copy and memory_format in (None, torch.preserve_format):
         return t  # as Tensor.to: nothing to do, the tensor itself
-    device = torch.device("cpu") if target == -1 else CUDA[check_index(target)]
+    device = CPU if target == -1 else CUDA[check_index(target)]
     kwargs: dict[str, Any] = {"dtype": dtype or t.dtype, "device": device}
     if memory_format is not None:
         kwargs["memory_format"] = memory_format
@@ -184,9 +185,9 @@ def functorch_getitem(self: Any, index: Any) -> Any | None:
     with _no_tf(), SimDispatchMode():
         if all(isinstance(k, Tensor) for k in keys):
             return torch.ops.aten.index.Tensor(self, list(keys))
-        if not any(isinstance(k, (Tensor, list)) for k in keys):
+        if not _advanced(index):
             return _basic_index(self, keys)
-        return Tensor.__getitem__(self, index)  # tensors mixed with slices: as C++ indexes them
+        return Tensor.__getitem__(self, index)  # tensors mixed with slices: not followed yet (C++ wants a CUDA guard)
 
 
 def _basic_index(t: Tensor, keys: tuple) -> Tensor:
