@@ -5,6 +5,8 @@ hit must be those of a real GPU, as outside vmap."""
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
@@ -99,4 +101,30 @@ def test_basic_indexing_under_vmap_gives_the_cpu_views_on_the_gpu(key):
     with simulated_gpus():
         got = torch.vmap(lambda t: t[key])(x.to("cuda:0"))
         assert got.device == torch.device("cuda", 0)
+        assert torch.equal(got.cpu(), expected)
+
+
+def test_transformers_vmapped_sdpa_mask_on_a_simulated_gpu_equals_the_cpu_one():
+    """The library path itself: transformers builds the sdpa mask under vmap for custom mask
+    functions (5.x: `use_vmap=True` when an and/or mask function is given; 4.57: always)."""
+    masking = pytest.importorskip("transformers.masking_utils")
+    if not hasattr(masking, "sliding_window_overlay"):
+        pytest.skip("this transformers has no vmapped sdpa masks (before 4.53)")
+    padding = torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    window = masking.and_masks(masking.causal_mask_function, masking.sliding_window_overlay(3))
+
+    params = inspect.signature(masking.sdpa_mask).parameters
+
+    def mask(attention_mask, device):
+        if "q_length" in params:  # 5.x
+            where = {"q_length": 5, "use_vmap": True, "device": device}
+        else:  # 4.5x: positions as a tensor
+            where = {"cache_position": torch.arange(5, device=device)}
+        return masking.sdpa_mask(batch_size=2, kv_length=5, mask_function=window, attention_mask=attention_mask,
+                                 allow_is_causal_skip=False, **where)
+
+    expected = mask(padding, "cpu")
+    with simulated_gpus():
+        got = mask(padding.to("cuda:1"), "cuda:1")
+        assert got.device == torch.device("cuda", 1)
         assert torch.equal(got.cpu(), expected)
