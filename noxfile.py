@@ -195,8 +195,8 @@ KNOWN_RELEASED_BUGS = {
 # (stack, case id) -> (library file, explanation). None known: transformers 4.57 builds its sdpa
 # masks under torch.vmap, which the simulated GPUs follow since tests/test_sim_vmap.py.
 KNOWN_SIMULATOR_GAPS: dict[tuple[str, str], tuple[str, str]] = {}
-COMPAT_TESTS = ["tests/test_engines.py", "tests/test_sim_beam_search.py", "tests/test_sim_python_views.py", "tests/test_sim_vmap.py",
-                "tests/test_sim_transformers.py", "tests/test_versions.py"]
+COMPAT_TESTS = ["tests/test_engines.py", "tests/test_sim_beam_search.py", "tests/test_sim_python_views.py",
+                "tests/test_sim_transformers.py", "tests/test_sim_vmap.py", "tests/test_versions.py"]
 
 
 @nox.session(default=False)
