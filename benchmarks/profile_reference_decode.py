@@ -24,13 +24,25 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 import warnings
 from collections import Counter
 from collections.abc import Callable
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+
+try:  # imported as a module of the benchmarks package
+    from benchmarks.reference_vs_transformers import (
+        decode_tokens_per_s,
+        weight_bytes,
+        weight_matmuls_only,
+    )
+except ModuleNotFoundError:  # run as a script: its own directory is sys.path[0]
+    from reference_vs_transformers import (  # type: ignore[no-redef]
+        decode_tokens_per_s,
+        weight_bytes,
+        weight_matmuls_only,
+    )
 
 PROMPT = [5, 17, 42, 99, 123, 7, 300, 211]
 
@@ -47,14 +59,7 @@ class OpCounter(TorchDispatchMode):
 
 def _per_token(run: Callable[[int], object], tokens: int) -> float:
     """Seconds per decode token: best-of-5 of an N-token run minus a 1-token run, over N - 1."""
-    best = {}
-    for n in (tokens, 1):
-        best[n] = float("inf")
-        for _ in range(5):
-            start = time.perf_counter()
-            run(n)
-            best[n] = min(best[n], time.perf_counter() - start)
-    return (best[tokens] - best[1]) / (tokens - 1)
+    return 1 / decode_tokens_per_s({"run": run}, tokens, repeats=5)["run"]  # type: ignore[dict-item]
 
 
 def time_split(model, run: Callable[[int], object], tokens: int, whole: float) -> str:
@@ -62,10 +67,6 @@ def time_split(model, run: Callable[[int], object], tokens: int, whole: float) -
     weights), and everything else alone with the matmuls stubbed out (so its code and data
     stay in the caches). When the whole step costs more than the two apart, the other ops
     pay for cache misses: each matmul streams megabytes of weights through L2 before them."""
-    try:  # imported as a module of the benchmarks package
-        from benchmarks.reference_vs_transformers import weight_bytes, weight_matmuls_only
-    except ModuleNotFoundError:  # run as a script: its own directory is sys.path[0]
-        from reference_vs_transformers import weight_bytes, weight_matmuls_only  # type: ignore[no-redef]
     from reference_impl.quantize import Linear
 
     matmuls = _per_token(weight_matmuls_only(model), tokens)

@@ -219,9 +219,9 @@ def model_source(text: str) -> dict:
 def _standard_suite_file(args: argparse.Namespace) -> Path:
     """The standard suite for `--model`, written where the run can point at it."""
     import hashlib
-    import tempfile
 
     from harness.model_source import ModelSourceError, describe
+    from harness.results import ResultsWriteError, write_file
     from harness.scenario import HubModel, PathModel
     from harness.standard_suite import suite_for, to_yaml
     from harness.tinymodel import cache_root
@@ -244,12 +244,11 @@ def _standard_suite_file(args: argparse.Namespace) -> Path:
     text = to_yaml(scenarios)
     path = cache_root() / "suites" / f"standard-suite-{hashlib.sha256(text.encode()).hexdigest()[:16]}.yaml"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, name = tempfile.mkstemp(prefix=".suite-", dir=path.parent)
-        with os.fdopen(handle, "w") as staged:
-            staged.write(text)
-        staging = Path(name)
-        staging.replace(path)  # atomic: a concurrent run reads a whole file or none
+        try:  # atomic: a concurrent run reads a whole file or none
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_file(path, text)
+        except (OSError, ResultsWriteError) as exc:
+            _usage_error(f"--model {args.model}: cannot keep the standard suite: {exc}")
     print(f"samedevice: the standard suite for {args.model}: {path} (samedevice init scenarios writes it out)",
           file=sys.stderr)
     return path

@@ -110,7 +110,7 @@ def tensor_to(t: Any, *args: Any, **kwargs: Any) -> Any:
         copy, args = args[copy_position], args[:copy_position]
     with _no_tf():
         device, dtype, _non_blocking, memory_format = _parse_to(*args, **kwargs)
-    current = sim_index(t)
+    current = t._dev if type(t) is SimTensor else sim_index(t)  # the common case without a call
     target = current if device is None else parse_device(device)
     if type(target) is not int:  # meta and friends
         inner = t._inner if type(t) is SimTensor else t
