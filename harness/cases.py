@@ -81,13 +81,17 @@ def selected(case: Case, engines: list[str], devices: list[str]) -> bool:
 def matches_device_filter(case: Case, wanted: list[str]) -> bool:
     """`--device` values: a label (`cpu`, `cuda:0`, `sim:auto`), `sim` (every simulated
     case), `gpu` (every real GPU case) or `all`."""
+    return target_matches(case.target, wanted)
+
+
+def target_matches(target: DeviceTarget, wanted: list[str]) -> bool:
+    """`matches_device_filter` for a device target alone (check-engine has no cases yet)."""
     if not wanted or "all" in wanted:
         return True
-    label = case.target.label
     for want in wanted:
-        if want == label or (want == "sim" and case.target.simulated):
+        if want == target.label or (want == "sim" and target.simulated):
             return True
-        if want == "gpu" and not case.target.simulated and case.target.kind != "cpu":
+        if want == "gpu" and not target.simulated and target.kind != "cpu":
             return True
     return False
 

@@ -560,7 +560,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_check_engine(args: argparse.Namespace) -> int:
-    from harness.conformance import check_engine
+    from harness.conformance import check_engine, device_targets
     from harness.engines import UnknownEngine, get_engine
     from harness.isolation import make_executor
 
@@ -569,10 +569,17 @@ def cmd_check_engine(args: argparse.Namespace) -> int:
     except UnknownEngine as exc:
         print(f"samedevice check-engine: error: {exc}", file=sys.stderr)
         return 2
+    problems = device_filter_problems(args.device)
+    if problems:
+        _usage_error("; ".join(problems))
+    try:
+        targets = device_targets(args.engine, args.device)
+    except ValueError as exc:
+        _usage_error(str(exc))
     print(f"samedevice check-engine {args.engine}")
     execute = make_executor(args.isolation, args.timeout)
     try:
-        lines = check_engine(args.engine, args.device, execute, lambda line: print(line, flush=True))
+        lines = check_engine(args.engine, targets, execute, lambda line: print(line, flush=True))
     finally:
         getattr(execute, "stop", lambda: None)()
     tally = {v: sum(line.verdict == v for line in lines) for v in ("PASS", "FAIL", "SKIP")}

@@ -23,7 +23,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from harness.cases import Case, DeviceTarget, real_gpu_count, simulation_unavailable_reason
+from harness.cases import (
+    Case,
+    DeviceTarget,
+    real_gpu_count,
+    simulation_unavailable_reason,
+    target_matches,
+)
 from harness.engines import get_engine
 from harness.loader import LoadedScenario
 from harness.results import CaseResult
@@ -66,8 +72,10 @@ def _scenario(name: str, **fields: Any) -> LoadedScenario:
 
 
 def device_targets(engine: str, wanted: list[str]) -> list[DeviceTarget]:
-    """The devices to check: every declared kind, simulated where the engine runs on torch,
-    real where present; `wanted` (labels) narrows them."""
+    """The devices to check: cpu (the reference for parity and the cpu-only lines), then every
+    declared kind, simulated where the engine runs on torch, real where present; `wanted`
+    (labels and groups, as `run -d` takes them) narrows the others. A `wanted` that selects
+    none of them raises ValueError naming what there is."""
     caps = get_engine(engine).capabilities
     targets = [DeviceTarget(DeviceSpec(device="cpu"), simulated=False)]
     for kind, device in (("cuda", "cuda:0"), ("auto", "auto")):
@@ -77,7 +85,19 @@ def device_targets(engine: str, wanted: list[str]) -> list[DeviceTarget]:
             targets.append(DeviceTarget(DeviceSpec(device=device), simulated=True))
         if real_gpu_count() >= DeviceSpec(device=device).gpus_needed:
             targets.append(DeviceTarget(DeviceSpec(device=device), simulated=False))
-    return [t for t in targets if not wanted or t.label in wanted or t.spec.device in wanted]
+    if not wanted:
+        return targets
+    # A scenario device (cuda:0) also names its simulated twin.
+    chosen = [t for t in targets[1:] if target_matches(t, wanted) or t.spec.device in wanted]
+    if not chosen and wanted != ["cpu"]:
+        raise ValueError(f"-d {' -d '.join(wanted)} selects no device {engine} runs on here "
+                         f"(there are: {', '.join(t.label for t in targets)})")
+    return [targets[0], *chosen]
+
+
+def _broken(result: CaseResult) -> bool:
+    """The generation itself failed (an error, a device mismatch, ...), not only a check of it."""
+    return result.status == "error" or any(f.check not in ("placement", "parity", "phases") for f in result.failures)
 
 
 def _problems(result: CaseResult) -> str:
@@ -124,8 +144,7 @@ class Battery:
         if result.status == "skipped":
             yield Line("SKIP", f"loads on {label}", result.reason)
             return
-        load_failures = [f for f in result.failures if f.check not in ("placement", "parity", "phases")]
-        if result.status == "error" or load_failures:
+        if _broken(result):
             yield Line("FAIL", f"loads and generates on {label}", _problems(result))
             return
         produced = (f"{len(result.tokens[0])} tokens" if result.tokens and result.tokens[0]
@@ -155,8 +174,8 @@ class Battery:
         for target in tracked:
             short, long = (self.run(self._scenario(f"steady-{n}", max_new_tokens=n), target) for n in (4, 16))
             what = f"phases visible on {target.label} (per-token counts at 4 and 16 tokens)"
-            if "error" in (short.status, long.status) or any(f.check == "phases" for f in short.failures + long.failures):
-                bad = short if short.status == "error" or any(f.check == "phases" for f in short.failures) else long
+            bad = next((r for r in (short, long) if _broken(r) or any(f.check == "phases" for f in r.failures)), None)
+            if bad is not None:  # a run that crashed or mismatched has no steady state to show
                 yield Line("FAIL", what, _problems(bad))
                 continue
             counts = [_per_token(r) for r in (short, long)]
@@ -174,9 +193,12 @@ class Battery:
                 yield Line("SKIP", what, "the engine declares itself not deterministic under sampling")
                 continue
             first, second = self.run(loaded, target), self.run(loaded, target)
-            if first.status in ("error", "skipped") or second.status in ("error", "skipped"):
-                yield Line("FAIL" if "error" in (first.status, second.status) else "SKIP", what,
-                           _problems(first) or _problems(second) or first.reason)
+            bad = next((r for r in (first, second) if _broken(r)), None)
+            if bad is not None:  # failing the same way twice is not determinism
+                yield Line("FAIL", what, _problems(bad))
+                continue
+            if "skipped" in (first.status, second.status):
+                yield Line("SKIP", what, first.reason or second.reason)
                 continue
             same_tokens = (first.tokens, first.texts) == (second.tokens, second.texts)
             same_ledger = _counts(first) == _counts(second)
@@ -249,10 +271,11 @@ def _counts(result: CaseResult) -> dict[str, int]:
     return dict(sorted(result.ledger.counts.items())) if result.ledger is not None else {}  # type: ignore[arg-type]
 
 
-def check_engine(engine: str, devices: list[str], execute: Callable[[Case, RunOptions], CaseResult],
+def check_engine(engine: str, targets: list[DeviceTarget], execute: Callable[[Case, RunOptions], CaseResult],
                  emit: Callable[[Line], None]) -> list[Line]:
-    """Run the battery, emitting each line as it is decided; returns them all."""
-    battery = Battery(engine, device_targets(engine, devices), execute)
+    """Run the battery on `targets` (from `device_targets`, cpu first), emitting each line as
+    it is decided; returns them all."""
+    battery = Battery(engine, targets, execute)
     lines = []
     for line in battery.lines():
         emit(line)

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from harness import tinymodel
-from harness.conformance import EOS_PROMPT, EOS_SEED, EOS_STEP, check_engine
+from harness.conformance import EOS_PROMPT, EOS_SEED, EOS_STEP, check_engine, device_targets
 from harness.runner import Companions, run_case
 from harness.scenario import ModelSpec
 from reference_impl import GenerateConfig, generate, load_model
@@ -29,7 +29,7 @@ def test_built_in_engines_and_the_example_plugin_are_conformant(engine) -> None:
     if engine == "example-greedy":
         pytest.importorskip("samedevice_example_engine")  # nox installs it; a bare pip install -e . does not
     companions = Companions()
-    lines = check_engine(engine, [], lambda case, options: run_case(case, options, companions), lambda line: None)
+    lines = check_engine(engine, device_targets(engine, []), lambda case, options: run_case(case, options, companions), lambda line: None)
     failed = [str(line) for line in lines if line.verdict == "FAIL"]
     assert not failed, "\n".join(failed)
     assert sum(line.verdict == "PASS" for line in lines) >= 8

@@ -9,7 +9,7 @@ import pytest
 import tests.plugins.contract_engines  # registers the contract-* engines
 import tests.plugins.user_bug_engines  # noqa: F401  (registers the user-bugs toy engine)
 from harness.cases import Case, DeviceTarget
-from harness.conformance import Line, check_engine
+from harness.conformance import Line, check_engine, device_targets
 from harness.loader import LoadedScenario
 from harness.runner import Companions, RunOptions, run_case
 from harness.scenario import DeviceSpec, Scenario
@@ -87,7 +87,7 @@ def test_a_suppressed_token_is_minus_inf_on_both_sides_no_false_alarm() -> None:
 
 def _battery(engine: str, devices: list[str]) -> list[Line]:
     companions = Companions()
-    return check_engine(engine, devices, lambda case, options: run_case(case, options, companions), lambda line: None)
+    return check_engine(engine, device_targets(engine, devices), lambda case, options: run_case(case, options, companions), lambda line: None)
 
 
 def _failed(lines: list[Line]) -> list[str]:
@@ -98,6 +98,37 @@ def test_check_engine_passes_a_clean_engine() -> None:
     lines = _battery("contract-clean", ["cpu", "sim:cuda:0", "sim:auto"])
     assert not _failed(lines), _failed(lines)
     assert any(line.what.startswith("phases visible on sim:auto") and line.verdict == "PASS" for line in lines)
+
+
+def test_check_engine_never_passes_a_line_on_a_device_where_generation_fails() -> None:
+    lines = _battery("contract-cpu-bias", ["cpu", "sim:cuda:0"])
+    for start in ("loads and generates on sim:cuda:0", "phases visible on sim:cuda:0", "deterministic on sim:cuda:0 (greedy"):
+        [line] = [one for one in lines if one.what.startswith(start)]
+        assert line.verdict == "FAIL", line
+        assert "Expected all tensors to be on the same device" in line.detail, line
+
+
+def test_check_engine_takes_device_groups_as_run_does_and_always_checks_the_cpu() -> None:
+    labels = {tuple(wanted): [t.label for t in device_targets("contract-clean", wanted)]
+              for wanted in ([], ["sim"], ["cpu", "sim"], ["sim:auto"], ["cuda:0"], ["cpu"])}
+    assert labels[()] == labels[("sim",)] == labels[("cpu", "sim")] == ["cpu", "sim:cuda:0", "sim:auto"]
+    assert labels[("sim:auto",)] == ["cpu", "sim:auto"]
+    assert labels[("cuda:0",)] == ["cpu", "sim:cuda:0"], "a scenario device names its simulated twin"
+    assert labels[("cpu",)] == ["cpu"]
+    with pytest.raises(ValueError, match=r"-d gpu selects no device contract-clean runs on here \(there are: cpu, "):
+        device_targets("contract-clean", ["gpu"])
+
+
+def test_check_engine_refuses_a_device_filter_that_selects_nothing_in_one_line(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    for devices, expected in ((["bogus"], "unknown device 'bogus'"), (["gpu"], "-d gpu selects no device reference")):
+        done = subprocess.run([sys.executable, "-m", "harness.cli", "check-engine", "reference",
+                               *[a for d in devices for a in ("-d", d)]], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2, done.stderr
+        assert len(done.stderr.splitlines()) == 1 and expected in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr and not done.stdout
 
 
 @pytest.mark.parametrize(("engine", "devices", "line", "detail"), [

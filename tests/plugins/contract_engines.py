@@ -138,3 +138,11 @@ class OwnDtypeErrorEngine(CleanEngine):
         if self.device.type == "cuda":  # the engine's own error, worded like a missing CPU kernel
             raise NotImplementedError("\"addmm_impl_cpu_\" not implemented for 'Half'")
         return super().generate(request)
+
+
+@register
+class CpuBiasEngine(CleanEngine):
+    name = "contract-cpu-bias"
+
+    def sample_scores(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits + torch.zeros(logits.shape[-1])  # a bias row built on the host: fails on every GPU
