@@ -108,8 +108,12 @@ def test_strict_devices_turns_a_missing_gpu_into_a_failure(tmp_path: Path, write
 
 def _start_slow_run(tmp_path: Path, write_scenario) -> tuple[subprocess.Popen, Path]:
     write_scenario("slow.yaml", SLOW_CASES)
+    # SIGINT back to its default in the child: a shell starts background jobs with SIGINT
+    # ignored (POSIX), Python then installs no KeyboardInterrupt handler, and a test run
+    # started with `&` would see the signal ignored and the whole run finish.
     proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", "scenarios", "--results", "res", "--no-progress"],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline:
         dirs = run_dirs(tmp_path / "res") if (tmp_path / "res").exists() else []
