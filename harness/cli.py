@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import json
 import os
 import signal
@@ -40,11 +41,27 @@ DEFAULT_SCENARIOS = Path("scenarios") if Path("scenarios").is_dir() else Path(__
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # argparse would print the top-level usage; the command's own is the useful one
+        _unknown_arguments(parser, getattr(args, "command", None), unknown)
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
     return int(args.func(args) or 0)
+
+
+def _unknown_arguments(parser: argparse.ArgumentParser, command: str | None, unknown: list[str]) -> NoReturn:
+    """Exit 2 with the command's usage and, for a mistyped option, the closest one it has."""
+    commands = next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
+    target: argparse.ArgumentParser = commands.get(command, parser) if command else parser
+    options = [o for action in target._actions for o in action.option_strings]
+    hint = ""
+    for arg in unknown:
+        close = difflib.get_close_matches(arg.split("=", 1)[0], options, n=1, cutoff=0.7) if arg.startswith("--") else []
+        if close:
+            hint = f" (did you mean {close[0]}?)"
+            break
+    target.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
 
 
 def _parser() -> argparse.ArgumentParser:

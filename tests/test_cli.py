@@ -156,3 +156,15 @@ def test_concurrent_runs_into_one_results_root_never_clobber_each_other(tmp_path
     assert len(dirs) == 3, "each run gets its own run id"
     for run_dir in dirs:
         assert len((run_dir / "cases.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["run", "--timout", "5"], "samedevice run: error: unrecognized arguments: --timout (did you mean --timeout?)"),
+    (["list", "--enigne=x"], "samedevice list: error: unrecognized arguments: --enigne=x (did you mean --engine?)"),
+    (["run", "--bogus"], "samedevice run: error: unrecognized arguments: --bogus"),
+])
+def test_a_mistyped_option_names_the_command_and_the_closest_option(tmp_path: Path, argv: list[str], expected: str) -> None:
+    out = samedevice(*argv, cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.splitlines()[-1] == expected
+    assert out.stderr.startswith(f"usage: samedevice {argv[0]} ")  # the command's usage, not the top level's
