@@ -24,6 +24,11 @@ kernels (at hidden 512 they are most of a step, and they are bound by memory ban
 to set beside the machine's read bandwidth (one core of this machine kind read about
 28 GB/s, two about 53).
 
+`llama.cpp` (printed where llama-cpp-python is installed: `nox -s llamacpp` builds it) is
+llama.cpp on an f32 GGUF file of the same weights, the same thread count, its greedy ids
+checked equal to transformers' too: an outside engine written for speed, to show what
+float32 reaches on this machine at each size.
+
 Targets: eager reference >= 2x transformers at hidden 64 and 512 ("tiny", "bench");
 compiled >= 4x at hidden 512.
 
@@ -62,7 +67,8 @@ def decode_tokens_per_s(engines: dict[str, Generate], tokens: int, repeats: int)
     return {name: (tokens - 1) / max(full[name] - first[name], 1e-9) for name in engines}
 
 
-def bench_size(size: str, tokens: int, repeats: int, compile_too: bool) -> tuple[dict[str, float], float | None, int]:
+def bench_size(size: str, tokens: int, repeats: int, compile_too: bool,
+               threads: int = 1) -> tuple[dict[str, float], float | None, int]:
     """Decode tokens/s per engine, the compiled reference's one-off compile seconds, and
     the bytes of weights its matmuls read per token."""
     from transformers import AutoModelForCausalLM
@@ -88,6 +94,8 @@ def bench_size(size: str, tokens: int, repeats: int, compile_too: bool) -> tuple
     }
     if compile_too:
         engines["compiled"] = lambda n: generate(reference, PROMPT, GenerateConfig(max_new_tokens=n, compile=True))
+    if llama_cpp_available():
+        engines["llama.cpp"] = llama_cpp_greedy(directory, threads)
 
     expected = run_transformers(tokens)
     compile_seconds = None
@@ -101,6 +109,40 @@ def bench_size(size: str, tokens: int, repeats: int, compile_too: bool) -> tuple
                              "the comparison would be unfair")
     engines["matmuls"] = weight_matmuls_only(reference)
     return decode_tokens_per_s(engines, tokens, repeats), compile_seconds, weight_bytes(reference)
+
+
+def llama_cpp_available() -> bool:
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def llama_cpp_greedy(directory, threads: int) -> Generate:
+    """Greedy decode with llama.cpp on the f32 GGUF file of the model in `directory`:
+    one `eval` per token and the argmax of its logits (`scores` holds them only with
+    logits_all), as `generate` with top_k=1 does without the sampler chain."""
+    import numpy as np
+    from llama_cpp import Llama
+
+    from harness.gguf_export import gguf_file
+
+    # n_ctx=0: the model's own context length
+    llm = Llama(model_path=str(gguf_file(directory)), n_ctx=0, n_threads=threads, n_threads_batch=threads,
+                logits_all=True, verbose=False)
+
+    def run(n: int) -> list[int]:
+        llm.reset()
+        llm.eval(PROMPT)
+        out: list[int] = []
+        for _ in range(n):
+            out.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+            if len(out) < n:
+                llm.eval(out[-1:])
+        return out
+
+    return run
 
 
 def linear_weights(reference) -> list[torch.Tensor]:
@@ -154,10 +196,12 @@ def main() -> None:
     print(f"decode tokens/s, CPU, batch 1, greedy, {args.tokens} new tokens, {torch.get_num_threads()} thread(s), "
           f"best of {args.repeats}, torch {torch.__version__}; greedy ids equal transformers' in every column")
     print(f"{'size':<7}{'hidden':>7}{'load avg':>17}{'transformers':>14}{'eager':>9}{'ratio':>7}"
-          f"{'compiled':>10}{'ratio':>7}{'compile s':>11}{'matmuls only':>14}{'ratio':>7}{'GB/s':>6}")
+          f"{'compiled':>10}{'ratio':>7}{'compile s':>11}{'matmuls only':>14}{'ratio':>7}{'GB/s':>6}"
+          + (f"{'llama.cpp':>11}{'ratio':>7}" if llama_cpp_available() else ""))
     for size in args.sizes:
         load = "/".join(f"{v:.2f}" for v in os.getloadavg())
-        rates, compile_seconds, streamed_bytes = bench_size(size, args.tokens, args.repeats, not args.no_compile)
+        rates, compile_seconds, streamed_bytes = bench_size(size, args.tokens, args.repeats, not args.no_compile,
+                                                            args.threads)
         theirs, eager = rates["transformers"], rates["reference"]
         line = f"{size:<7}{PRESETS[size].hidden_size:>7}{load:>17}{theirs:>14.1f}{eager:>9.1f}{eager / theirs:>6.2f}x"
         if "compiled" in rates:
@@ -166,6 +210,8 @@ def main() -> None:
             line += " " * 28  # the compiled columns, left empty
         streamed = streamed_bytes * rates["matmuls"] / 1e9
         line += f"{rates['matmuls']:>14.1f}{rates['matmuls'] / theirs:>6.2f}x{streamed:>6.1f}"
+        if "llama.cpp" in rates:
+            line += f"{rates['llama.cpp']:>11.1f}{rates['llama.cpp'] / theirs:>6.2f}x"
         print(line, flush=True)
     print(f"load avg after: {'/'.join(f'{v:.2f}' for v in os.getloadavg())}")
 
