@@ -314,6 +314,22 @@ class RunDirectory:
         except OSError as exc:
             raise ResultsWriteError(self.cases_path, exc) from None
 
+    def remove_lock_file(self) -> None:
+        """Remove the lock file `append` leaves behind, once the run is closed. Only the run's
+        owner calls this, when no other process can still append (xdist workers have ended
+        before their controller closes the run). It is taken first, so an append still in
+        progress finishes; a lock held past the timeout is left in place. An append after
+        this (a benchmark's next round) makes it again."""
+        from filelock import FileLock, Timeout
+
+        if not self.lock_path.exists():
+            return
+        try:
+            with FileLock(str(self.lock_path), timeout=LOCK_TIMEOUT_S), contextlib.suppress(FileNotFoundError):
+                self.lock_path.unlink()
+        except (Timeout, OSError):  # still held, or already gone with the directory: leave it
+            pass
+
     def load_cases(self) -> CasesRead:
         """Every case in cases.jsonl, and every line that is not one (with file, line, why).
         Blank lines are ignored. OSError if the file cannot be read at all."""

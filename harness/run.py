@@ -3,8 +3,9 @@
 `samedevice run`, the pytest plugin, `samedevice merge` and the benchmark runner all write a
 run the same way: `Run.start()` makes `results/<run-id>/` and writes `run.json` (typed:
 `RunInfo`) saying the run is not complete yet; `record()` appends each case as it finishes;
-`close()` rewrites run.json with how the run ended and writes report.md and junit.xml. A
-run killed before `close()` still says, in run.json, that it is incomplete.
+`close()` rewrites run.json with how the run ended, writes report.md and junit.xml and removes
+the appends' lock file. A run killed before `close()` still says, in run.json, that it is
+incomplete.
 
 `RunSettings` is the one home of every default a front end exposes as an option.
 """
@@ -167,4 +168,5 @@ class Run:
                 write()
             except ResultsWriteError as exc:
                 problems.append(f"{exc}{consequence}")
+        self.directory.remove_lock_file()  # the owner closes the run once every writer is done
         return problems

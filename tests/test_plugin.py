@@ -60,6 +60,8 @@ def test_xdist_loses_no_case(project: pytest.Pytester) -> None:
     cases = _cases(project.path)
     assert len(cases) == 10 and len({c["id"] for c in cases}) == 10
     assert {c["worker"] for c in cases if c["status"] == "passed"} == {"gw0", "gw1"}
+    [run_dir] = [p for p in (project.path / "results").iterdir() if p.is_dir()]
+    assert not (run_dir / ".cases.jsonl.lock").exists(), "the controller removes the workers' lock file at close"
 
 
 def test_pytest_n_over_no_scenario_leaves_no_results_directory(pytester: pytest.Pytester) -> None:

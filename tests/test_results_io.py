@@ -158,3 +158,28 @@ def test_the_pytest_plugin_imports_and_appends_without_fcntl(tmp_path: Path) -> 
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "1"
+
+
+def test_the_lock_file_is_removed_at_close_and_made_again_by_a_later_append(run_dir: RunDirectory) -> None:
+    run_dir.append(result(0))
+    assert run_dir.lock_path.exists()
+    run_dir.remove_lock_file()
+    assert not run_dir.lock_path.exists()
+    run_dir.append(result(1))  # a benchmark's next round appends to a closed run
+    assert [r.id for r in run_dir.read_cases()] == [result(0).id, result(1).id]
+
+
+def test_a_lock_still_held_by_another_writer_is_left_in_place(run_dir: RunDirectory, monkeypatch: pytest.MonkeyPatch) -> None:
+    run_dir.append(result(0))
+    with subprocess.Popen(
+        [sys.executable, "-c", "import time; from filelock import FileLock\n"
+         f"with FileLock({str(run_dir.lock_path)!r}):\n    print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    ) as holder:
+        try:
+            assert holder.stdout.readline().strip() == "held"
+            monkeypatch.setattr("harness.results.LOCK_TIMEOUT_S", 0.5)
+            run_dir.remove_lock_file()
+            assert run_dir.lock_path.exists(), "never removed under a writer that holds it"
+        finally:
+            holder.kill()

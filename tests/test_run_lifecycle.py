@@ -19,7 +19,9 @@ samedevice_paths = ["scenarios"]
 
 def _files(run_dir: Path) -> dict:
     info = json.loads((run_dir / "run.json").read_text())
-    assert (run_dir / "report.md").is_file() and (run_dir / "junit.xml").is_file(), sorted(p.name for p in run_dir.iterdir())
+    names = sorted(p.name for p in run_dir.iterdir())
+    assert (run_dir / "report.md").is_file() and (run_dir / "junit.xml").is_file(), names
+    assert names == ["cases.jsonl", "junit.xml", "report.md", "run.json"], "a closed run leaves no lock or temp file"
     return info
 
 
