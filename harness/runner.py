@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import socket
+import sys
 import time
 import warnings
 from collections import OrderedDict
@@ -27,6 +28,7 @@ import torch
 from harness import checks, feature_checks, model_source
 from harness.capture import captured_output, quiet_libraries
 from harness.cases import Case, DeviceTarget, skip_reason
+from harness.devices.cuda_patch import HUB_KERNELS_NOTE
 from harness.engines import UnknownEngine, get_engine
 from harness.engines.base import Engine, Generation, Request, Unsupported
 from harness.errors import ErrorInfo, describe
@@ -144,6 +146,12 @@ def device_context(target: DeviceTarget, ledger: Ledger, notes: list[str] | None
             yield
 
 
+def _has_transformers_model(modules: list[Any]) -> bool:
+    """Whether a transformers model is among an engine's modules (without importing transformers)."""
+    modeling = sys.modules.get("transformers.modeling_utils")
+    return modeling is not None and any(isinstance(m, modeling.PreTrainedModel) for m in modules)
+
+
 def _real_gpu(target: DeviceTarget) -> bool:
     return target.kind != "cpu" and not target.simulated
 
@@ -195,6 +203,8 @@ def _generate(case: Case, run: Execution, tracker: PhaseTracker) -> None:
             modules = engine.modules()
             origin = "harness"
             run.weights = weight_map(engine, modules)
+            if case.target.simulated and _has_transformers_model(modules):
+                run.notes.append(f"simulation: {HUB_KERNELS_NOTE}")
             if modules:
                 tracker.hook(modules[0])
             tracker.begin_generate()

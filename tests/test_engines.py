@@ -85,3 +85,16 @@ def test_outlines_json_output_runs_over_the_transformers_model() -> None:
     result = run_case(_cpu_case("outlines", features={"json_schema": {"schema": schema}}, max_new_tokens=24), RunOptions(), None)
     assert result.status == "passed", result.summary_line()
     assert result.texts[0].startswith("{")
+
+
+def test_a_transformers_case_on_simulated_gpus_notes_that_hub_kernels_are_off() -> None:
+    def sim_case(engine: str) -> Case:
+        case = _cpu_case(engine)
+        return Case(case.loaded, engine, DeviceTarget(DeviceSpec(device="cuda:0"), simulated=True))
+
+    transformers = run_case(sim_case("transformers"), RunOptions(), None)
+    reference = run_case(sim_case("reference"), RunOptions(), None)
+    assert transformers.status == reference.status == "passed"
+    note = "simulation: transformers' Hub kernels are off under simulated GPUs (USE_HUB_KERNELS=NO)"
+    assert any(n.startswith(note) for n in transformers.notes), transformers.notes
+    assert not any(n.startswith(note) for n in reference.notes), reference.notes

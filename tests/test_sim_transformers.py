@@ -4,6 +4,7 @@ over two (D2D copies counted), and loaded straight onto them with `device_map`."
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 import torch
@@ -79,6 +80,19 @@ def test_from_pretrained_with_device_map_auto_loads_onto_simulated_gpus(llama, c
         model.generation_config.pad_token_id = 2
         assert {p.device.type for p in model.parameters()} == {"cuda"}
         assert greedy(model, "cuda:0") == cpu_tokens
+
+
+def test_hub_kernels_are_off_while_simulated_and_restored_after(monkeypatch):
+    """transformers 5.25+ fetches CUDA kernels from the Hub when loading onto CUDA: a simulated
+    GPU cannot run them and CPU CI must not download them."""
+    monkeypatch.setenv("USE_HUB_KERNELS", "YES")
+    with simulated_gpus(count=2):
+        assert os.environ["USE_HUB_KERNELS"] == "NO"
+    assert os.environ["USE_HUB_KERNELS"] == "YES"
+    monkeypatch.delenv("USE_HUB_KERNELS")
+    with simulated_gpus(count=1):
+        pass
+    assert "USE_HUB_KERNELS" not in os.environ
 
 
 def test_input_ids_left_on_the_cpu_fail_in_the_embedding_as_on_a_gpu(llama):

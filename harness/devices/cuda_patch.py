@@ -271,6 +271,11 @@ class Patches:
             self._undo.pop()()
 
 
+HUB_KERNELS_ENV = "USE_HUB_KERNELS"
+HUB_KERNELS_NOTE = ("transformers' Hub kernels are off under simulated GPUs (USE_HUB_KERNELS=NO): "
+                    "they are CUDA binaries a simulated device cannot run")
+
+
 def patch_torch(patches: Patches, count: int) -> None:
     """Make torch answer as if `count` CUDA devices existed; `patches.undo()` restores it."""
     for name, value in _cuda_patches(count).items():
@@ -284,6 +289,10 @@ def patch_torch(patches: Patches, count: int) -> None:
     patches.set(torch.version, "cuda", torch.version.cuda or "12.8")
     # transformers loads weights in a thread pool: modes are thread-local.
     patches.set_env("HF_DEACTIVATE_ASYNC_LOAD", "1")
+    # transformers (5.25+) swaps layers for Hub kernels when loading onto CUDA: CUDA binaries
+    # fetched from the Hub, which a simulated GPU cannot run and a CPU-only CI must not
+    # download. Off while simulated (the runner notes it on cases that used transformers).
+    patches.set_env(HUB_KERNELS_ENV, "NO")
     # torch.compile cannot trace simulated tensors (transformers compiles static-cache
     # forwards on CUDA): torch.compile reads this variable when called and compiles nothing.
     # Dynamo is not imported for this (seconds); when loaded, its config says so too.
