@@ -111,12 +111,17 @@ def bench_size(size: str, tokens: int, repeats: int, compile_too: bool,
     return decode_tokens_per_s(engines, tokens, repeats), compile_seconds, weight_bytes(reference)
 
 
+def table_line(columns: list[str], cells: list[str]) -> str:
+    """One line of the results table: each cell right-aligned under its column, at least two
+    spaces apart (cells never hold spaces, an empty one is "-"), so a wide figure cannot run
+    into its neighbour and readers split a row on whitespace, the header on two spaces."""
+    return "  ".join(f"{cell:>{max(len(column), 8)}}" for column, cell in zip(columns, cells, strict=True))
+
+
 def llama_cpp_available() -> bool:
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    from harness.engines.llamacpp_engine import LlamaCppEngine
+
+    return LlamaCppEngine.unavailable_reason() is None
 
 
 def llama_cpp_greedy(directory, threads: int) -> Generate:
@@ -195,24 +200,26 @@ def main() -> None:
 
     print(f"decode tokens/s, CPU, batch 1, greedy, {args.tokens} new tokens, {torch.get_num_threads()} thread(s), "
           f"best of {args.repeats}, torch {torch.__version__}; greedy ids equal transformers' in every column")
-    print(f"{'size':<7}{'hidden':>7}{'load avg':>17}{'transformers':>14}{'eager':>9}{'ratio':>7}"
-          f"{'compiled':>10}{'ratio':>7}{'compile s':>11}{'matmuls only':>14}{'ratio':>7}{'GB/s':>6}"
-          + (f"{'llama.cpp':>11}{'ratio':>7}" if llama_cpp_available() else ""))
+    columns = ["size", "hidden", "load avg", "transformers", "eager", "eager x", "compiled", "compiled x",
+               "compile s", "matmuls only", "matmuls x", "GB/s"]
+    if llama_cpp_available():
+        columns += ["llama.cpp", "llama.cpp x"]
+    print(table_line(columns, columns))
     for size in args.sizes:
         load = "/".join(f"{v:.2f}" for v in os.getloadavg())
         rates, compile_seconds, streamed_bytes = bench_size(size, args.tokens, args.repeats, not args.no_compile,
                                                             args.threads)
-        theirs, eager = rates["transformers"], rates["reference"]
-        line = f"{size:<7}{PRESETS[size].hidden_size:>7}{load:>17}{theirs:>14.1f}{eager:>9.1f}{eager / theirs:>6.2f}x"
+        theirs = rates["transformers"]
+        cells = {"size": size, "hidden": str(PRESETS[size].hidden_size), "load avg": load,
+                 "transformers": f"{theirs:.1f}", "GB/s": f"{streamed_bytes * rates['matmuls'] / 1e9:.1f}"}
+        for column, rate in (("eager", "reference"), ("compiled", "compiled"), ("matmuls only", "matmuls"),
+                             ("llama.cpp", "llama.cpp")):
+            if rate in rates:
+                cells[column] = f"{rates[rate]:.1f}"
+                cells[column.split()[0] + " x"] = f"{rates[rate] / theirs:.2f}x"
         if "compiled" in rates:
-            line += f"{rates['compiled']:>10.1f}{rates['compiled'] / theirs:>6.2f}x{compile_seconds:>11.1f}"
-        else:
-            line += " " * 28  # the compiled columns, left empty
-        streamed = streamed_bytes * rates["matmuls"] / 1e9
-        line += f"{rates['matmuls']:>14.1f}{rates['matmuls'] / theirs:>6.2f}x{streamed:>6.1f}"
-        if "llama.cpp" in rates:
-            line += f"{rates['llama.cpp']:>11.1f}{rates['llama.cpp'] / theirs:>6.2f}x"
-        print(line, flush=True)
+            cells["compile s"] = f"{compile_seconds:.1f}"
+        print(table_line(columns, [cells.get(column, "-") for column in columns]), flush=True)
     print(f"load avg after: {'/'.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 
