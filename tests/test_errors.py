@@ -54,6 +54,17 @@ def test_a_broken_plugin_fails_the_run_even_when_every_case_passes(tmp_path):
     assert listed.returncode == 1 and "failed to load" in listed.stderr, listed.stderr
 
 
+def test_a_plugin_calling_sys_exit_on_import_is_a_broken_plugin_and_the_run_goes_on(tmp_path):
+    done = _cli(tmp_path, "- {name: ok, description: d, devices: [cpu], prompt: hi, max_new_tokens: 3}\n",
+                "tests.plugins.exiting_plugin", "run")
+    assert done.returncode == 1, done.stderr
+    assert ("plugin tests.plugins.exiting_plugin failed to load: SystemExit: it called "
+            "sys.exit('fancy_engine_lib: no license found') on import") in done.stderr
+    assert "1 passed" in done.stderr and "1 plugin(s) failed to load" in done.stderr, done.stderr
+    [run_dir] = (tmp_path / "res").iterdir()
+    assert len((run_dir / "cases.jsonl").read_text().splitlines()) == 1
+
+
 def test_pytest_fails_the_session_on_a_broken_plugin_with_one_line(tmp_path):
     (tmp_path / "s.yaml").write_text("- {name: ok, description: d, devices: [cpu], prompt: hi, max_new_tokens: 3}\n")
     env = dict(os.environ, SAMEDEVICE_PLUGINS="tests.plugins.broken_plugin",

@@ -96,8 +96,16 @@ def _import_env_plugins() -> None:
         _imported_env_plugins.add(module)
         try:
             importlib.import_module(module)
-        except Exception as exc:  # a broken plugin must not take the run down
-            _BROKEN_PLUGINS[module] = f"{type(exc).__name__}: {exc}"
+        except (Exception, SystemExit) as exc:  # a broken plugin must not take the run down
+            _BROKEN_PLUGINS[module] = _import_failure(exc)
+
+
+def _import_failure(exc: BaseException) -> str:
+    """Why a plugin failed to import. SystemExit (sys.exit in the module) is one more such
+    failure; KeyboardInterrupt is never caught: a Ctrl-C during the import stops the run."""
+    if isinstance(exc, SystemExit):
+        return f"SystemExit: it called sys.exit({exc.code!r}) on import"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _load_builtins_and_plugins() -> None:
@@ -116,8 +124,8 @@ def _load_builtins_and_plugins() -> None:
     for point in entry_points(group=ENTRY_POINT_GROUP):
         try:
             cls = point.load()
-        except Exception as exc:  # a broken plugin must not take the run down
-            _BROKEN_PLUGINS[point.name] = f"{type(exc).__name__}: {exc}"
+        except (Exception, SystemExit) as exc:  # a broken plugin must not take the run down
+            _BROKEN_PLUGINS[point.name] = _import_failure(exc)
             continue
         if isinstance(cls, type) and issubclass(cls, Engine):
             register(cls)
