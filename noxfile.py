@@ -1,11 +1,17 @@
 """nox sessions for samedevice. `nox -l` lists them; README's two commands use `run` and `tests`.
 
-Every session installs with pip against constraints.txt (torch 2.13.0, a CPU build that
-installs from local disk in seconds). uv would not see that file and would download a CUDA
-build of several GB, so the backend is plain venv + pip.
+What the sessions install is locked: constraints.txt pins every package and version (generated
+by pip-tools from pyproject.toml's ranges: `nox -s lock` regenerates it), so README's test
+command tests the same stack every day; `nox -s tests_latest` runs the tests on the newest
+releases, to see an upstream change on purpose. torch comes first, alone: from a local wheelhouse
+where pip has one (this project's machines), else from PyTorch's CPU wheel index (about 190 MB),
+never the several-GB CUDA build PyPI serves. The backend is plain venv + pip: uv would not see
+local wheels and would download a CUDA build.
 """
 
 from __future__ import annotations
+
+import os
 
 import nox
 
@@ -13,14 +19,45 @@ nox.needs_version = ">=2024.3"
 nox.options.default_venv_backend = "venv"
 nox.options.sessions = ["run", "tests", "lint"]
 
-CONSTRAINTS = ("-c", "constraints.txt")
+LOCK = "constraints.txt"
+CONSTRAINTS = ("-c", LOCK)
+LOCKED_EXTRAS = "dev,engines,bench"  # what the lock covers (pyproject's optional-dependencies)
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 
 
-def install(session: nox.Session, extras: str = "dev,engines") -> None:
-    """The project and its extras, torch pinned by constraints.txt."""
+def locked_version(name: str) -> str:
+    """The version constraints.txt pins for `name` (raises if it pins none)."""
+    with open(LOCK, encoding="utf-8") as lock:
+        lines = lock.read().splitlines()
+    for line in lines:
+        package, _, version = line.split("#")[0].strip().partition("==")
+        if package.lower() == name.lower() and version:
+            return version
+    raise LookupError(f"{LOCK} pins no {name}: regenerate it with `nox -s lock`")
+
+
+def install_torch(session: nox.Session) -> None:
+    """The locked torch, a CPU build: from a local wheelhouse where pip is configured with one
+    (no index asked), else from PyTorch's CPU index ($SAMEDEVICE_TORCH_INDEX overrides it). Its
+    dependencies come with the project, from the lock."""
+    torch = f"torch=={locked_version('torch')}"
+    try:
+        session.install("--no-index", "--no-deps", torch, silent=True)
+    except nox.command.CommandFailed:
+        index = os.environ.get("SAMEDEVICE_TORCH_INDEX", TORCH_CPU_INDEX)
+        session.log(f"{torch} from {index} (CPU build, about 190 MB)")
+        session.install("--index-url", index, "--no-deps", torch)
+
+
+def install(session: nox.Session, extras: str = "dev,engines", check_lock: bool = True) -> None:
+    """torch (CPU), then the project and its extras at the locked versions (checked: every
+    installed package is the lock's, unless an extra outside the lock is asked for)."""
+    install_torch(session)
     session.install(*CONSTRAINTS, "-e", f".[{extras}]")
     # The example engine plugin, so its entry point is exercised (no deps: they are ours).
     session.install("--no-deps", "-e", "examples/plugin-engine")
+    if check_lock:
+        session.run("python", ".ci/check_lock.py", LOCK)
 
 
 @nox.session
@@ -42,9 +79,34 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", "-n", "2", *session.posargs)
 
 
+@nox.session(name="tests_latest", default=False)
+def tests_latest(session: nox.Session) -> None:
+    """The tests on the newest releases pyproject's ranges admit (torch stays the locked CPU
+    build): not in CI; run it to see what an upstream release changes, before `nox -s lock`."""
+    install_torch(session)
+    session.install("--upgrade", "--upgrade-strategy", "eager", f"torch=={locked_version('torch')}",
+                    "-e", ".[dev,engines]")
+    session.install("--no-deps", "-e", "examples/plugin-engine")
+    session.run("python", ".ci/check_lock.py", LOCK, "--differences")
+    session.run("pytest", "-n", "2", *session.posargs)
+
+
+@nox.session(default=False)
+def lock(session: nox.Session) -> None:
+    """Regenerate constraints.txt with pip-tools: every package of pyproject's ranges (extras
+    dev, engines, bench) at the newest release, torch held at the CPU build given here. Commit
+    the result after `nox -s tests_latest` is green on it."""
+    session.install("pip-tools>=7.4")
+    torch = session.posargs[0] if session.posargs else f"torch=={locked_version('torch')}"
+    session.run("pip-compile", "--quiet", "--upgrade", "--strip-extras", "--no-emit-index-url",
+                "--no-emit-find-links", "--extra", LOCKED_EXTRAS, "--upgrade-package", torch,
+                "--output-file", LOCK, "pyproject.toml", env={"CUSTOM_COMPILE_COMMAND": "nox -s lock"})
+
+
 @nox.session(default=False)
 def base_install(session: nox.Session) -> None:
     """A plain `pip install .` (no extras, not editable): the bundled suite on cpu + sim runs, nothing errors."""
+    install_torch(session)
     session.install(*CONSTRAINTS, ".")
     session.run("samedevice", "doctor")
     session.run("samedevice", "run", "--device", "cpu", "--device", "sim", "--no-progress", *session.posargs,
@@ -97,14 +159,14 @@ def _bench_install(session: nox.Session) -> None:
 
 
 def _asv_machine(session: nox.Session) -> list[str]:
-    """`asv machine --yes`, plus torch/CUDA/GPU facts merged into asv's machine entry (so
-    every result file records them in its params). $SAMEDEVICE_ASV_MACHINE names the machine."""
+    """`asv machine --yes` (its questions kept out of the log), plus torch/CUDA/GPU facts merged
+    into asv's machine entry (so every result file records them in its params); one line says
+    what was recorded. $SAMEDEVICE_ASV_MACHINE names the machine."""
     import os
 
     name = os.environ.get("SAMEDEVICE_ASV_MACHINE")
     flag = ["--machine", name] if name else []
-    session.run("asv", "machine", "--yes", *flag)
-    session.run("python", "-m", "harness.asv_suite", "asv-machine", *flag)
+    session.run("python", "benchmarks/refs.py", "machine", *flag)
     return flag
 
 
@@ -139,7 +201,7 @@ def dashboard(session: nox.Session) -> None:
 @nox.session(name="llamacpp", default=False)
 def llamacpp(session: nox.Session) -> None:
     """llama.cpp engine: builds llama-cpp-python from source (about 8 minutes), then its tests."""
-    install(session, extras="dev,engines,llamacpp")
+    install(session, extras="dev,engines,llamacpp", check_lock=False)  # llama-cpp-python is a source build, unlocked
     session.run("pytest", "tests/test_llamacpp.py", "-p", "no:cacheprovider", *session.posargs)
     session.run("samedevice", "run", "-e", "llamacpp", "-d", "cpu", "--no-progress")
 
@@ -216,7 +278,9 @@ def compat(session: nox.Session, stack: str) -> None:
             reason = f"cannot fetch {' '.join(pins)} (no network, or no such release for this Python)"
             _compat_record(out, stack, {"skipped": reason})
             session.skip(f"{stack}: {reason}")
-    session.install(*CONSTRAINTS, "-e", ".[dev,engines]", *pins)  # a conflict here is a real failure
+    # Not the lock: a stack pins its own versions; torch stays the locked CPU build.
+    install_torch(session)
+    session.install(f"torch=={locked_version('torch')}", "-e", ".[dev,engines]", *pins)  # a conflict is a real failure
     session.install("--no-deps", "-e", "examples/plugin-engine")
     env = {"SAMEDEVICE_CACHE": str(pathlib.Path(".nox", "compat-cache").resolve()),
            "OUTLINES_CACHE_DIR": str(pathlib.Path(".nox", "compat-outlines-cache", stack).resolve()),
