@@ -47,7 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:  # Ctrl-C where no command handles it (loading, starting a run): one line
+        _eprint("samedevice: interrupted (SIGINT)")
+        return 130
 
 
 def _unknown_arguments(parser: argparse.ArgumentParser, command: str | None, unknown: list[str]) -> NoReturn:
@@ -385,13 +389,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     except OSError as exc:
         _eprint(f"samedevice: error: {terminal(results_root_problem(Path(settings.results_root), exc))}")
         return 2
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    options = RunOptions(strict_devices=settings.strict_devices)
-    execute = make_executor(settings.isolation, settings.timeout)
     results: list = []
     interrupted: str | None = None
     write_error: ResultsWriteError | None = None
-    try:
+    execute, previous = None, signal.getsignal(signal.SIGTERM)
+    try:  # from here on, an interrupt closes the run: run.json says "interrupted"
+        signal.signal(signal.SIGTERM, _on_sigterm)
+        options = RunOptions(strict_devices=settings.strict_devices)
+        execute = make_executor(settings.isolation, settings.timeout)
         with _progress(console, len(cases), enabled=not args.no_progress) as advance:
             for case in cases:
                 result = execute(case, options)

@@ -21,6 +21,7 @@ import errno
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -191,6 +192,10 @@ def write_file(path: Path, data: bytes | str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise ResultsWriteError(path, exc) from None
+    except BaseException:  # an interrupt mid-write: `path` is as it was, and no temp file is left
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 # Types of the run.json fields that readers (report, merge, compare) rely on.
@@ -273,7 +278,8 @@ class RunDirectory:
 
     @classmethod
     def create(cls, root: Path, run_id: str | None = None) -> RunDirectory:
-        """Make a fresh run directory; fails fast (OSError) if `root` is not writable."""
+        """Make a fresh run directory; fails fast (OSError) if `root` is not writable. A
+        failure or an interrupt leaves no directory behind."""
         root.mkdir(parents=True, exist_ok=True)
         path = root / (run_id or new_run_id())
         path.mkdir(exist_ok=False)
@@ -285,10 +291,18 @@ class RunDirectory:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+        except BaseException:
+            cls(path).discard()
+            raise
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(probe)
         return cls(path)
+
+    def discard(self) -> None:
+        """Remove a run directory that never became a run (no run.json yet: made, then
+        interrupted or failed), so no empty directory is left for `report` to reject."""
+        shutil.rmtree(self.path, ignore_errors=True)
 
     def append(self, result: CaseResult) -> None:
         """One line, all of it or none of it; ResultsWriteError if the disk refuses."""

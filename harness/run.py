@@ -100,13 +100,17 @@ class Run:
         """A fresh run directory and its first run.json (not complete). OSError if the
         results root is unusable, ResultsWriteError if run.json cannot be written."""
         directory = RunDirectory.create(settings.results_root, run_id)
-        info = RunInfo(**(environment_info() if environment is None else environment), **extra,
-                       run_id=directory.path.name, front_end=settings.front_end, started=time.time(),
-                       expected_ids=expected_ids, selected_ids=selected_ids, shard=shard,
-                       cases_selected=len(selected_ids) if selected_ids is not None else None,
-                       invalid_files=list(invalid_files))
-        run = cls(directory, info, settings)
-        run.write_info()
+        try:  # until run.json is written, an interrupt or a failure leaves no directory behind
+            info = RunInfo(**(environment_info() if environment is None else environment), **extra,
+                           run_id=directory.path.name, front_end=settings.front_end, started=time.time(),
+                           expected_ids=expected_ids, selected_ids=selected_ids, shard=shard,
+                           cases_selected=len(selected_ids) if selected_ids is not None else None,
+                           invalid_files=list(invalid_files))
+            run = cls(directory, info, settings)
+            run.write_info()
+        except BaseException:
+            directory.discard()
+            raise
         return run
 
     @classmethod

@@ -168,3 +168,45 @@ def test_a_mistyped_option_names_the_command_and_the_closest_option(tmp_path: Pa
     assert out.returncode == 2
     assert out.stderr.splitlines()[-1] == expected
     assert out.stderr.startswith(f"usage: samedevice {argv[0]} ")  # the command's usage, not the top level's
+
+
+def _interrupted_at(tmp_path: Path, target: str) -> subprocess.CompletedProcess:
+    """`samedevice run` with a real SIGINT delivered from inside `target` (module:function),
+    which then waits for it: an interrupt at one exact point of the run's start."""
+    code = (
+        "import importlib, os, signal, sys, time\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job inherits SIGINT ignored\n"
+        f"module, name = {target!r}.split(':')\n"
+        "def interrupt(*args, **kwargs):\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(30)\n"
+        "setattr(importlib.import_module(module), name, interrupt)\n"
+        "from harness.cli import main\n"
+        "sys.exit(main(['run', 'scenarios', '--results', 'res', '--no-progress']))\n"
+    )
+    return subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("target", ["harness.run:environment_info", "harness.results:write_file"])
+def test_an_interrupt_while_the_run_directory_is_made_leaves_none_and_one_line(tmp_path: Path, write_scenario,
+                                                                               target: str) -> None:
+    write_scenario("tiny.yaml", TINY_GREEDY)
+    out = _interrupted_at(tmp_path, target)
+    assert out.returncode == 130, out.stderr
+    assert out.stderr.strip().splitlines()[-1] == "samedevice: interrupted (SIGINT)"
+    assert "Traceback" not in out.stderr
+    assert run_dirs(tmp_path / "res") == [], "no run directory without its run.json"
+
+
+def test_an_interrupt_right_after_the_run_starts_leaves_a_run_that_report_reads(tmp_path: Path, write_scenario) -> None:
+    write_scenario("tiny.yaml", TINY_GREEDY)
+    out = _interrupted_at(tmp_path, "harness.isolation:make_executor")
+    assert out.returncode == 130, out.stderr
+    assert "Traceback" not in out.stderr
+    assert "interrupted (SIGINT): 0 of 2 cases finished and kept" in out.stderr + out.stdout
+    [run_dir] = run_dirs(tmp_path / "res")
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["interrupted"] == "SIGINT" and info["cases_finished"] == 0 and info["complete"] is False
+    report = samedevice("report", str(run_dir), cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    assert "interrupted by SIGINT" in report.stdout
