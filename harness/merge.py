@@ -36,6 +36,9 @@ def _read_source(source: Path, problems: list[str]) -> tuple[dict, list[CaseResu
         problems.append(f"{source}: not a run directory (no run.json or cases.jsonl)")
         return None
     info: dict = {}
+    if not run.run_path.exists():  # its expected cases, its end and its environment are unknown
+        problems.append(f"{source}: no run.json (its expected cases are unknown; killed before its start was "
+                        "recorded, or not written by samedevice?)")
     try:
         info = run.read_run_info()
     except DamagedResults as exc:

@@ -113,6 +113,16 @@ def test_a_merge_of_damaged_inputs_names_each_and_fails(tmp_path: Path, capsys) 
     assert len((merged / "cases.jsonl").read_text().splitlines()) == 5, "every readable case is merged"
 
 
+def test_a_merge_of_a_shard_without_run_json_is_a_problem_naming_it(tmp_path: Path, capsys) -> None:
+    a = run_dir(tmp_path / "a", IDS[:3], FINISHED | {"shard": "1/2", "selected_ids": IDS[:3]})
+    b = run_dir(tmp_path / "b", IDS[3:], FINISHED | {"shard": "2/2", "selected_ids": IDS[3:]})
+    (b / "run.json").unlink()
+    assert main(["merge", str(a), str(b), "--results", str(tmp_path / "merged")]) == 1
+    err = capsys.readouterr().err
+    assert f"problem: {b}: no run.json (its expected cases are unknown" in err
+    assert "1 problems" in err.splitlines()[-1]
+
+
 @pytest.mark.parametrize(("damage", "expected"), [
     (("cases.jsonl", b"[1]\n"), "damaged result line: {head}/cases.jsonl:2: a JSON array, not an object"),
     (("cases.jsonl", b"\xc3\x28\n"), "damaged result line: {head}/cases.jsonl:2: not UTF-8 (byte 0xc3 at offset 0)"),
