@@ -7,11 +7,15 @@ process, so an engine that crashes fails its line, not the battery) and gives a 
   the real GPUs where present), with its weights where the case asked (placement);
 - phases visible: on a tracked device a decode phase is seen, and the per-token counts
   are the steady state: whole numbers, the same at 4 tokens and at 16;
+- transfers within the profile: those counts within the engine's declared per-token profile
+  (`Capabilities.transfers`; the default, the reference engine's, where it declares none; `--budget`
+  replaces it), naming the count and its call sites (a stray round trip per step fails);
 - deterministic: two runs give the same tokens and the same transfer ledger;
 - teacher forcing consistent with generation: on the CPU, the argmax of its teacher-forced
   logits at each step is the token it generated;
 - parity with its own CPU run on every other device;
-- each declared feature works on every device; undeclared ones are skipped with a reason;
+- each declared feature works on every device, within the profile for that feature
+  (`Capabilities.feature_transfers`); undeclared ones are skipped with a reason;
 - max_new_tokens and EOS honoured.
 
 Exit 0 only when no line failed.
@@ -31,10 +35,11 @@ from harness.cases import (
     target_matches,
 )
 from harness.engines import get_engine
+from harness.ledger import BUDGET_NAMES
 from harness.loader import LoadedScenario
 from harness.results import CaseResult
 from harness.runner import RunOptions
-from harness.scenario import FEATURES, DeviceSpec, Scenario
+from harness.scenario import FEATURES, Budget, DeviceSpec, Scenario, TransfersCheck
 
 Verdict = Literal["PASS", "FAIL", "SKIP"]
 
@@ -95,9 +100,37 @@ def device_targets(engine: str, wanted: list[str]) -> list[DeviceTarget]:
     return [targets[0], *chosen]
 
 
+def parse_budget(text: str) -> TransfersCheck:
+    """`--budget h2d=0,d2h=1,syncs=0`: per decode token, on every device; a count not named is
+    not judged. ValueError, one line, on anything else."""
+    counts: dict[str, float] = {}
+    for item in text.split(","):
+        name, sep, value = (part.strip() for part in item.partition("="))
+        if name not in BUDGET_NAMES or not sep:
+            raise ValueError(f"--budget {text!r}: expected NAME=COUNT[,NAME=COUNT...] with NAME one of "
+                             f"{', '.join(BUDGET_NAMES)} (e.g. h2d=0,d2h=1,syncs=0), got {item.strip()!r}")
+        try:
+            count = float(value)
+        except ValueError:
+            count = -1.0
+        if not count >= 0 or count == float("inf"):
+            raise ValueError(f"--budget {text!r}: {name} must be a count >= 0, got {value!r}")
+        if name in counts:
+            raise ValueError(f"--budget {text!r}: {name} given twice")
+        counts[name] = count
+    return TransfersCheck(decode=Budget(**counts))
+
+
+def describe_budget(budget: Budget | None) -> str:
+    """The judged counts of a decode budget: `h2d 0, d2h 1, syncs 0`."""
+    given = [(name, getattr(budget, name)) for name in BUDGET_NAMES] if budget is not None else []
+    return ", ".join(f"{name} {value:g}" for name, value in given if value is not None) or "nothing judged"
+
+
 def _broken(result: CaseResult) -> bool:
     """The generation itself failed (an error, a device mismatch, ...), not only a check of it."""
-    return result.status == "error" or any(f.check not in ("placement", "parity", "phases") for f in result.failures)
+    return result.status == "error" or any(
+        f.check not in ("placement", "parity", "phases", "transfers") for f in result.failures)
 
 
 def _problems(result: CaseResult) -> str:
@@ -110,15 +143,27 @@ class Battery:
     """Runs the lines for one engine; `execute(case, options)` runs a case (a worker)."""
 
     def __init__(self, engine: str, targets: list[DeviceTarget],
-                 execute: Callable[[Case, RunOptions], CaseResult]) -> None:
+                 execute: Callable[[Case, RunOptions], CaseResult], budget: TransfersCheck | None = None) -> None:
         self.engine, self.targets, self.execute = engine, targets, execute
         self.caps = get_engine(engine).capabilities
+        self.budget = budget  # --budget: replaces the declared profiles, features' too
+        self.profile_source = ("--budget" if budget is not None else "declared" if self.caps.transfers is not None
+                               else "the default, none declared")
         # The generated llama, or the first architecture the engine declares when llama is not one.
         families = self.caps.families
         self.family = "llama" if families is None or "llama" in families else sorted(families)[0]
 
     def _scenario(self, name: str, **fields: Any) -> LoadedScenario:
         return _scenario(name, **({"model": {"family": self.family}} | fields))
+
+    def profile(self, features: dict[str, Any] | None = None) -> TransfersCheck:
+        return self.budget if self.budget is not None else self.caps.transfer_profile(features)
+
+    def _judged(self, features: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Scenario fields that judge the profile (the runner's transfers check) on torch engines."""
+        if not self.caps.simulated:
+            return {}
+        return {"checks": {"transfers": self.profile(features).model_dump(exclude_none=True)}}
 
     def run(self, loaded: LoadedScenario, target: DeviceTarget, **options: Any) -> CaseResult:
         return self.execute(Case(loaded, self.engine, target), RunOptions(**options))
@@ -172,7 +217,8 @@ class Battery:
             yield Line("SKIP", "phases visible", "no simulated or real GPU here")
             return
         for target in tracked:
-            short, long = (self.run(self._scenario(f"steady-{n}", max_new_tokens=n), target) for n in (4, 16))
+            short, long = (self.run(self._scenario(f"steady-{n}", max_new_tokens=n, **self._judged()), target)
+                           for n in (4, 16))
             what = f"phases visible on {target.label} (per-token counts at 4 and 16 tokens)"
             bad = next((r for r in (short, long) if _broken(r) or any(f.check == "phases" for f in r.failures)), None)
             if bad is not None:  # a run that crashed or mismatched has no steady state to show
@@ -184,6 +230,10 @@ class Battery:
                 yield Line("FAIL", what, f"not the steady state: {counts[0]} at 4 tokens, {counts[1]} at 16")
             else:
                 yield Line("PASS", what, ", ".join(f"{k} {v:g}" for k, v in counts[1].items()))
+            allowed = describe_budget(self.profile().for_kind(target.kind).decode)
+            what = f"transfers within the profile on {target.label} ({self.profile_source}, per decode token: {allowed})"
+            over = [f.message for f in (long if long.status == "failed" else short).failures if f.check == "transfers"]
+            yield Line("FAIL", what, "; ".join(over)) if over else Line("PASS", what)
 
     def _determinism_lines(self, plain: LoadedScenario, target: DeviceTarget) -> Iterator[Line]:
         for name, loaded in (("greedy", plain), ("sampled", self._scenario("sampled", sampling={
@@ -222,7 +272,8 @@ class Battery:
 
     def _feature_lines(self) -> Iterator[Line]:
         for feature in FEATURES:
-            loaded = self._scenario(feature.replace("_", "-"), **FEATURE_SCENARIOS[feature])
+            fields = FEATURE_SCENARIOS[feature]
+            loaded = self._scenario(feature.replace("_", "-"), **fields, **self._judged(fields.get("features")))
             if feature not in self.caps.features:
                 result = self.run(loaded, self.targets[0])
                 verdict: Verdict = "SKIP" if result.status == "skipped" else "FAIL"
@@ -272,10 +323,10 @@ def _counts(result: CaseResult) -> dict[str, int]:
 
 
 def check_engine(engine: str, targets: list[DeviceTarget], execute: Callable[[Case, RunOptions], CaseResult],
-                 emit: Callable[[Line], None]) -> list[Line]:
+                 emit: Callable[[Line], None], budget: TransfersCheck | None = None) -> list[Line]:
     """Run the battery on `targets` (from `device_targets`, cpu first), emitting each line as
-    it is decided; returns them all."""
-    battery = Battery(engine, targets, execute)
+    it is decided; returns them all. `budget` (`parse_budget`) replaces the engine's profiles."""
+    battery = Battery(engine, targets, execute, budget)
     lines = []
     for line in battery.lines():
         emit(line)

@@ -37,7 +37,7 @@ step of the real generation and judges a token flip on the CPU run's own logits.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -45,10 +45,25 @@ from typing import Any, ClassVar
 import torch
 
 from harness.model_source import ModelInfo
-from harness.scenario import Scenario
+from harness.scenario import Budget, PhaseBudgets, Scenario, TransfersCheck
 from harness.spec import GenerationSpec
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# The profile of an engine that declares none (README "Transfer profiles"): the reference
+# engine's steady state per decode token, measured on sim:cuda:0 and sim:auto: the chosen token
+# read back (one D2H), nothing uploaded, no other sync, no D2D on one GPU. D2D on a split model
+# (auto) is left to the engine to declare: it follows how the engine splits the model (the
+# reference's hidden state crosses and returns: 2; accelerate's hooks: 5 on the 2-layer tiny
+# llama, growing with the depth), and no host round trip hides in it.
+DEFAULT_TRANSFERS = TransfersCheck(decode=Budget(h2d=0, d2h=1, syncs=0), cuda=PhaseBudgets(decode=Budget(d2d=0)))
+DEFAULT_FEATURE_TRANSFERS: Mapping[str, TransfersCheck] = {
+    # The grammar mask, computed on the host, uploaded once per token.
+    "json_schema": DEFAULT_TRANSFERS.model_copy(update={"decode": Budget(h2d=1, d2h=1, syncs=0)}),
+    # Every layer's cache fetched to its device and written back each token: one H2D and one
+    # D2H per layer, so only what does not scale with the depth is judged.
+    "kv_cache:offloaded": DEFAULT_TRANSFERS.model_copy(update={"decode": Budget(syncs=0)}),
+}
 
 
 @dataclass(frozen=True)
@@ -71,6 +86,27 @@ class Capabilities:
     # Model architectures it runs (config.json's model_type: "llama", "qwen2", ...); None: any
     # architecture transformers loads. Cases of other families are skipped, naming them.
     families: frozenset[str] | None = None
+    # The steady-state transfers per decode token it is allowed (a `checks.transfers` of a
+    # scenario: a decode budget, with cuda/auto overrides): check-engine and the standard suite
+    # fail a case that exceeds it. None: DEFAULT_TRANSFERS (the reference engine's).
+    transfers: TransfersCheck | None = None
+    # Per feature (a scenario `features:` name; kv_cache as kv_cache:KIND), the whole profile
+    # of a case using it, where the feature has per-token copies of its own. None:
+    # DEFAULT_FEATURE_TRANSFERS when `transfers` is None too, else none (`transfers` applies).
+    feature_transfers: Mapping[str, TransfersCheck] | None = None
+
+    def transfer_profile(self, features: Mapping[str, object] | None = None) -> TransfersCheck:
+        """The per-token profile a case with these scenario `features` is judged by."""
+        declared = self.transfers is not None
+        base = self.transfers if self.transfers is not None else DEFAULT_TRANSFERS
+        by_feature = (self.feature_transfers if self.feature_transfers is not None
+                      else {} if declared else DEFAULT_FEATURE_TRANSFERS)
+        for name, value in (features or {}).items():  # the suite's and check-engine's cases use one each
+            kind = value.get("kind") if isinstance(value, Mapping) else None
+            for key in (f"{name}:{kind}", name):
+                if key in by_feature:
+                    return by_feature[key]
+        return base
 
 
 @dataclass(frozen=True)

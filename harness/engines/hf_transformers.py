@@ -25,8 +25,27 @@ from harness.engines.base import (
     Unsupported,
 )
 from harness.engines.hf_compat import dtype_argument, sequence_bias_argument
-from harness.scenario import Assistant, PeftAdapter, TransformersOptions
+from harness.scenario import (
+    Assistant,
+    Budget,
+    PeftAdapter,
+    PhaseBudgets,
+    TransfersCheck,
+    TransformersOptions,
+)
 from harness.versions import engine_problem, installed_version
+
+# generate()'s own steady state per decode token, measured (README "Transfer profiles"): no
+# copy to or from the host, one sync (the stopping criteria's `bool(unfinished.max() == 0)`,
+# transformers/generation/utils.py). On auto, accelerate's hooks move the position embeddings
+# and the mask into every layer on the second GPU, so the D2D count grows with the depth (5 on
+# the 2-layer tiny llama, 8 on 4 layers) and is not judged there.
+TRANSFORMERS_TRANSFERS = TransfersCheck(decode=Budget(h2d=0, d2h=0, syncs=1), cuda=PhaseBudgets(decode=Budget(d2d=0)))
+TRANSFORMERS_FEATURE_TRANSFERS = {
+    # The grammar mask (built on the host) uploaded, and the adapter's processor reading the
+    # generated ids back (`input_ids.tolist()`, a sync) to advance the grammar.
+    "json_schema": TRANSFORMERS_TRANSFERS.model_copy(update={"decode": Budget(h2d=1, d2h=0, syncs=2)}),
+}
 
 
 def balanced_device_map(model: torch.nn.Module, devices: tuple[str, ...]) -> dict[str, str]:
@@ -148,6 +167,8 @@ class TransformersEngine(Engine):
         features=frozenset({"logit_bias", "beam_search", "json_schema"}),
         devices=frozenset({"cpu", "cuda", "auto"}),
         simulated=True,
+        transfers=TRANSFORMERS_TRANSFERS,
+        feature_transfers=TRANSFORMERS_FEATURE_TRANSFERS,
     )
 
     @classmethod

@@ -21,8 +21,9 @@ import torch
 
 from harness.engines import register
 from harness.engines.base import Capabilities, Engine, Generation, Placement, Request
-from harness.engines.hf_transformers import TransformersEngine
+from harness.engines.hf_transformers import TRANSFORMERS_TRANSFERS, TransformersEngine
 from harness.engines.outlines_compat import generate_legacy, is_legacy, legacy_problem, wrap_model
+from harness.scenario import Budget
 from harness.versions import engine_problem
 
 
@@ -36,6 +37,12 @@ class OutlinesEngine(Engine):
         simulated=True,
         token_ids=False,
         findings=frozenset({"json_schema"}),
+        # transformers' generate() underneath: its profile. Under a JSON schema, outlines_core's
+        # torch path copies each token's bitmask to the logits' device and back to the CPU
+        # (a round trip per token, outlines/backends/outlines_core.py) and reads a scalar (a sync).
+        transfers=TRANSFORMERS_TRANSFERS,
+        feature_transfers={"json_schema": TRANSFORMERS_TRANSFERS.model_copy(
+            update={"decode": Budget(h2d=1, d2h=1, syncs=2)})},
     )
 
     @classmethod

@@ -9,8 +9,27 @@ from typing import TYPE_CHECKING
 import torch
 
 from harness.engines import register
-from harness.engines.base import TORCH_DTYPES, Capabilities, Engine, Generation, Placement, Request
-from harness.scenario import FAULTS, FEATURES
+from harness.engines.base import (
+    DEFAULT_FEATURE_TRANSFERS,
+    DEFAULT_TRANSFERS,
+    TORCH_DTYPES,
+    Capabilities,
+    Engine,
+    Generation,
+    Placement,
+    Request,
+)
+from harness.scenario import FAULTS, FEATURES, Budget, PhaseBudgets
+
+# Its steady state per decode token (measured; README "Transfer profiles"): the default
+# profile, and on a split model the hidden state crossing to the second GPU and back (two D2D,
+# whatever the depth), plus the beam index sent to the second GPU's cache reorder in beam search.
+_AUTO = {"auto": PhaseBudgets(decode=Budget(d2d=2))}
+REFERENCE_TRANSFERS = DEFAULT_TRANSFERS.model_copy(update=_AUTO)
+REFERENCE_FEATURE_TRANSFERS = {
+    **{name: profile.model_copy(update=_AUTO) for name, profile in DEFAULT_FEATURE_TRANSFERS.items()},
+    "beam_search": DEFAULT_TRANSFERS.model_copy(update={"auto": PhaseBudgets(decode=Budget(d2d=3))}),
+}
 
 if TYPE_CHECKING:
     from reference_impl import GenerateConfig, Transformer
@@ -28,6 +47,9 @@ class ReferenceEngine(Engine):
         # What reference_impl loads faithfully (its greedy ids equal transformers'); it refuses
         # configs it cannot honour (rope scaling, biases, tied head) when it loads.
         families=frozenset({"llama", "mixtral"}),
+        # The default (harness/engines/base.py) with its D2D on auto.
+        transfers=REFERENCE_TRANSFERS,
+        feature_transfers=REFERENCE_FEATURE_TRANSFERS,
     )
 
     model: Transformer | None = None
