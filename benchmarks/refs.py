@@ -1,5 +1,6 @@
 """Benchmark chosen versions of the code: asv on git refs, and the base-vs-head gate.
 
+    python benchmarks/refs.py machine [--machine NAME]                   (nox -s bench, first)
     python benchmarks/refs.py asv [REF|DIR ...] [-- ASV_RUN_ARGS]       (nox -s bench)
     python benchmarks/refs.py compare [--base REF|DIR] [--head REF|DIR] [--rounds 3]
         [--repeats 10] [--throughput-factor 1.1] [--markdown OUT]       (nox -s bench_compare)
@@ -9,7 +10,8 @@ whatever `harness` imports. For each ref, this checks the ref out into a tempora
 worktree, names it in `ASV_PYTHONPATH` (asv's way to put a directory first on the
 benchmark processes' sys.path) and tags the results with the ref's commit
 (`--set-commit-hash`). A directory (default `.`, this working tree) is measured as it is
-and tagged with its HEAD commit (with a warning when it has uncommitted changes). asv is
+and tagged with its HEAD commit (with a warning when it has uncommitted changes). asv's
+output is shown less its line per skipped result, summed up in one line (`AsvLog`). asv is
 given only the suite (a copy of this checkout's `harness/asv_suite.py` and the lines of
 `benchmarks/bench_scenarios.py` importing it), not the scripts beside it.
 
@@ -38,11 +40,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -124,6 +128,105 @@ def asv_suite() -> Iterator[Path]:
         yield path
 
 
+_PREFIX = re.compile(r"^(\[ *[\d.]+%\] ·+ )?")  # asv's progress prefix on a line's first output
+_BORDER = re.compile(r"^\s*=+( +=+)+\s*$")
+_SKIPPED = re.compile(r"^\s*asv: skipped: (?:\w+\(['\"]?)?(?P<why>.*?)(?:['\"]?\))?\s*$")
+
+
+class AsvLog:
+    """asv's output less one line per skipped benchmark, summed up in `summary()`.
+
+    asv prints every result of a parameterised benchmark as a table row (`n/a` where
+    skipped) and, with --show-stderr, a "For parameters: ..." block for each
+    NotImplementedError skip; for the (scenario, engine, device) grid that was hundreds
+    of lines. Tables keep the rows that have a value (a table of n/a rows only is
+    dropped), skip blocks go, and every other line passes unchanged (failures included).
+    """
+
+    def __init__(self) -> None:
+        self.na_rows = 0
+        self.reasons: Counter[str] = Counter()
+        self._table: list[str] | None = None  # the table being read, until its closing border
+        self._kept_rows = 0
+        self._header_done = False  # past the table's "-----" line under its header
+        self._block: list[str] = []  # a "For parameters:" block being read
+
+    def feed(self, line: str) -> list[str]:
+        """The lines to print for one line of asv's output (without its newline)."""
+        out: list[str] = []
+        prefix = _PREFIX.match(line)[0]
+        body = line[len(prefix):]
+        if self._block and (not body.strip() or body.lstrip().startswith("For parameters:")):
+            shown = self._end_block()
+            if not shown and not body.strip():
+                return out  # the blank line that ended a dropped block
+            out += shown
+        if body.lstrip().startswith("For parameters:"):
+            self._block = [line]
+            return out
+        if self._block:
+            self._block.append(line)
+            return out
+        if _BORDER.match(body):
+            if self._table is None:
+                self._table, self._kept_rows, self._header_done = [line], 0, False
+                return out
+            self._table.append(line)
+            table, self._table = self._table, None
+            return out + (table if self._kept_rows else [])
+        if self._table is not None:
+            if body.rstrip().endswith(" n/a"):
+                self.na_rows += 1
+            else:
+                self._table.append(line)
+                self._kept_rows += self._header_done and body.strip() != ""
+                self._header_done = self._header_done or body.strip().startswith("-")
+            return out
+        return [*out, line]
+
+    def _end_block(self) -> list[str]:
+        block, self._block = self._block, []
+        lines = [line for line in block[1:] if line.strip()]
+        skips = [_SKIPPED.match(line) for line in lines]
+        if lines and all(skips):
+            self.reasons.update(m["why"] for m in skips if m)
+            return []
+        return block
+
+    def finish(self) -> list[str]:
+        out = self._end_block() if self._block else []
+        if self._table is not None:  # cut off: print what there is
+            out += self._table
+            self._table = None
+        return out
+
+    def summary(self) -> str:
+        """One line: how many results were skipped, and why."""
+        if not self.na_rows and not self.reasons:
+            return "bench: no benchmark result was skipped"
+        told = sum(self.reasons.values())
+        counts = [f"{n} {why}" for why, n in self.reasons.most_common()]
+        if self.na_rows > told:
+            counts.append(f"{self.na_rows - told} with no reason in asv's log (no scenario has that case: "
+                          "skip_params; or the metric is not measured there)")
+        return f"bench: {max(self.na_rows, told)} benchmark results skipped (n/a, not listed): " + "; ".join(counts)
+
+
+def run_quietly(command: list[str], **kwargs) -> int:
+    """Run asv with its output through `AsvLog`, line by line, then the skip summary."""
+    log = AsvLog()
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                          **kwargs) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            for shown in log.feed(line.rstrip("\n")):
+                print(shown, flush=True)
+    for shown in log.finish():
+        print(shown)
+    print(log.summary(), flush=True)
+    return process.returncode
+
+
 def asv_run(specs: list[str], asv_args: list[str], machine: str | None) -> int:
     """`asv run` once per side, each tagged with its commit; returns the worst exit code."""
     worst = 0
@@ -143,8 +246,26 @@ def asv_run(specs: list[str], asv_args: list[str], machine: str | None) -> int:
                 command = ["asv", "run", "--config", str(config), "--python=same", "--set-commit-hash", commit,
                            "--show-stderr", *(["--machine", machine] if machine else []), *asv_args]
                 print(f"bench: {label}: {' '.join(command)}", file=sys.stderr, flush=True)
-                worst = max(worst, subprocess.run(command, cwd=REPO, env=env).returncode)
+                worst = max(worst, run_quietly(command, cwd=REPO, env=env))
     return worst
+
+
+def asv_machine(machine: str | None) -> int:
+    """`asv machine --yes` (its questionnaire captured: printed only if it fails), then the
+    torch/CUDA/GPU facts merged into the entry (`harness.asv_suite.record_asv_machine`);
+    one line says what was recorded."""
+    from harness.asv_suite import record_asv_machine
+
+    command = [sys.executable, "-m", "asv", "machine", "--yes", *(["--machine", machine] if machine else [])]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    if done.returncode != 0:
+        print(done.stdout + done.stderr, file=sys.stderr)
+        print(f"bench: asv machine --yes failed (exit {done.returncode})", file=sys.stderr)
+        return done.returncode
+    entry = record_asv_machine(machine)
+    facts = ", ".join(f"{key} {entry[key]}" for key in ("os", "cpu", "num_cpu", "ram", "torch", "cuda", "gpus") if key in entry)
+    print(f"bench: asv machine {entry.get('machine')!r} recorded in ~/.asv-machine.json: {facts}")
+    return 0
 
 
 def _throughput_only(base_dir: Path, head_dir: Path, factor: float) -> bool:
@@ -194,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     asv = sub.add_parser("asv", help="asv run on refs or directories, each tagged with its commit")
     asv.add_argument("specs", nargs="*", metavar="REF|DIR", help="default: . (this working tree)")
     asv.add_argument("--machine", default=None, help="asv machine name (default: asv's, the host name)")
+    machine = sub.add_parser("machine", help="asv machine --yes, quietly, plus torch/CUDA/GPU facts; one line")
+    machine.add_argument("--machine", default=None, help="asv machine name (default: asv's, the host name)")
     cmp = sub.add_parser("compare", help="run base and head alternately, then judge with samedevice compare")
     cmp.add_argument("--base", default="HEAD", help="git ref or directory (default: HEAD)")
     cmp.add_argument("--head", default=".", help="git ref or directory (default: . , this working tree)")
@@ -212,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "asv":
         return asv_run(args.specs, asv_args, args.machine)
+    if args.command == "machine":
+        return asv_machine(args.machine)
     return compare_refs(args)
 
 

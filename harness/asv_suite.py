@@ -15,9 +15,11 @@ A repository's asv benchmark module is a few lines (`samedevice init asv` writes
 `scenario_benchmarks` returns one asv class parameterised over (scenario, engine, device)
 as found in the scenarios marked `benchmark: true` (no list to keep in sync). Its
 `setup_cache` measures every case once (`measure_all`) and every `track_` reads those
-figures, so asv never reruns generation per metric. A combination that cannot run here (no
-GPU, the engine lacks a feature, the scenario does not list that device) raises
-NotImplementedError in `setup`: asv shows it as skipped (n/a).
+figures, so asv never reruns generation per metric. A combination that is no case of any
+scenario (the scenario does not list that engine or device) is in asv's `skip_params`;
+one that cannot run here (no GPU, the engine is not installed or lacks a feature) raises
+NotImplementedError in `setup`. asv shows both as skipped (n/a); `benchmarks/refs.py`
+sums the skips up in one line instead of asv's line per skipped benchmark.
 
 Settings, each overridden for one run by its environment variable:
 - scenarios: ``$SAMEDEVICE_BENCH_SCENARIOS`` (paths separated by ``os.pathsep``); default
@@ -250,6 +252,16 @@ def case_key(scenario: str, engine: str, device: str) -> str:
     return f"{scenario}[{engine}-{device}]"  # the same as Case.id
 
 
+def absent_combinations(cases: Iterable, params: Sequence[Sequence[str]]) -> list[tuple[str, str, str]]:
+    """The (scenario, engine, device) of the params' cross product that no scenario asks
+    for (a scenario of one engine, devices a scenario does not list): asv's `skip_params`,
+    skipped without a setup and without a line in asv's log. (`setup` still reports them
+    as NotImplementedError where an older asv_runner ignores the list.)"""
+    present = {(c.scenario.name, c.engine, c.target.label) for c in cases}
+    scenarios, engines, devices = params
+    return [(s, e, d) for s in scenarios for e in engines for d in devices if (s, e, d) not in present]
+
+
 # --- measuring ------------------------------------------------------------------------------
 
 
@@ -435,9 +447,11 @@ def scenario_benchmarks(scenarios: Sequence[str | os.PathLike[str]] = (), plugin
     of `rounds` passes with `threads` torch threads. Assign it to a module-level name in a
     benchmark module; asv names its benchmarks `<module>.<name>.track_*`."""
     settings = Settings.resolve(scenarios, plugins, root, repeats, rounds, threads)
-    params = list(benchmark_params(benchmark_cases(settings)))
-    return type(name, (_ScenarioMetrics,), {"params": params, "settings": settings, "__module__": __name__,
-                                            "__doc__": _ScenarioMetrics.__doc__})
+    cases = benchmark_cases(settings)
+    params = list(benchmark_params(cases))
+    skip = absent_combinations(cases, params) if cases else []
+    return type(name, (_ScenarioMetrics,), {"params": params, "skip_params": skip, "settings": settings,
+                                            "__module__": __name__, "__doc__": _ScenarioMetrics.__doc__})
 
 
 # --- machine metadata asv does not record ---------------------------------------------------

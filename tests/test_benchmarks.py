@@ -265,3 +265,68 @@ def test_the_profile_script_counts_ops_and_splits_a_tokens_time():
     assert "aten ops dispatched per decode token" in done.stdout
     [split] = [line for line in done.stdout.splitlines() if line.startswith("where a decode token's time goes")]
     assert "weight matmuls alone" in split and "the other ops alone, caches hot" in split, split
+
+
+ASV_OUTPUT = """\
+[ 9.09%] ··· bench_scenarios.Scenarios.track_d2h_per_token                   ok
+[ 9.09%] ··· ================= ============== ============ =====
+                  scenario         engine        device
+             ----------------- -------------- ------------ -----
+               engines-greedy     llamacpp        cpu        n/a
+               engines-greedy    reference        cpu       0.0
+                   greedy        reference     sim:cuda:0   1.0
+                   greedy        reference       cuda:0      n/a
+             ================= ============== ============ =====
+
+[ 9.09%] ···· For parameters: 'engines-greedy', 'llamacpp', 'cpu'
+              asv: skipped: NotImplementedError('engine llamacpp unavailable: llama-cpp-python is not installed')
+
+              For parameters: 'greedy', 'reference', 'cuda:0'
+              asv: skipped: NotImplementedError('needs 1 CUDA device, 0 visible')
+
+              For parameters: 'greedy', 'reference', 'sim:cuda:0'
+              Traceback: RuntimeError: greedy[reference-sim:cuda:0] failed: boom
+
+[18.18%] ··· bench_scenarios.Scenarios.track_peak_memory_bytes               ok
+[18.18%] ··· ================= ============== ============ =====
+                  scenario         engine        device
+             ----------------- -------------- ------------ -----
+                   greedy        reference        cpu        n/a
+             ================= ============== ============ =====
+"""
+
+
+def test_the_asv_log_sums_up_skips_in_one_line_and_keeps_results_and_failures():
+    log = refs.AsvLog()
+    shown = [out for line in ASV_OUTPUT.splitlines() for out in log.feed(line)] + log.finish()
+    text = "\n".join(shown)
+    assert "n/a" not in text and "asv: skipped" not in text, text
+    assert "engines-greedy    reference        cpu       0.0" in text, "a result row is kept"
+    assert "greedy        reference     sim:cuda:0   1.0" in text
+    assert "For parameters: 'greedy', 'reference', 'sim:cuda:0'" in text and "failed: boom" in text, \
+        "a failure's output is kept"
+    borders = [line for line in shown if line.rstrip().endswith("============ =====")]
+    assert "track_peak_memory_bytes" in text and len(borders) == 2, "a table of n/a rows only is dropped"
+    assert log.summary() == ("bench: 3 benchmark results skipped (n/a, not listed): 1 engine llamacpp unavailable: "
+                             "llama-cpp-python is not installed; 1 needs 1 CUDA device, 0 visible; 1 with no reason "
+                             "in asv's log (no scenario has that case: skip_params; or the metric is not measured there)")
+
+
+def test_combinations_no_scenario_has_are_asv_skip_params():
+    cases = {(s, e, d) for s in Scenarios.params[0] for e in Scenarios.params[1] for d in Scenarios.params[2]}
+    real = {(c.scenario.name, c.engine, c.target.label) for c in common.benchmark_cases()}
+    assert set(Scenarios.skip_params) == cases - real, "skipped silently: exactly the combinations with no case"
+    assert ("greedy", "llamacpp", "cpu") in Scenarios.skip_params, "greedy runs the reference engine only"
+    assert ("greedy", "reference", "cuda:0") not in Scenarios.skip_params, "a case that cannot run here stays a setup skip"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("asv") is None, reason="asv is not installed (pip install 'samedevice[bench]')")
+def test_asv_machine_is_recorded_in_one_line_without_its_questions(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "refs.py"), "machine", "--machine", "box"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [done.stdout.strip()], done.stdout
+    assert done.stdout.startswith("bench: asv machine 'box' recorded in ~/.asv-machine.json: ")
+    assert "torch " in done.stdout and "questions" not in done.stdout + done.stderr
+    assert json.loads((tmp_path / ".asv-machine.json").read_text())["box"]["torch_threads"] == "1"
