@@ -23,6 +23,9 @@ import argparse
 import contextlib
 import functools
 import http.server
+import itertools
+import json
+import math
 import os
 import re
 import shutil
@@ -113,6 +116,110 @@ def vendor(html_dir: Path) -> list[str]:
     return changed
 
 
+# asv's pages, as asv 0.6 writes them, and what `patch` makes of them (asv has no settings for these).
+# Each `old` must be in the file: a changed asv is an error here, not a silently unpatched page.
+_PATCHES = (
+    # Thumbnails drew lines only: one commit is one point, a blank box. Draw the points.
+    ("summarygrid.js",
+     "                        lines: {\n                            show: true,\n                            lineWidth: 2\n"
+     "                        },\n",
+     "                        lines: {\n                            show: true,\n                            lineWidth: 2\n"
+     "                        },\n                        points: { show: true, radius: 2 },  /* samedevice */\n"),
+    # The graph page was titled with the raw name (bench_scenarios.Scenarios.track_...).
+    ("graphdisplay.js",
+     '        $("#title").text(bm_name);\n',
+     '        $("#title").text(($.asv.main_json.benchmarks[bm_name] || {}).pretty_name || bm_name)'
+     '.attr("title", bm_name);  /* samedevice */\n'),
+    # asv selects the first values of each parameter (llamacpp, mistralrs: no data here);
+    # without a selection in the address, select `default_selection` (written by `patch`).
+    ("graphdisplay.js",
+     "                var item = [];\n                if (state_selection['p-'+param_name] !== undefined) {\n"
+     "                    for (var j = 0; j < param_values.length; ++j) {\n"
+     "                        if (state_selection['p-'+param_name].includes(param_values[j])) {\n",
+     "                var item = [];\n                var chosen = state_selection['p-'+param_name] || "
+     "(index.benchmarks[current_benchmark].default_selection || {})[param_name];  /* samedevice */\n"
+     "                if (chosen !== undefined) {\n"
+     "                    for (var j = 0; j < param_values.length; ++j) {\n"
+     "                        if (chosen.includes(param_values[j])) {\n"),
+)
+MAX_CURVES = 8  # asv's default number of lines on a graph
+
+
+def default_selection(params: list[list[str]], with_data: set[tuple[int, ...]]) -> dict[int, list[int]] | None:
+    """Value indices per parameter whose every combination has data: the largest such
+    selection of at most MAX_CURVES lines (ties: the earlier values). None without data."""
+    if not with_data:
+        return None
+    best: tuple[tuple[int, int], list[list[int]]] | None = None
+    candidates = [sorted({combo[k] for combo in with_data}) for k in range(len(params))]
+
+    def subsets(values: list[int], budget: int) -> Iterator[list[int]]:
+        for size in range(1, min(budget, len(values)) + 1):
+            yield from (list(c) for c in itertools.combinations(values, size))
+
+    def search(chosen: list[list[int]], budget: int) -> None:
+        nonlocal best
+        if len(chosen) == len(params) - 1:  # the last parameter: every value that fits
+            last = [v for v in candidates[-1]
+                    if all((*prefix, v) in with_data for prefix in itertools.product(*chosen))][:budget]
+            if last:
+                pick = [*chosen, last]
+                score = (math.prod(len(c) for c in pick), -sum(sum(c) for c in pick))
+                if best is None or score > best[0]:
+                    best = (score, pick)
+            return
+        for subset in subsets(candidates[len(chosen)], budget):
+            search([*chosen, subset], budget // len(subset))
+
+    search([], MAX_CURVES)
+    return dict(enumerate(best[1])) if best else None
+
+
+def _with_data(html_dir: Path, name: str, params: list[list[str]]) -> set[tuple[int, ...]]:
+    """Parameter combinations (as value indices) with a value in any published graph of `name`."""
+    combos = list(itertools.product(*[range(len(values)) for values in params]))
+    found: set[tuple[int, ...]] = set()
+    for graph in html_dir.glob(f"graphs/**/{name}.json"):
+        if graph.parent.name == "summary":
+            continue
+        for point in json.loads(graph.read_text()):  # [revision, values] or [revision, values, errors]
+            for combo, value in zip(combos, point[1] or [], strict=False):  # a graph from older params
+                if value is not None:
+                    found.add(combo)
+    return found
+
+
+def patch(html_dir: Path) -> list[str]:
+    """asv's published pages made to open on data: thumbnails draw their points, a graph
+    is titled with its benchmark's pretty name, and a graph with parameters opens on a
+    selection whose every line has data (`default_selection`, in index.json). Idempotent."""
+    changed = []
+    for name, old, new in _PATCHES:
+        page = html_dir / name
+        text = page.read_text()
+        if new in text:
+            continue
+        if old not in text:
+            raise RuntimeError(f"{page}: asv's code changed, cannot patch it ({old.strip().splitlines()[0]!r} not found)")
+        page.write_text(text.replace(old, new))
+        changed.append(f"patched {name}")
+    index_path = html_dir / "index.json"
+    index = json.loads(index_path.read_text())
+    for name, bench in index["benchmarks"].items():
+        params = bench.get("params") or []
+        if not params:
+            continue
+        chosen = default_selection(params, _with_data(html_dir, name, params))
+        if chosen is None:
+            bench.pop("default_selection", None)
+            continue
+        bench["default_selection"] = {bench["param_names"][k]: [params[k][i] for i in values]
+                                      for k, values in chosen.items()}
+    index_path.write_text(json.dumps(index, separators=(",", ":")))
+    changed.append("index.json: graphs open on the parameter values that have data")
+    return changed
+
+
 @contextlib.contextmanager
 def serve(directory: Path) -> Iterator[str]:
     """http://127.0.0.1:<free port>/ serving `directory` until the block ends."""
@@ -162,17 +269,113 @@ def chromium_run(url: str, *, screenshot: Path | None = None, timeout: float = 6
 
 
 GRAPHS = ("bench_scenarios.Scenarios.track_decode_tokens_per_s", "bench_scenarios.Scenarios.track_d2h_per_token")
+NO_CHROMIUM = "skipped: chromium not found (apt-get install chromium)"
+
+# Run inside the page (a copy of it): what flot drew, written into the DOM for --dump-dom.
+_PROBE = """
+(function () {
+  function painted(canvas, series) {  // pixels of the canvas in a series' colour
+    if (!canvas) { return 0; }
+    var colours = series.map(function (s) { return $.color.parse(s.color); });
+    var data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data, count = 0;
+    for (var i = 0; i < data.length; i += 4) {
+      for (var c = 0; c < colours.length; ++c) {
+        var k = colours[c];
+        if (Math.abs(data[i] - k.r) + Math.abs(data[i + 1] - k.g) + Math.abs(data[i + 2] - k.b) < 60) { count++; break; }
+      }
+    }
+    return count;
+  }
+  function points(series) {
+    var n = 0;
+    series.forEach(function (s) { s.data.forEach(function (d) { if (d && d[1] !== null && d[1] !== undefined) { n++; } }); });
+    return n;
+  }
+  function report() {
+    var out = {graph: null, thumbnails: []};
+    var plot = $('#main-graph').data('plot');
+    if (plot && $('#graph-display').is(':visible')) {
+      var series = plot.getData();
+      out.graph = {title: $('#title').text(), pixels: painted($('#main-graph canvas.flot-base')[0], series),
+                   series: series.map(function (s) { return {label: s.label, points: points([s])}; })};
+    }
+    $('.benchmark-plot:visible').each(function () {
+      var p = $(this).data('plot'), series = p ? p.getData() : [];
+      out.thumbnails.push({name: this.id.replace('summarygrid-', ''), points: points(series),
+                           pixels: painted($(this).find('canvas.flot-base')[0], series)});
+    });
+    var pre = document.getElementById('samedevice-probe');
+    if (!pre) { pre = document.createElement('pre'); pre.id = 'samedevice-probe'; document.body.appendChild(pre); }
+    pre.textContent = JSON.stringify(out);
+  }
+  setInterval(report, 250);
+})();
+"""
+_PROBE_OUT = re.compile(r'<pre id="samedevice-probe">(.*?)</pre>', re.DOTALL)
 
 
-def screenshots(html_dir: Path, out: Path) -> list[Path]:
+def inspect(html_dir: Path, fragment: str = "") -> dict:
+    """What the page at `#fragment` drew, seen from inside the browser: for a graph its
+    lines (label, plotted points) and the pixels in their colours; for the grid each
+    thumbnail's points and pixels. The page is a copy with a probe script added."""
+    with tempfile.TemporaryDirectory(prefix="samedevice-probe-") as tmp:
+        copy = Path(tmp) / "html"
+        shutil.copytree(html_dir, copy)
+        (copy / "samedevice-probe.js").write_text(_PROBE)
+        page = copy / "index.html"
+        page.write_text(page.read_text().replace("</body>", '<script src="samedevice-probe.js"></script></body>'))
+        with serve(copy) as url:
+            dom = chromium_run(url + (f"#{fragment}" if fragment else ""))
+    found = _PROBE_OUT.search(dom)
+    if found is None:
+        return {"graph": None, "thumbnails": [], "error": "the probe did not run (a script failed to load?)"}
+    import html
+
+    return json.loads(html.unescape(found[1]))
+
+
+def drawn_problems(seen: dict, graph: bool) -> list[str]:
+    """What is wrong with what a page drew ([] when it shows data): a graph with no
+    points, lines selected that have no data, a plot area with nothing in the lines'
+    colours; a grid where no thumbnail shows a point."""
+    if "error" in seen:
+        return [seen["error"]]
+    if not graph:
+        drawn = [t for t in seen["thumbnails"] if t["points"] and t["pixels"]]
+        return [] if drawn else [f"none of the {len(seen['thumbnails'])} thumbnails shows a point"]
+    if seen["graph"] is None:
+        return ["no graph was drawn"]
+    series = seen["graph"]["series"]
+    problems = []
+    if not any(s["points"] for s in series):
+        problems.append(f"the graph has {len(series)} lines and no data point")
+    empty = [s["label"] for s in series if not s["points"]]
+    if empty and len(empty) < len(series):
+        problems.append(f"selected lines without data: {'; '.join(empty)}")
+    if seen["graph"]["pixels"] < 20:
+        problems.append(f"the plot area has {seen['graph']['pixels']} pixels in the lines' colours")
+    return problems
+
+
+def screenshots(html_dir: Path, out: Path) -> list[tuple[Path, list[str], dict]]:
+    """PNGs of the grid and of GRAPHS, each with the problems `drawn_problems` finds in it."""
     out.mkdir(parents=True, exist_ok=True)
     written = []
     with serve(html_dir) as url:
-        for name, fragment in [("grid", ""), *[(g.rsplit(".", 1)[1], f"#{g}") for g in GRAPHS]]:
+        for name, fragment in [("grid", ""), *[(g.rsplit(".", 1)[1], g) for g in GRAPHS]]:
             path = out / f"dashboard-{name}.png"
-            chromium_run(url + fragment, screenshot=path)
-            written.append(path)
+            chromium_run(url + (f"#{fragment}" if fragment else ""), screenshot=path)
+            seen = inspect(html_dir, fragment)
+            written.append((path, drawn_problems(seen, graph=bool(fragment)), seen))
     return written
+
+
+def _describe(seen: dict) -> str:
+    if seen.get("graph"):
+        series = seen["graph"]["series"]
+        return f"{seen['graph']['title']!r}: {len(series)} lines, {sum(s['points'] for s in series)} points"
+    shown = [t for t in seen.get("thumbnails", []) if t["points"]]
+    return f"{len(shown)} of {len(seen.get('thumbnails', []))} thumbnails show data"
 
 
 def _main(argv: list[str] | None = None) -> int:
@@ -185,12 +388,17 @@ def _main(argv: list[str] | None = None) -> int:
         print(f"dashboard: no {args.html_dir}/index.html: run `asv publish` (nox -s dashboard) first", file=sys.stderr)
         return 2
     if args.command == "vendor":
-        for line in vendor(args.html_dir):
+        for line in [*vendor(args.html_dir), *patch(args.html_dir)]:
             print(f"dashboard: {line}")
         return 0
-    for path in screenshots(args.html_dir, args.out):
-        print(f"dashboard: {path}")
-    return 0
+    if chromium() is None:
+        print(f"dashboard: {NO_CHROMIUM}; no screenshots taken")
+        return 0
+    failed = False
+    for path, problems, seen in screenshots(args.html_dir, args.out):
+        print(f"dashboard: {path}: {_describe(seen)}" + (f"; PROBLEM: {'; '.join(problems)}" if problems else ""))
+        failed = failed or bool(problems)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

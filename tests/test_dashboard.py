@@ -3,6 +3,8 @@ real browser (headless Chromium, skipped where it is not installed)."""
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import shutil
 import urllib.request
@@ -71,11 +73,95 @@ def test_the_local_server_serves_the_directory(tmp_path):
         assert response.read() == b"<p>hello</p>"
 
 
+# decode tokens/s of a suite of 2 scenarios x 3 engines x 2 devices where only some cases ran.
+PARAMS = [["'a'", "'b'"], ["'llamacpp'", "'reference'", "'transformers'"], ["'cpu'", "'sim:cuda:0'"]]
+WITH_DATA = {(0, 1, 0), (0, 1, 1), (0, 2, 0), (0, 2, 1), (1, 1, 0)}  # (scenario, engine, device) indices
+
+
+def test_graphs_open_on_a_selection_whose_every_line_has_data():
+    chosen = dashboard.default_selection(PARAMS, WITH_DATA)
+    assert chosen == {0: [0], 1: [1, 2], 2: [0, 1]}, "scenario a, reference and transformers, both devices: 4 lines"
+    combos = set(itertools.product(*chosen.values()))
+    assert combos <= WITH_DATA
+    assert dashboard.default_selection(PARAMS, {(1, 0, 1)}) == {0: [1], 1: [0], 2: [1]}
+    assert dashboard.default_selection(PARAMS, set()) is None
+    many = set(itertools.product(range(2), range(3), range(2)))  # all 12 have data: asv's limit is 8 lines
+    assert len(list(itertools.product(*dashboard.default_selection(PARAMS, many).values()))) == 8
+
+
+def _asv_www(tmp_path: Path) -> Path:
+    asv = pytest.importorskip("asv", reason="asv is not installed (pip install 'samedevice[bench]')")
+    html = tmp_path / "html"
+    shutil.copytree(Path(asv.__file__).parent / "www", html)
+    return html
+
+
+def _published_index(html: Path, values: list) -> None:
+    """index.json and one graph of a parameterised benchmark, as asv publish writes them."""
+    name = "bench_scenarios.Scenarios.track_decode_tokens_per_s"
+    bench = {"name": name, "params": PARAMS, "param_names": ["scenario", "engine", "device"],
+             "pretty_name": "decode tokens/s"}
+    (html / "index.json").write_text(json.dumps({"benchmarks": {name: bench}}))
+    graph = html / "graphs" / "machine-box" / f"{name}.json"
+    graph.parent.mkdir(parents=True)
+    graph.write_text(json.dumps([[1, values]]))
+
+
+def test_patch_makes_the_installed_asv_pages_open_on_data(tmp_path):
+    html = _asv_www(tmp_path)
+    values = [None] * 12
+    for s, e, d in WITH_DATA:
+        values[s * 6 + e * 2 + d] = 100.0
+    _published_index(html, values)
+    assert len(dashboard.patch(html)) == 4, "three patches of asv's pages and the selections"
+    assert "points: { show: true" in (html / "summarygrid.js").read_text(), "thumbnails draw their points"
+    display = (html / "graphdisplay.js").read_text()
+    assert ".pretty_name || bm_name)" in display, "a graph is titled with its pretty name"
+    assert "default_selection" in display
+    index = json.loads((html / "index.json").read_text())
+    assert index["benchmarks"]["bench_scenarios.Scenarios.track_decode_tokens_per_s"]["default_selection"] == {
+        "scenario": ["'a'"], "engine": ["'reference'", "'transformers'"], "device": ["'cpu'", "'sim:cuda:0'"]}
+    assert dashboard.patch(html) == ["index.json: graphs open on the parameter values that have data"], "idempotent"
+
+
+def test_patch_refuses_an_asv_page_it_does_not_know(tmp_path):
+    html = _asv_www(tmp_path)
+    _published_index(html, [None] * 12)
+    page = html / "graphdisplay.js"
+    page.write_text(page.read_text().replace('$("#title").text(bm_name);', '$("#title").html(bm_name);'))
+    with pytest.raises(RuntimeError, match="asv's code changed, cannot patch it"):
+        dashboard.patch(html)
+
+
+def test_the_drawn_check_fails_on_empty_graphs_and_blank_grids():
+    line = {"label": "device-cpu; engine-reference", "points": 3}
+    good = {"graph": {"title": "decode tokens/s", "pixels": 400, "series": [line]}, "thumbnails": []}
+    assert dashboard.drawn_problems(good, graph=True) == []
+    empty = {"graph": {"title": "t", "pixels": 0, "series": [dict(line, points=0)] * 2}, "thumbnails": []}
+    assert "the graph has 2 lines and no data point" in dashboard.drawn_problems(empty, graph=True)
+    mixed = {"graph": {"title": "t", "pixels": 400, "series": [line, {"label": "engine-llamacpp", "points": 0}]}}
+    assert dashboard.drawn_problems(mixed, graph=True) == ["selected lines without data: engine-llamacpp"]
+    assert dashboard.drawn_problems({"graph": None, "thumbnails": []}, graph=True) == ["no graph was drawn"]
+    blank = {"graph": None, "thumbnails": [{"name": "x", "points": 0, "pixels": 0}] * 3}
+    assert dashboard.drawn_problems(blank, graph=False) == ["none of the 3 thumbnails shows a point"]
+    assert dashboard.drawn_problems({"graph": None, "thumbnails": [{"name": "x", "points": 1, "pixels": 9}]},
+                                    graph=False) == []
+
+
+def test_without_chromium_the_screenshot_command_says_so_and_claims_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(dashboard, "chromium", lambda: None)
+    (tmp_path / "index.html").write_text("<p>published</p>")
+    shots = tmp_path / "shots"
+    assert dashboard._main(["screenshot", "--html-dir", str(tmp_path), "--out", str(shots)]) == 0
+    assert capsys.readouterr().out == "dashboard: skipped: chromium not found (apt-get install chromium); no screenshots taken\n"
+    assert not shots.exists()
+
+
 @pytest.fixture(scope="module")
 def published(tmp_path_factory) -> Path:
-    """A vendored copy of the published dashboard (results/html, from `nox -s dashboard`)."""
+    """A vendored, patched copy of the published dashboard (results/html, from `nox -s dashboard`)."""
     if dashboard.chromium() is None:
-        pytest.skip("chromium is not installed (apt-get install chromium)")
+        pytest.skip(dashboard.NO_CHROMIUM)
     if not (PUBLISHED / "index.json").exists():
         pytest.skip(f"no published dashboard in {PUBLISHED}: run `nox -s bench` then `nox -s dashboard`")
     copy = tmp_path_factory.mktemp("dashboard") / "html"
@@ -84,6 +170,7 @@ def published(tmp_path_factory) -> Path:
         dashboard.vendor(copy)
     except RuntimeError as exc:  # no npm and nothing cached
         pytest.skip(str(exc))
+    dashboard.patch(copy)
     return copy
 
 
@@ -98,7 +185,7 @@ def test_the_dashboard_lists_the_benchmarks_in_a_real_browser(published):
         assert f">{shown}<" in dom, f"the grid names {name} {shown!r} (its pretty_name)"
 
 
-def test_a_benchmark_graph_renders_with_its_device_parameters(published, tmp_path):
+def test_a_benchmark_graph_opens_on_lines_with_data(published, tmp_path):
     graph = "bench_scenarios.Scenarios.track_decode_tokens_per_s"
     shots = Path(os.environ.get("SAMEDEVICE_DASHBOARD_SCREENSHOTS", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
@@ -106,7 +193,22 @@ def test_a_benchmark_graph_renders_with_its_device_parameters(published, tmp_pat
         dom = dashboard.chromium_run(f"{url}#{graph}")
         dashboard.chromium_run(f"{url}#{graph}", screenshot=shots / "dashboard-graph.png")
     assert 'class="flot-base"' in dom, "no graph canvas was drawn"
-    assert f'id="title">{graph}<' in dom, "the graph page is titled with the benchmark"
+    assert f'id="title" title="{graph}">decode tokens/s<' in dom, "the graph page is titled with the pretty name"
     for device in ("cpu", "sim:cuda:0"):
         assert f">{device}<" in dom, f"device {device} is not offered on the graph page"
-    assert (shots / "dashboard-graph.png").stat().st_size > 10_000, "the screenshot is (nearly) blank"
+    seen = dashboard.inspect(published, graph)
+    assert dashboard.drawn_problems(seen, graph=True) == [], seen
+    grid = dashboard.inspect(published)
+    assert dashboard.drawn_problems(grid, graph=False) == [], grid
+
+
+def test_the_drawn_check_fails_on_a_graph_without_data(published, tmp_path):
+    """The same page with every published value taken out: the check must see it empty."""
+    empty = tmp_path / "html"
+    shutil.copytree(published, empty)
+    for path in empty.glob("graphs/**/bench_*.json"):  # (not the list page's summary.json)
+        points = json.loads(path.read_text())
+        path.write_text(json.dumps([[p[0], [None] * len(p[1]) if isinstance(p[1], list) else None] for p in points]))
+    graph = "bench_scenarios.Scenarios.track_decode_tokens_per_s"
+    assert dashboard.drawn_problems(dashboard.inspect(empty, graph), graph=True) != []
+    assert dashboard.drawn_problems(dashboard.inspect(empty), graph=False) != []
