@@ -10,8 +10,14 @@ the npm registry with `npm pack` (cached under ~/.cache/samedevice/dashboard-ass
 into `<html-dir>/vendor/` and points the page at them. Versions are asv's, except
 stupidtable (cdnjs 1.0.1; npm has only stupid-table-plugin 1.1.3, the same plugin API).
 
-`screenshot` serves the directory on 127.0.0.1 (Python's http.server) and saves PNGs of
-the benchmark grid and of the decode-throughput and d2h-per-token graphs.
+`vendor` also patches asv's pages (`patch`): a graph opens on parameter values whose every
+line has data (asv selects the first values: engines not installed here), is titled with
+its pretty name, and thumbnails draw points (one commit is one point, invisible as a line).
+
+`screenshot` serves the directory on 127.0.0.1 (Python's http.server), saves PNGs of
+the benchmark grid and of the decode-throughput and d2h-per-token graphs, and checks in the
+browser what each drew (`inspect`, `drawn_problems`): exit 1 on an empty graph. Without
+Chromium it says so and takes none.
 
 Not an asv benchmark module: asv imports every file in benchmarks/, so this one defines
 no `time_`/`track_` names and does nothing on import.
