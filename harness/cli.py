@@ -168,6 +168,10 @@ def _parser() -> argparse.ArgumentParser:
     chk.add_argument("--isolation", choices=("process", "none"), default="process",
                      help="process: every case in a worker process, so a crash fails its line (default); none: in this process")
     chk.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help=f"seconds per case (default {DEFAULT_TIMEOUT:g})")
+    chk.add_argument("--budget", default=None, metavar="h2d=N,d2h=N,d2d=N,syncs=N",
+                     help="per decode token, on every device and feature, instead of the engine's declared transfer "
+                          "profile (Capabilities.transfers; the reference engine's where it declares none); a count "
+                          "not named is not judged")
     chk.set_defaults(func=cmd_check_engine)
 
     arc = sub.add_parser("architectures", help="model families, which have a tiny form here, and a sweep run's table")
@@ -211,12 +215,21 @@ def _select(args: argparse.Namespace):
     if getattr(args, "model", None):
         if args.paths:
             _usage_error("give scenario paths or --model (the standard suite), not both")
-        paths = [_standard_suite_file(args)]
+        paths = [_standard_suite_file(args, args.engine or ["transformers"])]
     missing = [p for p in paths if not p.exists()]
     if missing:
         _usage_error(f"no such file or directory: {missing[0]}")
     loaded = load_paths(paths)
     cases = [c for s in loaded.scenarios for c in expand(s)]
+    # `-e ENGINE` with no scenario path and no --model, where no default scenario lists the
+    # engine (a user's plugin): the standard suite on a generated tiny model, for those engines.
+    unlisted = [] if args.paths or getattr(args, "model", None) else [
+        e for e in args.engine if not any(c.engine == e for c in cases)]
+    if unlisted:
+        suite = load_paths([_standard_suite_file(args, unlisted, because=f"no scenario in {paths[0]} lists "
+                                                 f"engine {', '.join(unlisted)}")])
+        loaded.errors.extend(suite.errors)
+        cases += [c for s in suite.scenarios for c in expand(s)]
     cases = [c for c in cases if selected(c, args.engine, args.device)]
     if getattr(args, "keyword", None):
         cases = [c for c in cases if args.keyword in c.id]
@@ -237,25 +250,29 @@ def model_source(text: str) -> dict:
     return {"path": str(Path(text).resolve())}
 
 
-def _standard_suite_file(args: argparse.Namespace) -> Path:
-    """The standard suite for `--model`, written where the run can point at it."""
+def _standard_suite_file(args: argparse.Namespace, engines: list[str], because: str = "") -> Path:
+    """The standard suite of `engines` for `--model` (without it, a generated tiny model of an
+    architecture each engine runs), written where the run can point at it."""
     import hashlib
 
+    from harness.engines import get_engine
     from harness.model_source import ModelSourceError, describe
     from harness.results import ResultsWriteError, write_file
     from harness.scenario import HubModel, PathModel
     from harness.standard_suite import suite_for, to_yaml
     from harness.tinymodel import cache_root
 
-    source = model_source(args.model)
-    try:  # before any suite is written: one line naming --model, not a temporary file
-        describe(HubModel(**source) if "hub" in source else PathModel(**source))
-    except (ModelSourceError, ValueError) as exc:
-        _usage_error(f"--model {args.model}: {exc}")
-    engines = args.engine or ["transformers"]
+    source = model_source(args.model) if args.model else None
+    if source is not None:
+        try:  # before any suite is written: one line naming --model, not a temporary file
+            describe(HubModel(**source) if "hub" in source else PathModel(**source))
+        except (ModelSourceError, ValueError) as exc:
+            _usage_error(f"--model {args.model}: {exc}")
     scenarios = []
     for engine in engines:
-        kept, left_out = suite_for(engine, source)
+        families = get_engine(engine).capabilities.families
+        generated = {"family": "llama" if families is None or "llama" in families else sorted(families)[0]}
+        kept, left_out = suite_for(engine, source or generated)
         for line in left_out:
             print(f"samedevice: standard suite: left out {line}", file=sys.stderr)
         scenarios += [dict(s, name=f"{s['name']}-{engine}") if len(engines) > 1 else s for s in kept]
@@ -269,9 +286,11 @@ def _standard_suite_file(args: argparse.Namespace) -> Path:
             path.parent.mkdir(parents=True, exist_ok=True)
             write_file(path, text)
         except (OSError, ResultsWriteError) as exc:
-            _usage_error(f"--model {args.model}: cannot keep the standard suite: {exc}")
-    print(f"samedevice: the standard suite for {args.model}: {path} (samedevice init scenarios writes it out)",
-          file=sys.stderr)
+            _usage_error(f"{f'--model {args.model}' if args.model else 'standard suite'}: cannot keep the standard "
+                         f"suite: {exc}")
+    what = args.model if args.model else "a generated tiny model"
+    print(f"samedevice: {because + ': running ' if because else ''}the standard suite for {what}: {path} "
+          "(samedevice init scenarios writes it out)", file=sys.stderr)
     return path
 
 
@@ -582,7 +601,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_check_engine(args: argparse.Namespace) -> int:
-    from harness.conformance import check_engine, device_targets
+    from harness.conformance import check_engine, device_targets, parse_budget
     from harness.engines import UnknownEngine, get_engine
     from harness.isolation import make_executor
 
@@ -596,12 +615,13 @@ def cmd_check_engine(args: argparse.Namespace) -> int:
         _usage_error("; ".join(problems))
     try:
         targets = device_targets(args.engine, args.device)
+        budget = parse_budget(args.budget) if args.budget is not None else None
     except ValueError as exc:
         _usage_error(str(exc))
     print(f"samedevice check-engine {args.engine}")
     execute = make_executor(args.isolation, args.timeout)
     try:
-        lines = check_engine(args.engine, targets, execute, lambda line: print(line, flush=True))
+        lines = check_engine(args.engine, targets, execute, lambda line: print(line, flush=True), budget)
     finally:
         getattr(execute, "stop", lambda: None)()
     tally = {v: sum(line.verdict == v for line in lines) for v in ("PASS", "FAIL", "SKIP")}

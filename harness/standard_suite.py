@@ -6,6 +6,10 @@ them out as an editable YAML file. Each scenario is one bug class of BUG-CLASSES
 and seeded sampling (any device mismatch in the forward or the loop), logit bias (class 1),
 JSON schema and beams (class 2), static and offloaded caches (class 3), as far as the engine
 declares the features: the others are left out, with the reason printed.
+
+Each scenario judges the engine's per-token transfer profile (`Capabilities.transfers`, or
+for a feature with copies of its own `feature_transfers`; the reference engine's where the
+engine declares none): a stray copy or sync per decode step fails the case, naming its site.
 """
 
 from __future__ import annotations
@@ -60,10 +64,19 @@ def suite_for(engine: str, model: dict[str, Any], devices: list[str] | None = No
             left_out.append(f"{base['name']}: engine {engine} does not declare {', '.join(missing)}")
             continue
         kinds = [d for d in (devices or DEVICES) if d.split(":")[0] in caps.devices]
-        # No transfer budget: a first run reports the engine's copies per token; set budgets
-        # (or `baseline:`) in the written-out file once they are known.
-        kept.append({**base, "engines": [engine], "devices": kinds, "model": dict(model)})
+        scenario = {**base, "engines": [engine], "devices": kinds, "model": dict(model)}
+        if caps.simulated:  # the copies of an engine off torch are not visible
+            profile = caps.transfer_profile(base.get("features"))
+            scenario["checks"] = {"transfers": _whole(profile.model_dump(exclude_none=True))}
+        kept.append(scenario)
     return kept, left_out
+
+
+def _whole(value: Any) -> Any:
+    """Counts as the YAML a person writes: 1, not 1.0."""
+    if isinstance(value, dict):
+        return {k: _whole(v) for k, v in value.items()}
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def to_yaml(scenarios: list[dict[str, Any]]) -> str:
