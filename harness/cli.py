@@ -101,7 +101,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="also write JUnit XML here (default: only results/<run-id>/junit.xml)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown on a terminal)")
     run.add_argument("--allow-empty", action="store_true",
-                     help="a selection with no case is not an error (default: exit 2, so a typo never makes a green job)")
+                     help="a selection with no case, or a run whose every case skipped, is not an error (default: exit 2 "
+                          "for an empty selection, 1 when nothing ran, so a typo or a missing engine never makes "
+                          "a green job; --strict-devices fails a run where nothing ran regardless)")
     run.set_defaults(func=cmd_run)
 
     lst = sub.add_parser("list", help="list the cases and why any would be skipped")
@@ -118,8 +120,10 @@ def _parser() -> argparse.ArgumentParser:
 
     mat = sub.add_parser("matrix", help="the CI job matrix (device kind x engine x shard)")
     mat.add_argument("paths", nargs="*", type=Path, help="scenario files or directories (default: scenarios/)")
-    mat.add_argument("--format", choices=("github", "json", "workflow"), default="json",
-                     help="github: for strategy.matrix fromJSON; workflow: a whole GitHub Actions workflow (default json)")
+    mat.add_argument("--format", choices=("github", "json", "text", "workflow"), default="json",
+                     help="github: for strategy.matrix fromJSON; json: each job with the ids of its cases; text: "
+                          "each job's case count and command; workflow: a whole GitHub Actions workflow (default "
+                          "json). Engine x device labels where nothing can run get no job: listed on stderr")
     mat.add_argument("--gpus-per-runner", type=int, default=2, help="GPUs on a GPU runner (default 2)")
     mat.add_argument("--cost-per-job", type=float, default=400.0, help="expected cost units per shard (default 400)")
     mat.set_defaults(func=cmd_matrix)
@@ -461,7 +465,32 @@ def cmd_run(args: argparse.Namespace) -> int:
                       soft_wrap=True)
         return 130
     bad = any(r.status in ("failed", "error") for r in results)
-    return 1 if bad or errors or broken else 0
+    if bad or errors or broken:
+        return 1
+    return _nothing_ran_exit(results, args)
+
+
+def _nothing_ran_exit(results: list, args: argparse.Namespace) -> int:
+    """0 when a case ran; else 1 (every case skipped, so the run checked nothing) with the
+    skip reasons on stderr, unless --allow-empty; --strict-devices fails it regardless."""
+    from collections import Counter
+
+    if any(r.status != "skipped" for r in results):
+        return 0
+    reasons = Counter(r.reason for r in results)
+    for reason, count in reasons.most_common(3):
+        _eprint(f"skipped: {count} x {terminal(reason)}")
+    if len(reasons) > 3:
+        _eprint(f"skipped: {len(reasons) - 3} more reasons in the report")
+    nothing = f"nothing ran: all {len(results)} selected cases were skipped" if results else "nothing ran: no case selected"
+    if args.strict_devices:
+        _eprint(f"samedevice: error: {nothing}, and --strict-devices fails a run that exercised no device "
+                "(--allow-empty does not change that)")
+        return 1
+    if args.allow_empty:
+        return 0
+    _eprint(f"samedevice: error: {nothing} (reasons above; --allow-empty accepts a run where nothing ran)")
+    return 1
 
 
 class _progress:
@@ -549,25 +578,27 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_matrix(args: argparse.Namespace) -> int:
-    from harness.matrix import build_matrix, github_matrix, render_workflow
+    from harness import matrix as ci
 
     args.engine, args.device = [], []
     errors, cases = _select(args)
     for error in errors:
         print(f"invalid scenario: {terminal(error)}", file=sys.stderr)
-    jobs, unschedulable = build_matrix(cases, args.gpus_per_runner, args.cost_per_job)
-    for case_id in unschedulable:
+    matrix = ci.build_matrix(cases, args.gpus_per_runner, args.cost_per_job, paths=[str(p) for p in args.paths])
+    for case_id in matrix.unschedulable:
         print(f"unschedulable: {case_id} needs more than {args.gpus_per_runner} GPUs per runner", file=sys.stderr)
+    if args.format != "text":  # text prints them on stdout
+        for left_out in matrix.left_out:
+            print(terminal(left_out.line()), file=sys.stderr)
     if args.format == "github":
-        print(github_matrix(jobs))
+        print(ci.github_matrix(matrix.jobs))
     elif args.format == "workflow":
-        sys.stdout.write(render_workflow(jobs))
+        sys.stdout.write(ci.render_workflow(matrix))
+    elif args.format == "text":
+        sys.stdout.write(ci.text_matrix(matrix))
     else:
-        from dataclasses import asdict
-
-        print(json.dumps({"jobs": [asdict(j) | {"command": j.command()} for j in jobs],
-                          "unschedulable": unschedulable, "cases": len(cases)}, indent=2))
-    return 1 if errors or unschedulable else 0
+        print(ci.json_matrix(matrix, len(cases)))
+    return 1 if errors or matrix.unschedulable else 0
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
