@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from harness.runner import RunOptions
 
 WORKER_START_LIMIT_S = 300.0  # spawn + `import torch` + the harness, on a loaded machine
+EXIT_GRACE_S = 5.0  # a worker whose pipe closed: how long it may take to finish exiting
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
@@ -74,12 +75,40 @@ def _worker_main(conn: Connection, lifeline: Connection, parent_pid: int) -> Non
         case, options = message
         _prepare(case)
         conn.send(("started", None))
+        started = time.time()
         try:
             result = run_case(case, options, oracles)
         except Exception as exc:  # a bug of ours outside run_case's own guard: still this case's error
-            result = _error_result(case, time.time(), type(exc).__name__, f"harness error: {exc}")
+            result = _error_result(case, started, type(exc).__name__, f"harness error: {exc}")
             result.error.origin = "harness"  # type: ignore[union-attr]
+        except (KeyboardInterrupt, SystemExit) as exc:  # raised by the case's code, never a Ctrl-C (ignored here)
+            result = _escaped_error(case, started, exc)
         conn.send(("result", result))
+
+
+def _escaped_error(case: Case, started: float, exc: KeyboardInterrupt | SystemExit) -> CaseResult:
+    """The case's error for a KeyboardInterrupt or SystemExit its engine raised: with the
+    line that raised it, no traceback on the terminal, and the worker goes on. This worker
+    ignores SIGINT, so a KeyboardInterrupt here is never the user's Ctrl-C (the parent gets
+    that and stops the run)."""
+    from harness.errors import describe
+
+    result = _error_result(case, started, type(exc).__name__, "")
+    result.error = describe(exc, origin="engine")
+    if isinstance(exc, SystemExit):
+        result.error.message = (f"the engine called sys.exit({exc.code!r}) (exit code {_exit_status(exc.code)}); "
+                                "the case worker caught it and went on")
+    else:
+        result.error.message = ("the engine raised KeyboardInterrupt (not a Ctrl-C of the run: the case worker "
+                                "ignores SIGINT)")
+    return result
+
+
+def _exit_status(code: object) -> int:
+    """The status sys.exit(code) exits with: None is 0, an int itself, anything else 1."""
+    if code is None:
+        return 0
+    return code if isinstance(code, int) else 1
 
 
 def _import_what_every_case_imports() -> None:
@@ -218,7 +247,7 @@ class CaseWorker:
                     return self._lost(case, started, "worker_start",
                                       f"the case worker did not start within {self.start_limit:g} s; the case never started")
                 if ready is _DIED:
-                    return self._lost(case, started, "crash", "the case worker died while starting: {exit}")
+                    return self._lost(case, started, "crash", "the case worker died while starting: {exit}", died=True)
             assert self._conn is not None
             self._conn.send((case, options))
             prepared = self._receive(self.prepare_limit)
@@ -230,13 +259,14 @@ class CaseWorker:
             if prepared is _DIED:
                 return self._lost(case, started, "crash",
                                   "the engine process died while preparing the case (importing its engine, "
-                                  "building its model): {exit}")
+                                  "building its model): {exit}", died=True)
             started = time.time()  # the case's own clock
             message = self._receive(timeout)
             if message is _TIMED_OUT:
                 return self._lost(case, started, "timeout", f"case timed out after {timeout:g} s (the engine was killed)")
             if message is _DIED:
-                return self._lost(case, started, "crash", "the engine process died: {exit}", self._last_output())
+                return self._lost(case, started, "crash", "the engine process died: {exit}", self._last_output(),
+                                  died=True)
             kind, result = message
             assert kind == "result", kind
             return result
@@ -244,9 +274,15 @@ class CaseWorker:
             self._kill()  # an interrupt: take the worker, its engine and its case down with us
             raise
 
-    def _lost(self, case: Case, started: float, kind: str, message: str, output: list[str] | None = None) -> CaseResult:
+    def _lost(self, case: Case, started: float, kind: str, message: str, output: list[str] | None = None,
+              died: bool = False) -> CaseResult:
         """Kill the worker's group, and describe how the case was lost ({exit}: how it ended),
-        with the last lines the worker printed (a CUDA assertion, a native library's abort)."""
+        with the last lines the worker printed (a CUDA assertion, a native library's abort).
+        `died`: its pipe closed, so it is exiting on its own: its own exit code is waited for
+        briefly (it closes the pipe before its interpreter has finished exiting), not
+        replaced by our SIGKILL's."""
+        if died and self._process is not None and self._process.pid:
+            _wait_for_exit(self._process.pid, EXIT_GRACE_S)
         exitcode = self._kill()
         result = _error_result(case, started, kind, message.format(exit=_describe_exit(exitcode)))
         if output:
@@ -300,6 +336,21 @@ class CaseWorker:
             self._release()
 
 
+def _wait_for_exit(pid: int, seconds: float) -> None:
+    """Wait up to `seconds` for child `pid` to exit, without reaping it: until it is reaped its
+    process group id cannot be anyone else's, so `_kill` may still kill that group."""
+    if not hasattr(os, "waitid"):
+        return
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return
+        except ChildProcessError:
+            return
+        time.sleep(0.02)
+
+
 def _describe_exit(code: int | None) -> str:
     if code is None:
         return "unknown exit"
@@ -309,7 +360,7 @@ def _describe_exit(code: int | None) -> str:
         except ValueError:
             name = f"signal {-code}"
         return f"killed by {name} (exit code {code})"
-    return f"exit code {code}"
+    return f"exited with code {code} (the engine called sys.exit or os._exit?)"
 
 
 def _error_result(case: Case, started: float, kind: str, message: str) -> CaseResult:

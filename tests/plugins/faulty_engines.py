@@ -1,9 +1,11 @@
 """Engines that misbehave on purpose, loaded through $SAMEDEVICE_PLUGINS by the isolation
-tests: one aborts the process, one hangs, one raises an ordinary error."""
+tests: one aborts the process, one hangs, one raises an ordinary error, one calls sys.exit(3),
+one os._exit(3), one raises KeyboardInterrupt."""
 
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 from harness.engines import register
@@ -43,3 +45,27 @@ class RaisingEngine(_Faulty):
 
     def generate(self, request: Request) -> Generation:
         raise ValueError("the engine rejected the request")
+
+
+@register
+class SysExitEngine(_Faulty):
+    name = "test-sys-exit"
+
+    def generate(self, request: Request) -> Generation:
+        sys.exit(3)
+
+
+@register
+class OsExitEngine(_Faulty):
+    name = "test-os-exit"
+
+    def generate(self, request: Request) -> Generation:
+        os._exit(3)
+
+
+@register
+class InterruptingEngine(_Faulty):
+    name = "test-interrupt"
+
+    def generate(self, request: Request) -> Generation:
+        raise KeyboardInterrupt
