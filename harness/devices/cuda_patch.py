@@ -82,7 +82,10 @@ class SimGeneratorType(metaclass=_GeneratorMeta):
 
 
 def _parse_to(*args, **kwargs):
-    return _real_parse_to(*(_int_device(a) for a in args), **{k: _int_device(v) for k, v in kwargs.items()})
+    # Outside the function mode: the mode's generic handler would read a `device=` keyword as a
+    # factory's and hand back the host device, so `module.to(device="cuda:0")` stayed on the CPU.
+    with torch._C.DisableTorchFunction():
+        return _real_parse_to(*(_int_device(a) for a in args), **{k: _int_device(v) for k, v in kwargs.items()})
 
 
 # --- torch.cuda ---------------------------------------------------------------------------
