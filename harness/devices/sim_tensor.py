@@ -59,6 +59,14 @@ class SimTensor(Tensor, metaclass=_LooksLikeTensor):
 
     __torch_function__ = torch._C._disabled_torch_function_impl  # type: ignore[assignment]  # the mode does it
 
+    def __new__(cls, data: Tensor | None = None, requires_grad: bool = True):
+        """`type(param)(data, requires_grad=...)` as code rebuilding a parameter calls it
+        (accelerate's offload hooks): a moved parameter's type is SimTensor, its parameter-ness
+        the `_is_param` flag, as for any tensor subclass; on a GPU the same call builds an
+        `nn.Parameter`, so this does too: on `data`'s device, simulated or not. Wrappers
+        themselves are made by `wrap()`, which never calls the class."""
+        return torch.nn.Parameter(data, requires_grad=requires_grad)
+
     @classmethod
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):  # type: ignore[override]
         handler = _HANDLERS.get(func)
