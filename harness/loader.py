@@ -194,7 +194,7 @@ def _load_item(display: str, item: yaml.MappingNode, prefix: str, known_engines:
             for error in _validation_errors(display, item, exc, prefix, family_index):
                 errors.setdefault((error.line, error.column, error.field, error.message), error)
             continue
-        found = _unknown_engines(display, item, scenario, prefix, known_engines) or _model_problems(display, item, scenario, prefix)
+        found = _unknown_engines(display, item, scenario, prefix, known_engines) + _model_problems(display, item, scenario, prefix)
         for error in found:
             errors.setdefault((error.line, error.column, error.field, error.message), error)
         if not found:
@@ -229,42 +229,54 @@ def _family_variants(data: Any) -> list[tuple[Any, int | None]] | ScenarioError:
 
 
 def _model_problems(display: str, root: yaml.MappingNode, scenario: Scenario, prefix: str) -> list[ScenarioError]:
-    """Path and hub models, checked now: the directory and its files, then the rules the format
-    checks for generated models at validation (token ids within the vocabulary, prompt plus
-    max_new_tokens within the model's positions, memory), with the model's own numbers."""
+    """Every way the scenario exceeds its model, found now. Path and hub models: the directory
+    and its files, then the rules the format checks for generated models at validation (token
+    ids within the vocabulary, each prompt plus max_new_tokens within the model's positions,
+    memory), with the model's own numbers. Every model: `auto` over no more GPUs than it has
+    layers (placement puts whole layers on each GPU)."""
     from harness import model_dims, model_source
     from harness.scenario import ModelSpec, vocabulary_problem
 
-    if isinstance(scenario.model, ModelSpec):
-        return []
+    problems: list[ScenarioError] = []
 
-    def error(loc: tuple[str | int, ...], message: str) -> list[ScenarioError]:
+    def error(loc: tuple[str | int, ...], message: str) -> None:
         node, path, _ = _node_at(root, loc)
-        return [_at(display, node, prefix + _join(path), message)]
+        problems.append(_at(display, node, prefix + _join(path), message))
 
-    try:
-        info = model_source.describe(scenario.model)
-    except model_source.ModelSourceError as exc:
-        return error(("model", exc.field), str(exc))
-    problem = vocabulary_problem(scenario, info.vocab_size)
-    if problem is not None:
-        return error(*problem)
-    if info.max_positions is not None:
-        limit = info.max_positions - scenario.max_new_tokens
-        for index, prompt in enumerate(scenario.prompt_list):
-            # One token per UTF-8 byte at most (byte-level BPE); only a prompt that bound cannot clear
-            # is counted, with the model's tokenizer.json (without one, the engine finds out at case time).
-            if len(prompt.encode("utf-8", "surrogatepass")) <= limit or info.tokenizer_json is None:
-                continue
-            tokens = _count_tokens(str(info.tokenizer_json), prompt)
-            if tokens > limit:
-                where: tuple[str | int, ...] = ("prompt",) if scenario.prompt is not None else ("prompts", index)
-                return error(where, f"the prompt ({tokens} tokens) plus max_new_tokens {scenario.max_new_tokens} exceeds "
-                                    f"the model's max_position_embeddings {info.max_positions}")
-    if info.weight_bytes > model_dims.memory_limit_bytes():
-        return error(("model",), f"its weights are {info.weight_bytes / 1e9:.1f} GB, more than half of this machine's "
-                                 f"{model_dims.host_memory_bytes() / 1e9:.1f} GB")
-    return []
+    if isinstance(scenario.model, ModelSpec):
+        layers: int | None = model_dims.resolve_dims(scenario.model).num_layers
+    else:
+        try:
+            info = model_source.describe(scenario.model)
+        except model_source.ModelSourceError as exc:
+            error(("model", exc.field), str(exc))
+            return problems
+        layers = info.num_layers
+        problem = vocabulary_problem(scenario, info.vocab_size)
+        if problem is not None:
+            error(*problem)
+        if info.max_positions is not None:
+            limit = info.max_positions - scenario.max_new_tokens
+            for index, prompt in enumerate(scenario.prompt_list):
+                # One token per UTF-8 byte at most (byte-level BPE); only a prompt that bound cannot clear
+                # is counted, with the model's tokenizer.json (without one, the engine finds out at case time).
+                if len(prompt.encode("utf-8", "surrogatepass")) <= limit or info.tokenizer_json is None:
+                    continue
+                tokens = _count_tokens(str(info.tokenizer_json), prompt)
+                if tokens > limit:
+                    where: tuple[str | int, ...] = ("prompt",) if scenario.prompt is not None else ("prompts", index)
+                    error(where, f"the prompt ({tokens} tokens) plus max_new_tokens {scenario.max_new_tokens} exceeds "
+                                 f"the model's max_position_embeddings {info.max_positions}")
+        if info.weight_bytes > model_dims.memory_limit_bytes():
+            error(("model",), f"its weights are {info.weight_bytes / 1e9:.1f} GB, more than half of this machine's "
+                              f"{model_dims.host_memory_bytes() / 1e9:.1f} GB")
+    for index, device in enumerate(scenario.devices):
+        if layers is not None and device.device == "auto" and device.gpus_needed > layers:
+            given = device.gpus is not None
+            error(("devices", index, "gpus") if given else ("devices", index),
+                  f"auto over {device.gpus_needed} GPUs{'' if given else ' (the default)'} needs at least one layer "
+                  f"per GPU, but the model has {layers} layer{'s' * (layers != 1)}: at most gpus: {layers}")
+    return problems
 
 
 def _count_tokens(tokenizer_json: str, text: str) -> int:

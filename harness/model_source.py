@@ -41,6 +41,7 @@ class ModelInfo:
     max_positions: int | None  # max_position_embeddings, where the config says
     tokenizer_json: Path | None  # None: AutoTokenizer reads the tokenizer's own files
     weight_bytes: int  # the *.safetensors files, summed
+    num_layers: int | None = None  # decoder layers (num_hidden_layers, n_layer), where the config says
 
 
 def hub_cache_dir() -> Path:
@@ -115,6 +116,8 @@ def read_info(directory: Path, field: str = "path") -> ModelInfo:
     if eos is None:
         raise ModelSourceError(field, f"{directory}: no eos_token_id in generation_config.json or config.json")
     positions = config.get("max_position_embeddings", text.get("max_position_embeddings"))
+    layers = next((c[key] for key in ("num_hidden_layers", "n_layer", "num_layers") for c in (config, text)
+                   if isinstance(c.get(key), int) and not isinstance(c.get(key), bool) and c[key] > 0), None)
     return ModelInfo(
         directory=directory,
         family=str(config.get("model_type", "")),
@@ -123,6 +126,7 @@ def read_info(directory: Path, field: str = "path") -> ModelInfo:
         max_positions=positions if isinstance(positions, int) and positions > 0 else None,
         tokenizer_json=tokenizer_json if tokenizer_json.is_file() else None,
         weight_bytes=sum(p.stat().st_size for p in weights),
+        num_layers=layers,
     )
 
 

@@ -198,6 +198,12 @@ RULES = {
                         ":4:32: devices[0].gpus: Input should be greater than or equal to 2 (got 1)"),
     "auto_on_too_many_gpus": (S + "devices: [{device: auto, gpus: 65}]\n",
                               ":4:32: devices[0].gpus: Input should be less than or equal to 64 (got 65)"),
+    "auto_over_more_gpus_than_layers": (S + "devices: [cpu, {device: auto, gpus: 9}]\n",
+                                        ":4:37: devices[1].gpus: auto over 9 GPUs needs at least one layer per GPU, but "
+                                        "the model has 2 layers: at most gpus: 2"),
+    "auto_by_default_over_more_gpus_than_layers": (S + "model: {num_layers: 1}\ndevices: [auto]\n",
+                                                   ":5:11: devices[0]: auto over 2 GPUs (the default) needs at least one "
+                                                   "layer per GPU, but the model has 1 layer: at most gpus: 1"),
     "gpus_on_a_cuda_device": (S + "devices: [{device: 'cuda:0', gpus: 4}]\n",
                               ":4:36: devices[0].gpus: gpus only applies to device: auto, not cuda:0"),
     "cuda_index_past_max": (S + "devices: [cpu, 'cuda:64']\n",

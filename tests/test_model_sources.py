@@ -127,6 +127,33 @@ def test_path_model_rules_use_the_models_own_vocabulary(tmp_path: Path, qwen2_di
     assert load_errors(path) == [f"{path}:8:33: [0].features.logit_bias.ids.512: token id 512 is outside the vocabulary (0 to 511)"]
 
 
+def test_every_model_limit_of_a_path_model_is_reported_in_one_load(tmp_path: Path, qwen2_dir: Path) -> None:
+    model = tmp_path / "short-context"
+    shutil.copytree(qwen2_dir, model)
+    config = json.loads((model / "config.json").read_text())
+    layers = config["num_hidden_layers"]
+    (model / "config.json").write_text(json.dumps(config | {"max_position_embeddings": 24}))
+    path = tmp_path / "s.yaml"
+    path.write_text(f"""\
+- name: limits
+  description: every limit of this model exceeded at once
+  model: {{path: {model}}}
+  engines: [transformers]
+  devices: [cpu, {{device: auto, gpus: {layers + 1}}}]
+  prompts: ["{'x' * 20}", hi, "{'y' * 30}"]
+  features: {{logit_bias: {{ids: {{512: 1.0}}}}}}
+""")
+    assert load_errors(path) == [
+        f"{path}:7:33: [0].features.logit_bias.ids.512: token id 512 is outside the vocabulary (0 to 511)",
+        f"{path}:6:13: [0].prompts[0]: the prompt (20 tokens) plus max_new_tokens 16 exceeds the model's "
+        "max_position_embeddings 24",
+        f"{path}:6:41: [0].prompts[2]: the prompt (30 tokens) plus max_new_tokens 16 exceeds the model's "
+        "max_position_embeddings 24",
+        f"{path}:5:39: [0].devices[1].gpus: auto over {layers + 1} GPUs needs at least one layer per GPU, but the "
+        f"model has {layers} layers: at most gpus: {layers}",
+    ]
+
+
 def test_engines_that_do_not_run_an_architecture_skip_naming_it(tmp_path: Path, qwen2_dir: Path) -> None:
     path = tmp_path / "s.yaml"
     path.write_text(scenario(f"{{path: {qwen2_dir}}}", engines="[reference, mistralrs]"))
