@@ -599,3 +599,19 @@ def test_a_schema_the_constraint_engine_rejects_is_a_load_error_not_a_case_error
     assert str(error).startswith(f"{path}:6:13: features.json_schema.schema: llguidance, which the reference and "
                                  "transformers engines constrain with, rejects it: "), str(error)
     assert expected in str(error) and "\n" not in str(error)
+
+
+def test_readme_names_every_required_scenario_field(tmp_path: Path) -> None:
+    """A first scenario without `description` must not be a surprise: the README's format
+    paragraph names each field the schema requires, and the error it quotes is the loader's."""
+    from harness.scenario import Scenario
+
+    readme = (REPO / "README.md").read_text()
+    paragraph = readme[readme.index("Every scenario needs"):].split("\n\n")[0]
+    required = Scenario.model_json_schema()["required"]
+    assert required and all(f"`{name}`" in paragraph for name in required), (required, paragraph)
+    quoted = paragraph.split("load error on that line: `")[1].split("`")[0]
+    path = tmp_path / "my_bias.yaml"  # the tour's file, without its description
+    path.write_text("# yaml-language-server: $schema=../harness/data/scenario.schema.json\nname: my-logit-bias\nprompt: hi\n")
+    [error] = load_file(path).errors
+    assert str(error) == f"{tmp_path}/{quoted}"
