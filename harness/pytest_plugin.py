@@ -108,7 +108,12 @@ class _XdistHooks:
 def _settings(config: pytest.Config) -> RunSettings:
     root = Path(config.getoption("samedevice_results") or results_root_default())
     if not root.is_absolute():
-        root = Path(config.rootpath) / root
+        # Beside the project's rootdir (where its ini file is), wherever in the project pytest
+        # runs. Without an ini file pytest's rootdir is only the arguments' common ancestor (a
+        # scenario outside the project puts it above the project): then where `samedevice run`
+        # writes, the current directory.
+        base = config.rootpath if config.inipath is not None else config.invocation_params.dir
+        root = Path(base) / root
     return RunSettings(results_root=root, timeout=config.getoption("samedevice_timeout"),
                        isolation=config.getoption("samedevice_isolation"),
                        strict_devices=config.getoption("strict_devices"), front_end="pytest")

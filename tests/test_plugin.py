@@ -93,3 +93,19 @@ def test_yaml_outside_scenario_paths_is_never_collected(project: pytest.Pytester
     (project.path / "config" / "ci.yaml").write_text("jobs: {build: {runs-on: ubuntu}}\n")
     result = project.runpytest_subprocess("config", "-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
+
+
+def test_a_scenario_outside_the_project_writes_results_where_the_cli_would(tmp_path: Path) -> None:
+    """Run from the project on a file beside it: pytest's rootdir is then the two's common
+    ancestor (no ini file applies), and results/ must not land there, above the project."""
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    project.mkdir()
+    elsewhere.mkdir()
+    (project / "pyproject.toml").write_text(PYPROJECT)
+    (elsewhere / "s.yaml").write_text("name: g\ndescription: d\nprompt: hi\ndevices: [cpu]\nmax_new_tokens: 2\n")
+    out = subprocess.run([sys.executable, "-m", "pytest", "../elsewhere/s.yaml", "-p", "no:cacheprovider"],
+                         cwd=project, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert not (tmp_path / "results").exists(), "results/ above the project"
+    assert len(_cases(project)) == 1
+    assert "results in results/" in out.stdout
