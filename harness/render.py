@@ -66,6 +66,19 @@ def terminal(value: object, *, indent: str | None = None) -> str:
     return ("\n" + indent).join(lines)
 
 
+def shorten(text: str, width: int) -> str:
+    """`text` in at most `width` characters, cut at a word boundary and marked with "..."
+    (mid-word only where the first word alone is longer than half of `width`)."""
+    if len(text) <= width:
+        return text
+    cut = text[: width - 3]
+    if not text[width - 3].isspace():  # the cut falls inside a word: end at the last whole one
+        space = cut.rfind(" ")
+        if space >= width // 2:
+            cut = cut[:space]
+    return cut.rstrip(" ,;:") + "..."
+
+
 def terminal_text(value: object, style: str = "", *, indent: str | None = None) -> Text:
     """`terminal(value)` as a rich Text: printed literally, never read as rich markup."""
     from rich.text import Text

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from harness.render import markdown_block, markdown_code, terminal_text
+from harness.render import markdown_block, markdown_code, shorten, terminal_text
 from harness.results import STATUSES, CaseResult, DamagedLine
 
 _ICON = {"passed": "PASS", "failed": "FAIL", "error": "ERROR", "skipped": "skip"}
@@ -190,6 +190,6 @@ def console_table(results: list[CaseResult]):
         table.add_row(
             terminal_text(r.id), terminal_text(_ICON.get(r.status, r.status), style.get(r.status, "")),
             _tps(r), _per_token(r, "d2h"), _per_token(r, "h2d"), _per_token(r, "d2d"), _per_token(r, "sync"),
-            terminal_text(r.summary_line()[:120]),
+            terminal_text(shorten(r.summary_line(), 120)),
         )
     return table

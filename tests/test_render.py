@@ -143,3 +143,27 @@ def test_console_table_prints_hostile_values_escaped_and_literally() -> None:
     out = console.file.getvalue()
     assert _unsafe_terminal_chars(out.replace("\n", "")) == []
     assert "[/]" in out and "[main]" in out, "markup-looking data prints as it is"
+
+
+@pytest.mark.parametrize(("text", "width", "expected"), [
+    ("short enough", 20, "short enough"),
+    ("the engine placed layers.1 on cuda:1 but its cache on cuda:0", 30, "the engine placed layers.1..."),
+    ("cut right after a word, at the space", 26, "cut right after a word..."),
+    ("see /a/very/long/path/that/has/no/space/in/it/at/all", 24, "see /a/very/long/path..."),
+])
+def test_shorten_cuts_at_a_word_boundary_with_an_ellipsis(text: str, width: int, expected: str) -> None:
+    assert render.shorten(text, width) == expected
+    assert len(render.shorten(text, width)) <= width
+
+
+def test_the_console_table_cuts_long_details_between_words() -> None:
+    from rich.console import Console
+
+    words = " ".join(f"wordy{i:03d}" for i in range(40))  # 359 characters; 120 falls inside a word
+    result = CaseResult(id="c[reference-cpu]", scenario="c", engine="reference", device="cpu", file="s.yaml", line=1,
+                        status="failed", failures=[Failure("output", words)])
+    console = Console(file=io.StringIO(), width=400, highlight=False)
+    console.print(console_table([result]))
+    [row] = [line for line in console.file.getvalue().splitlines() if "c[reference-cpu]" in line]
+    details = row.split("│")[-2].strip()
+    assert details.endswith("...") and details[:-3].split()[-1] in words.split(), details
