@@ -288,7 +288,7 @@ def compat(session: nox.Session, stack: str) -> None:
     env = {"SAMEDEVICE_CACHE": str(pathlib.Path(".nox", "compat-cache").resolve()),
            "OUTLINES_CACHE_DIR": str(pathlib.Path(".nox", "compat-outlines-cache", stack).resolve()),
            "SAMEDEVICE_RESULTS": str(out / stack)}
-    versions = session.run("python", "-c", "import json; from harness.versions import library_versions; "
+    versions = session.run("python", "-c", "import json; from harness.engines.versions import library_versions; "
                            "print(json.dumps(library_versions()))", silent=True, env=env)
     engine_args = [arg for engine in engines for arg in ("-e", engine)]
     # engine_options.yaml: DoLa (built into 4.x, a Hub repo in 5.x), assisted decoding with the

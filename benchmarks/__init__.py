@@ -2,7 +2,7 @@
 
 - `bench_scenarios.py`: the asv benchmarks, generated from the scenarios marked
   `benchmark: true`; a few lines building the suite the package ships
-  (`harness/asv_suite.py`), the same module `samedevice init asv` writes into other
+  (`harness/frontends/asv_suite.py`), the same module `samedevice init asv` writes into other
   repositories. `nox -s bench` gives asv only the suite, not the scripts beside it.
 - `refs.py`: asv on git refs and the base-vs-head gate (`nox -s bench`, `nox -s bench_compare`);
   `dashboard.py`: makes the published dashboard work offline and screenshots it.

@@ -93,8 +93,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
 
-    from harness import tinymodel
-    from harness.scenario import ModelSpec
+    from harness.format.scenario import ModelSpec
+    from harness.models import tinymodel
     from reference_impl import GenerateConfig, generate, load_model
 
     model = load_model(tinymodel.model_dir(ModelSpec(size=args.size)), ["cpu"])  # type: ignore[arg-type]

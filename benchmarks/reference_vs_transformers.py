@@ -73,8 +73,8 @@ def bench_size(size: str, tokens: int, repeats: int, compile_too: bool,
     the bytes of weights its matmuls read per token."""
     from transformers import AutoModelForCausalLM
 
-    from harness import tinymodel
-    from harness.scenario import ModelSpec
+    from harness.format.scenario import ModelSpec
+    from harness.models import tinymodel
     from reference_impl import GenerateConfig, generate, load_model
 
     directory = tinymodel.model_dir(ModelSpec(size=size))  # type: ignore[arg-type]
@@ -131,7 +131,7 @@ def llama_cpp_greedy(directory, threads: int) -> Generate:
     import numpy as np
     from llama_cpp import Llama
 
-    from harness.gguf_export import gguf_file
+    from harness.models.gguf import gguf_file
 
     # n_ctx=0: the model's own context length
     llm = Llama(model_path=str(gguf_file(directory)), n_ctx=0, n_threads=threads, n_threads_batch=threads,
@@ -196,7 +196,7 @@ def main() -> None:
         from torch._inductor import config as inductor_config
 
         inductor_config.force_disable_caches = True  # measure the cold compile
-    from harness.tinymodel import PRESETS
+    from harness.models.tinymodel import PRESETS
 
     print(f"decode tokens/s, CPU, batch 1, greedy, {args.tokens} new tokens, {torch.get_num_threads()} thread(s), "
           f"best of {args.repeats}, torch {torch.__version__}; greedy ids equal transformers' in every column")

@@ -12,7 +12,7 @@ benchmark processes' sys.path) and tags the results with the ref's commit
 (`--set-commit-hash`). A directory (default `.`, this working tree) is measured as it is
 and tagged with its HEAD commit (with a warning when it has uncommitted changes). asv's
 output is shown less its line per skipped result, summed up in one line (`AsvLog`). asv is
-given only the suite (a copy of this checkout's `harness/asv_suite.py` and the lines of
+given only the suite (a copy of this checkout's `harness/frontends/asv_suite.py` and the lines of
 `benchmarks/bench_scenarios.py` importing it), not the scripts beside it.
 
 `compare`: a side is a directory (a checkout, used as it is, uncommitted changes included) or a git
@@ -23,10 +23,10 @@ A CI job on a pull request passes `--base origin/main --head HEAD`.
 Each side runs in its own interpreter with `PYTHONPATH=<side>`, so `harness` and
 `reference_impl` come from that side (the editable install is kept out of the way:
 `asv_suite.prefer_path_checkout`), and its own `benchmark: true` scenarios are measured by
-this checkout's suite (`harness/asv_suite.py`, copied: `python samedevice_suite.py run-cases`).
+this checkout's suite (`harness/frontends/asv_suite.py`, copied: `python samedevice_suite.py run-cases`).
 Base and head alternate for `--rounds` rounds (base-head, head-base, ...) so a change in
 the machine's load hits both; each round runs every case `--repeats` times; all runs of a
-side pool in one harness run directory, judged by `samedevice compare` (harness.compare):
+side pool in one harness run directory, judged by `samedevice compare` (harness.record.compare):
 any increase of transfers per token fails, and best-run decode tokens/s below
 base / factor fails. When throughput is the only failure, `--confirm-rounds` more rounds
 run and the pooled runs are judged again: on a shared machine a side can sit in a busy
@@ -81,14 +81,14 @@ def checkout(spec: str):
         subprocess.run(["rm", "-rf", str(target.parent)], capture_output=True)
 
 
-SUITE = REPO / "harness" / "asv_suite.py"
+SUITE = REPO / "harness" / "frontends" / "asv_suite.py"
 SUITE_COPY = "samedevice_suite.py"
 
 
 def copy_suite(directory: Path) -> Path:
-    """This checkout's suite (`harness/asv_suite.py`) as a top-level module in `directory`.
+    """This checkout's suite (`harness/frontends/asv_suite.py`) as a top-level module in `directory`.
     Every side is measured by the same suite, imported this way: a side's own
-    `harness.asv_suite` may differ, and an older commit has none."""
+    `harness.frontends.asv_suite` may differ, and an older commit has none."""
     target = directory / SUITE_COPY
     shutil.copy2(SUITE, target)
     return target
@@ -106,13 +106,13 @@ def run_side(checkout_dir: Path, results_dir: Path, repeats: int, label: str) ->
 @contextmanager
 def asv_suite() -> Iterator[Path]:
     """An asv config whose benchmark_dir holds only the suite: the copy of this checkout's
-    `harness/asv_suite.py` and the benchmark module (`benchmarks/bench_scenarios.py`'s
+    `harness/frontends/asv_suite.py` and the benchmark module (`benchmarks/bench_scenarios.py`'s
     lines, importing the copy). asv imports every module of its benchmark_dir at every
     commit it measures; the scripts beside the suite import project modules that older
     commits lack, which would fail discovery of the whole suite there."""
     from asv.util import load_json
 
-    from harness.asv_init import benchmark_module
+    from harness.frontends.asv_init import benchmark_module
 
     conf = load_json(str(REPO / "asv.conf.json"), js_comments=True)
     with tempfile.TemporaryDirectory(prefix="samedevice-asv-") as tmp:
@@ -252,9 +252,9 @@ def asv_run(specs: list[str], asv_args: list[str], machine: str | None) -> int:
 
 def asv_machine(machine: str | None) -> int:
     """`asv machine --yes` (its questionnaire captured: printed only if it fails), then the
-    torch/CUDA/GPU facts merged into the entry (`harness.asv_suite.record_asv_machine`);
+    torch/CUDA/GPU facts merged into the entry (`harness.frontends.asv_suite.record_asv_machine`);
     one line says what was recorded."""
-    from harness.asv_suite import record_asv_machine
+    from harness.frontends.asv_suite import record_asv_machine
 
     command = [sys.executable, "-m", "asv", "machine", "--yes", *(["--machine", machine] if machine else [])]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
@@ -270,7 +270,7 @@ def asv_machine(machine: str | None) -> int:
 
 def _throughput_only(base_dir: Path, head_dir: Path, factor: float) -> bool:
     """True when the only regressions are throughput ones (noise may explain them)."""
-    from harness.compare import compare_dirs
+    from harness.record.compare import compare_dirs
 
     comparison = compare_dirs(base_dir, head_dir, factor)
     return bool(comparison.regressions) and all(f.what.startswith("decode tokens/s") for f in comparison.regressions)
@@ -298,7 +298,7 @@ def compare_refs(args: argparse.Namespace) -> int:
                   f"{args.confirm_rounds} more (a slow machine moment is not a regression)", file=sys.stderr)
             rounds(args.confirm_rounds, args.rounds)
 
-    from harness.compare import main as compare_main
+    from harness.record.compare import main as compare_main
 
     compare_args = [str(base_dir), str(head_dir), "--throughput-factor", args.throughput_factor]
     if args.no_throughput:

@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.devices import simulated_gpus, track_transfers
-from harness.ledger import Ledger
+from harness.devices.ledger import Ledger
 
 TARGETS = {64: 3.5, 512: 2.0}
 TRACKING_TARGET = 1.10

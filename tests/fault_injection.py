@@ -83,6 +83,6 @@ if __name__ == "__main__":
     name, mode, after, results_root, separator, *args = sys.argv[1:]
     assert separator == "--" and mode in ("persistent", "once")
     install(getattr(errno, name), mode == "persistent", int(after), results_root)
-    from harness.cli import main
+    from harness.frontends.cli import main
 
     sys.exit(main(args))

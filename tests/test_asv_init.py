@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.asv_init import benchmark_module
-from harness.cli import main
+from harness.frontends.asv_init import benchmark_module
+from harness.frontends.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -99,13 +99,13 @@ def user_repo(tmp_path: Path) -> Path:
 
 
 def _samedevice(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=cwd, env=env or _clean_env(),
+    return subprocess.run([sys.executable, "-m", "harness.frontends.cli", *args], cwd=cwd, env=env or _clean_env(),
                           capture_output=True, text=True, timeout=300)
 
 
 def test_this_repositorys_benchmark_module_is_the_one_init_writes():
     assert (REPO / "benchmarks" / "bench_scenarios.py").read_text() == benchmark_module(), \
-        "benchmarks/bench_scenarios.py must stay the generated few lines (one suite: harness/asv_suite.py)"
+        "benchmarks/bench_scenarios.py must stay the generated few lines (one suite: harness/frontends/asv_suite.py)"
 
 
 def test_init_asv_points_the_module_at_the_scenarios_and_the_plugin(user_repo):

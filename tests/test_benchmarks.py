@@ -1,4 +1,4 @@
-"""The asv suite (harness/asv_suite.py, built by benchmarks/bench_scenarios.py): generated
+"""The asv suite (harness/frontends/asv_suite.py, built by benchmarks/bench_scenarios.py): generated
 from scenarios, skips, one run per case shared by every metric, machine metadata, and the
 runner behind bench_compare."""
 
@@ -19,12 +19,12 @@ import pytest
 
 from benchmarks import refs
 from benchmarks.bench_scenarios import Scenarios
-from harness import asv_suite as common
-from harness.asv_suite import SkipNotImplemented
-from harness.compare import compare_dirs
-from harness.figures import CaseFigures
-from harness.ledger import Ledger
-from harness.loader import load_paths
+from harness.devices.ledger import Ledger
+from harness.format.loader import load_paths
+from harness.frontends import asv_suite as common
+from harness.frontends.asv_suite import SkipNotImplemented
+from harness.record.compare import compare_dirs
+from harness.record.figures import CaseFigures
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -157,7 +157,7 @@ def test_measure_all_runs_each_case_once_per_pass_and_never_runs_skipped_ones(be
         return pooled_runs(*[(2000.0, 10)] * 10)
 
     monkeypatch.setattr(common, "measure_runs", fake_measure)
-    monkeypatch.setattr("harness.cases.real_gpu_count", lambda: 0)
+    monkeypatch.setattr("harness.execute.cases.real_gpu_count", lambda: 0)
     result = common.measure_all(passes=2, runs=1)
     assert result["fast-bench[reference-cuda:0]"] == {"skipped": "needs 1 CUDA device, 0 visible"}
     assert calls.count("fast-bench[reference-cpu]") == 2
@@ -194,11 +194,11 @@ def test_an_older_checkout_on_pythonpath_does_not_borrow_modules_from_the_instal
         import harness
         assert harness.__file__.startswith({str(checkout)!r}), harness.__file__
         try:
-            import harness.compare
+            import harness.record.compare
         except ModuleNotFoundError:
             print("isolated")
         else:
-            print("borrowed", harness.compare.__file__)
+            print("borrowed", harness.record.compare.__file__)
     """)
     env = dict(os.environ, PYTHONPATH=str(checkout))
     done = subprocess.run([sys.executable, "-c", probe], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)

@@ -7,12 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness import checks
-from harness.checks import Outcome, ParityEvidence, decide
-from harness.errors import ErrorInfo
-from harness.ledger import Ledger
-from harness.results import Failure
-from harness.scenario import ParityCheck, Scenario
+from harness.checks import judge as checks
+from harness.checks.judge import Outcome, ParityEvidence, decide
+from harness.devices.ledger import Ledger
+from harness.execute.case_errors import ErrorInfo
+from harness.format.scenario import ParityCheck, Scenario
+from harness.record.results import Failure
 
 INF = float("inf")
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.cases import declared_skip_reason, expand, selected
 from harness.engines import Capabilities, Engine, register
-from harness.loader import load_paths
-from harness.matrix import CPU_TORCH_INDEX, build_matrix, pinned_torch, render_workflow
-from harness.sharding import assign_shards, expected_cost, parse_shard, select_shard
+from harness.execute.cases import declared_skip_reason, expand, selected
+from harness.execute.matrix import CPU_TORCH_INDEX, build_matrix, pinned_torch, render_workflow
+from harness.execute.sharding import assign_shards, expected_cost, parse_shard, select_shard
+from harness.format.loader import load_paths
 from tests.conftest import REPO
 
 WORKFLOW = REPO / ".github" / "workflows" / "samedevice.yml"
@@ -50,7 +50,7 @@ SUITE = "\n".join(
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "harness.frontends.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
 def _verdicts(run_dir: Path) -> dict[str, str]:
@@ -140,7 +140,7 @@ def test_engines_get_no_job_on_device_kinds_they_do_not_declare() -> None:
     lines = [lo.line() for lo in matrix.left_out]
     assert "left out: mistralrs x cuda:0 (3 cases): engine mistralrs does not support device kind cuda" in lines
     assert "left out: llamacpp x auto (3 cases): engine llamacpp does not support device kind auto" in lines
-    out = subprocess.run([sys.executable, "-m", "harness.cli", "matrix", "--format", "workflow"], cwd=REPO,
+    out = subprocess.run([sys.executable, "-m", "harness.frontends.cli", "matrix", "--format", "workflow"], cwd=REPO,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout == WORKFLOW.read_text()
     assert "left out: mistralrs x cuda:0 (3 cases): engine mistralrs does not support device kind cuda" in out.stderr.splitlines()
@@ -240,7 +240,7 @@ def test_the_bundled_workflow_validates_against_github_schema() -> None:
 
 
 def test_doctor_names_versions_devices_simulation_and_engines() -> None:
-    out = subprocess.run([sys.executable, "-m", "harness.cli", "doctor"], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "harness.frontends.cli", "doctor"], capture_output=True, text=True, check=True)
     text = out.stdout
     for expected in ("torch ", "simulation ", "engine     reference: ok", "engine     transformers:"):
         assert expected in text

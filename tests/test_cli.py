@@ -34,7 +34,7 @@ SLOW_CASES = "\n".join(
 
 
 def samedevice(*args: str, cwd: Path, check: bool = False) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "harness.frontends.cli", *args], cwd=cwd, capture_output=True, text=True,
                           check=check, timeout=300)
 
 
@@ -111,7 +111,7 @@ def _start_slow_run(tmp_path: Path, write_scenario) -> tuple[subprocess.Popen, P
     # SIGINT back to its default in the child: a shell starts background jobs with SIGINT
     # ignored (POSIX), Python then installs no KeyboardInterrupt handler, and a test run
     # started with `&` would see the signal ignored and the whole run finish.
-    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", "scenarios", "--results", "res", "--no-progress"],
+    proc = subprocess.Popen([sys.executable, "-m", "harness.frontends.cli", "run", "scenarios", "--results", "res", "--no-progress"],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
@@ -149,7 +149,7 @@ def test_sigkill_loses_at_most_the_case_in_flight(tmp_path: Path, write_scenario
 
 def test_concurrent_runs_into_one_results_root_never_clobber_each_other(tmp_path: Path, write_scenario) -> None:
     write_scenario("tiny.yaml", TINY_GREEDY)
-    command = [sys.executable, "-m", "harness.cli", "run", "scenarios", "--results", "res", "--no-progress", "--isolation", "none"]
+    command = [sys.executable, "-m", "harness.frontends.cli", "run", "scenarios", "--results", "res", "--no-progress", "--isolation", "none"]
     procs = [subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(3)]
     assert [p.wait(timeout=300) for p in procs] == [0, 0, 0]
     dirs = run_dirs(tmp_path / "res")
@@ -181,13 +181,13 @@ def _interrupted_at(tmp_path: Path, target: str) -> subprocess.CompletedProcess:
         "    os.kill(os.getpid(), signal.SIGINT)\n"
         "    time.sleep(30)\n"
         "setattr(importlib.import_module(module), name, interrupt)\n"
-        "from harness.cli import main\n"
+        "from harness.frontends.cli import main\n"
         "sys.exit(main(['run', 'scenarios', '--results', 'res', '--no-progress']))\n"
     )
     return subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("target", ["harness.run:environment_info", "harness.results:write_file"])
+@pytest.mark.parametrize("target", ["harness.record.lifecycle:environment_info", "harness.record.results:write_file"])
 def test_an_interrupt_while_the_run_directory_is_made_leaves_none_and_one_line(tmp_path: Path, write_scenario,
                                                                                target: str) -> None:
     write_scenario("tiny.yaml", TINY_GREEDY)
@@ -200,7 +200,7 @@ def test_an_interrupt_while_the_run_directory_is_made_leaves_none_and_one_line(t
 
 def test_an_interrupt_right_after_the_run_starts_leaves_a_run_that_report_reads(tmp_path: Path, write_scenario) -> None:
     write_scenario("tiny.yaml", TINY_GREEDY)
-    out = _interrupted_at(tmp_path, "harness.isolation:make_executor")
+    out = _interrupted_at(tmp_path, "harness.execute.worker:make_executor")
     assert out.returncode == 130, out.stderr
     assert "Traceback" not in out.stderr
     assert "interrupted (SIGINT): 0 of 2 cases finished and kept" in out.stderr + out.stdout

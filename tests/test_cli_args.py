@@ -15,7 +15,7 @@ from tests.conftest import TINY_GREEDY
 
 
 def samedevice(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "harness.frontends.cli", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=300, env=env)
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.compare import add_parser, compare_dirs, main
-from harness.errors import ErrorInfo
-from harness.ledger import Ledger
-from harness.results import CaseResult, RunDirectory
+from harness.devices.ledger import Ledger
+from harness.execute.case_errors import ErrorInfo
+from harness.record.compare import add_parser, compare_dirs, main
+from harness.record.results import CaseResult, RunDirectory
 
 SIM = "greedy[reference-sim:cuda:0]"
 CPU = "greedy[reference-cpu]"

@@ -8,10 +8,16 @@ import sys
 
 import pytest
 
-from harness import tinymodel
-from harness.conformance import EOS_PROMPT, EOS_SEED, EOS_STEP, check_engine, device_targets
-from harness.runner import Companions, run_case
-from harness.scenario import ModelSpec
+from harness.execute.case import Companions, run_case
+from harness.format.scenario import ModelSpec
+from harness.frontends.check_engine import (
+    EOS_PROMPT,
+    EOS_SEED,
+    EOS_STEP,
+    check_engine,
+    device_targets,
+)
+from harness.models import tinymodel
 from reference_impl import GenerateConfig, generate, load_model
 
 
@@ -39,20 +45,20 @@ def test_built_in_engines_and_the_example_plugin_are_conformant(engine) -> None:
 
 
 def test_the_command_prints_a_verdict_per_line_and_exits_by_conformance() -> None:
-    done = subprocess.run([sys.executable, "-m", "harness.cli", "check-engine", "reference", "-d", "cpu", "-d", "sim:cuda:0"],
+    done = subprocess.run([sys.executable, "-m", "harness.frontends.cli", "check-engine", "reference", "-d", "cpu", "-d", "sim:cuda:0"],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "  PASS  placement honoured on sim:cuda:0: cuda:0: " in done.stdout
     assert done.stdout.rstrip().splitlines()[-1].startswith("reference: conformant (")
-    unknown = subprocess.run([sys.executable, "-m", "harness.cli", "check-engine", "refrence"], capture_output=True, text=True)
+    unknown = subprocess.run([sys.executable, "-m", "harness.frontends.cli", "check-engine", "refrence"], capture_output=True, text=True)
     assert unknown.returncode == 2 and "did you mean 'reference'?" in unknown.stderr
 
 
 def test_an_engine_that_does_not_run_llama_is_checked_on_an_architecture_it_declares(monkeypatch) -> None:
     import dataclasses
 
-    from harness import conformance
     from harness.engines import get_engine
+    from harness.frontends import check_engine as conformance
 
     real = get_engine("transformers")
     qwen2_only = type("Qwen2Only", (real,), {"capabilities": dataclasses.replace(real.capabilities, families=frozenset({"qwen2"}))})
@@ -92,7 +98,7 @@ def test_a_stray_round_trip_per_step_is_not_conformant_and_the_line_names_h2d_an
 
 
 def test_budget_replaces_the_profile_for_the_steady_state_and_the_features() -> None:
-    from harness.conformance import parse_budget
+    from harness.frontends.check_engine import parse_budget
 
     lenient = _battery("stray-round-trip", ["cpu", "sim:cuda:0"], parse_budget("h2d=1,d2h=2"))
     [line] = _transfer_lines(lenient)
@@ -107,7 +113,7 @@ def test_budget_replaces_the_profile_for_the_steady_state_and_the_features() -> 
 
 @pytest.mark.parametrize("text", ["h2d", "h2d=x", "h2d=-1", "syncs=nan", "sync=0", "h2d=0,h2d=1", "", "h2d=inf"])
 def test_a_bad_budget_is_refused(text) -> None:
-    from harness.conformance import parse_budget
+    from harness.frontends.check_engine import parse_budget
 
     with pytest.raises(ValueError, match=r"^--budget "):
         parse_budget(text)
@@ -120,7 +126,7 @@ def test_the_command_fails_a_stray_round_trip_and_budget_input_is_a_usage_line()
     repo = str(Path(__file__).resolve().parent.parent)
     env = dict(os.environ, SAMEDEVICE_PLUGINS="tests.plugins.transfer_engines",
                PYTHONPATH=os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]))
-    command = [sys.executable, "-m", "harness.cli", "check-engine", "stray-round-trip", "-d", "sim:cuda:0"]
+    command = [sys.executable, "-m", "harness.frontends.cli", "check-engine", "stray-round-trip", "-d", "sim:cuda:0"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "  FAIL  transfers within the profile on sim:cuda:0 " in done.stdout
@@ -133,7 +139,7 @@ def test_the_command_fails_a_stray_round_trip_and_budget_input_is_a_usage_line()
 def test_an_engine_gets_the_reference_profile_only_where_it_declares_none() -> None:
     from harness.engines import get_engine
     from harness.engines.base import DEFAULT_TRANSFERS, Capabilities
-    from harness.scenario import Budget, TransfersCheck
+    from harness.format.scenario import Budget, TransfersCheck
 
     none = Capabilities()
     assert none.transfer_profile() == DEFAULT_TRANSFERS

@@ -8,11 +8,11 @@ import pytest
 
 import tests.plugins.contract_engines  # registers the contract-* engines
 import tests.plugins.user_bug_engines  # noqa: F401  (registers the user-bugs toy engine)
-from harness.cases import Case, DeviceTarget
-from harness.conformance import Line, check_engine, device_targets
-from harness.loader import LoadedScenario
-from harness.runner import Companions, RunOptions, run_case
-from harness.scenario import DeviceSpec, Scenario
+from harness.execute.case import Companions, RunOptions, run_case
+from harness.execute.cases import Case, DeviceTarget
+from harness.format.loader import LoadedScenario
+from harness.format.scenario import DeviceSpec, Scenario
+from harness.frontends.check_engine import Line, check_engine, device_targets
 
 
 def _run(engine: str, device: str, simulated: bool = True, companions: Companions | None = None, **fields):
@@ -124,7 +124,7 @@ def test_check_engine_refuses_a_device_filter_that_selects_nothing_in_one_line(t
     import sys
 
     for devices, expected in ((["bogus"], "unknown device 'bogus'"), (["gpu"], "-d gpu selects no device reference")):
-        done = subprocess.run([sys.executable, "-m", "harness.cli", "check-engine", "reference",
+        done = subprocess.run([sys.executable, "-m", "harness.frontends.cli", "check-engine", "reference",
                                *[a for d in devices for a in ("-d", d)]], capture_output=True, text=True, timeout=120)
         assert done.returncode == 2, done.stderr
         assert len(done.stderr.splitlines()) == 1 and expected in done.stderr, done.stderr

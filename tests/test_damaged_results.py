@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import main
-from harness.ledger import Ledger
-from harness.results import CaseResult, RunDirectory
+from harness.devices.ledger import Ledger
+from harness.frontends.cli import main
+from harness.record.results import CaseResult, RunDirectory
 
 IDS = [f"s{i}[reference-cpu]" for i in range(5)]
 

@@ -28,7 +28,7 @@ SCENARIO = """\
 def _run(tmp_path: Path, seed: int) -> Path:
     root = tmp_path / f"seed{seed}"
     env = dict(os.environ, PYTHONHASHSEED=str(seed))
-    done = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(tmp_path / "s.yaml"), "-d", "sim:auto",
+    done = subprocess.run([sys.executable, "-m", "harness.frontends.cli", "run", str(tmp_path / "s.yaml"), "-d", "sim:auto",
                            "--results", str(root), "--no-progress"], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     [run_dir] = root.iterdir()
@@ -42,6 +42,6 @@ def test_two_runs_under_different_hash_seeds_compare_green(tmp_path) -> None:
               for d in (first, second)]
     assert counts[0] == counts[1], "transfer counts depend on the hash seed"
     assert len(counts[0]) == 3
-    done = subprocess.run([sys.executable, "-m", "harness.cli", "compare", "--no-throughput", str(first), str(second)],
+    done = subprocess.run([sys.executable, "-m", "harness.frontends.cli", "compare", "--no-throughput", str(first), str(second)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -52,7 +52,7 @@ def test_a_failing_results_disk_stops_the_run_cleanly(tmp_path: Path, errno_name
     info = json.loads((run_dir / "run.json").read_text())
     assert info["complete"] is False and info["selected_ids"] == [f"c{i}[reference-cpu]" for i in range(6)]
 
-    from harness.cli import main
+    from harness.frontends.cli import main
 
     assert main(["report", str(run_dir), "-o", str(tmp_path / "again.md")]) == 0
     report = (tmp_path / "again.md").read_text()

@@ -7,11 +7,11 @@ import pytest
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from harness.cases import Case, DeviceTarget
 from harness.engines import Capabilities, Engine, Generation, register
-from harness.loader import LoadedScenario, load_file
-from harness.runner import Companions, RunOptions, build_request, run_case
-from harness.scenario import DeviceSpec, Scenario
+from harness.execute.case import Companions, RunOptions, build_request, run_case
+from harness.execute.cases import Case, DeviceTarget
+from harness.format.loader import LoadedScenario, load_file
+from harness.format.scenario import DeviceSpec, Scenario
 
 BASE = {"name": "o", "description": "d", "prompt": "The quick brown fox", "max_new_tokens": 6}
 

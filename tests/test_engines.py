@@ -7,12 +7,12 @@ from importlib.metadata import entry_points
 
 import pytest
 
-from harness.cases import Case, DeviceTarget
 from harness.engines import all_engines, get_engine, register
 from harness.engines.base import Capabilities, Engine
-from harness.loader import LoadedScenario
-from harness.runner import RunOptions, run_case
-from harness.scenario import DeviceSpec, Scenario
+from harness.execute.case import RunOptions, run_case
+from harness.execute.cases import Case, DeviceTarget
+from harness.format.loader import LoadedScenario
+from harness.format.scenario import DeviceSpec, Scenario
 
 
 def _cpu_case(engine: str, **fields) -> Case:

@@ -11,11 +11,11 @@ import sys
 from pathlib import Path
 
 import tests.plugins.contract_engines  # noqa: F401  (registers the contract-* engines)
-from harness import feature_checks
-from harness.cases import Case, DeviceTarget
-from harness.loader import LoadedScenario
-from harness.runner import Companions, RunOptions, run_case
-from harness.scenario import DeviceSpec, Scenario
+from harness.checks import features as feature_checks
+from harness.execute.case import Companions, RunOptions, run_case
+from harness.execute.cases import Case, DeviceTarget
+from harness.format.loader import LoadedScenario
+from harness.format.scenario import DeviceSpec, Scenario
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -29,7 +29,7 @@ def _case(engine: str, device: str = "cpu", simulated: bool = False) -> Case:
 def _cli(tmp_path: Path, scenario: str, plugins: str, *args: str) -> subprocess.CompletedProcess:
     (tmp_path / "s.yaml").write_text(scenario)
     env = dict(os.environ, SAMEDEVICE_PLUGINS=plugins, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args, "s.yaml", "--results", "res", "--no-progress"],
+    return subprocess.run([sys.executable, "-m", "harness.frontends.cli", *args, "s.yaml", "--results", "res", "--no-progress"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -49,7 +49,7 @@ def test_a_broken_plugin_fails_the_run_even_when_every_case_passes(tmp_path):
     assert "1 passed" in done.stderr and "1 plugin(s) failed to load" in done.stderr, done.stderr
     env = dict(os.environ, SAMEDEVICE_PLUGINS="tests.plugins.broken_plugin",
                PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    listed = subprocess.run([sys.executable, "-m", "harness.cli", "list", "s.yaml"], cwd=tmp_path, env=env,
+    listed = subprocess.run([sys.executable, "-m", "harness.frontends.cli", "list", "s.yaml"], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=300)
     assert listed.returncode == 1 and "failed to load" in listed.stderr, listed.stderr
 

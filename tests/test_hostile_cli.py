@@ -28,7 +28,7 @@ def test_hostile_keys_messages_and_paths_never_act_on_any_output(tmp_path: Path)
     (scenarios / "fails.yaml").write_text(FAILING)
     (scenarios / "key.yaml").write_text(f"name: k\ndescription: d\nprompt: hi\n{FORGED_KEY}\n")
     out = subprocess.run(
-        [sys.executable, "-m", "harness.cli", "run", "sc[main]", "--results", "res[/]", "--junit", "out[/]/j.xml",
+        [sys.executable, "-m", "harness.frontends.cli", "run", "sc[main]", "--results", "res[/]", "--junit", "out[/]/j.xml",
          "--no-progress", "--isolation", "none"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )

@@ -40,7 +40,7 @@ def test_crash_and_hang_become_errors_and_the_run_goes_on(tmp_path: Path) -> Non
     (tmp_path / "s.yaml").write_text(SCENARIOS)
     env = dict(os.environ, SAMEDEVICE_PLUGINS="tests.plugins.faulty_engines",
                PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    out = subprocess.run([sys.executable, "-m", "harness.cli", "run", "s.yaml", "--results", "res", "--no-progress"],
+    out = subprocess.run([sys.executable, "-m", "harness.frontends.cli", "run", "s.yaml", "--results", "res", "--no-progress"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 1, out.stderr
     [run_dir] = list((tmp_path / "res").iterdir())
@@ -87,7 +87,7 @@ def test_an_engine_that_exits_or_raises_keyboard_interrupt_is_its_cases_error_wi
     (tmp_path / "s.yaml").write_text(EXITS)
     env = dict(os.environ, SAMEDEVICE_PLUGINS="tests.plugins.faulty_engines",
                PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    out = subprocess.run([sys.executable, "-m", "harness.cli", "run", "s.yaml", "--results", "res", "--no-progress"],
+    out = subprocess.run([sys.executable, "-m", "harness.frontends.cli", "run", "s.yaml", "--results", "res", "--no-progress"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 1, out.stderr
     assert "Traceback" not in out.stderr + out.stdout, "no worker traceback on the terminal"
@@ -110,10 +110,10 @@ def test_an_engine_that_exits_or_raises_keyboard_interrupt_is_its_cases_error_wi
 def test_a_worker_that_is_exiting_on_its_own_reports_its_own_exit_code_not_our_kill() -> None:
     import multiprocessing
 
-    from harness.cases import Case, DeviceTarget
-    from harness.isolation import CaseWorker
-    from harness.loader import LoadedScenario
-    from harness.scenario import DeviceSpec, Scenario
+    from harness.execute.cases import Case, DeviceTarget
+    from harness.execute.worker import CaseWorker
+    from harness.format.loader import LoadedScenario
+    from harness.format.scenario import DeviceSpec, Scenario
 
     scenario = Scenario.model_validate({"name": "e", "description": "d", "prompt": "hi"})
     case = Case(LoadedScenario(scenario, "e.yaml", 1), "reference", DeviceTarget(DeviceSpec(device="cpu"), False))

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from harness.gguf_export import gguf_file, permute_for_rope
-from harness.scenario import ModelSpec
-from harness.tinymodel import model_dir
+from harness.format.scenario import ModelSpec
+from harness.models.gguf import gguf_file, permute_for_rope
+from harness.models.tinymodel import model_dir
 from tests.test_engines import _cpu_case
 
 
@@ -36,7 +36,7 @@ def test_rope_permutation_interleaves_each_head_and_loses_nothing() -> None:
 
 def test_llamacpp_greedy_ids_equal_the_reference_on_f32() -> None:
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (nox -s llamacpp)")
-    from harness.runner import RunOptions, run_case
+    from harness.execute.case import RunOptions, run_case
 
     llamacpp = run_case(_cpu_case("llamacpp"), RunOptions(), None)
     reference = run_case(_cpu_case("reference"), RunOptions(), None)
@@ -48,7 +48,7 @@ def test_llamacpp_q8_0_logits_stay_close_to_f32() -> None:
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (nox -s llamacpp)")
     from harness.engines.llamacpp_engine import LlamaCppEngine
     from harness.engines.reference import ReferenceEngine
-    from harness.runner import build_request
+    from harness.execute.case import build_request
 
     ids = [458, 223, 83, 87, 75, 328, 272, 463]
     reference = ReferenceEngine()

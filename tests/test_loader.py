@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.loader import load_file, load_paths
+from harness.format.loader import load_file, load_paths
 from tests.conftest import REPO, TINY_GREEDY
 
 BAD_FILES = {
@@ -265,9 +265,9 @@ def test_an_item_with_a_problem_keeps_the_other_items_of_its_list(write_scenario
 
 def test_recursion_past_the_cap_is_still_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without the depth cap PyYAML's composer recurses until RecursionError: still a line."""
-    import harness.loader
+    import harness.format.loader
 
-    monkeypatch.setattr(harness.loader, "MAX_DEPTH", 10**6)
+    monkeypatch.setattr(harness.format.loader, "MAX_DEPTH", 10**6)
     path = tmp_path / "deep.yaml"
     path.write_text(S + "tags: " + "[" * 5000 + "]" * 5000 + "\n")
     assert [str(e) for e in load_file(path).errors] == [f"{path}:1:1: nested too deeply to read (at most 1000000 levels)"]
@@ -275,9 +275,9 @@ def test_recursion_past_the_cap_is_still_one_line(tmp_path: Path, monkeypatch: p
 
 def test_an_unexpected_failure_is_one_line_and_the_rest_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Inject a bug into the loader for one item, then for a whole file: one line each."""
-    import harness.loader
+    import harness.format.loader
 
-    real_problems, real_read = harness.loader._node_problems, harness.loader._read
+    real_problems, real_read = harness.format.loader._node_problems, harness.format.loader._read
 
     def broken_problems(display: str, item, prefix: str):
         if prefix == "[1].":
@@ -289,8 +289,8 @@ def test_an_unexpected_failure_is_one_line_and_the_rest_loads(tmp_path: Path, mo
             raise RuntimeError("another injected bug")
         return real_read(path, display)
 
-    monkeypatch.setattr(harness.loader, "_node_problems", broken_problems)
-    monkeypatch.setattr(harness.loader, "_read", broken_read)
+    monkeypatch.setattr(harness.format.loader, "_node_problems", broken_problems)
+    monkeypatch.setattr(harness.format.loader, "_read", broken_read)
     (tmp_path / "good.yaml").write_text(GOOD)
     (tmp_path / "list.yaml").write_text("- " + GOOD.replace("\n", "\n  ").replace("good", "first").rstrip()
                                         + "\n- " + GOOD.replace("\n", "\n  ").replace("good", "second").rstrip() + "\n")
@@ -388,7 +388,7 @@ def test_a_directory_that_cannot_be_listed_is_reported(tmp_path: Path, monkeypat
 
 
 def test_the_memory_estimate_refuses_a_model_this_machine_cannot_hold(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from harness import model_dims
+    from harness.models import model_dims
 
     monkeypatch.setattr(model_dims, "host_memory_bytes", lambda: 16 * 10**9)
     (tmp_path / "good.yaml").write_text(GOOD)
@@ -409,7 +409,7 @@ def test_the_memory_estimate_refuses_a_model_this_machine_cannot_hold(tmp_path: 
 
 
 def test_host_memory_is_read_from_the_platform_with_a_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
-    from harness import model_dims
+    from harness.models import model_dims
 
     model_dims.host_memory_bytes.cache_clear()
     monkeypatch.setattr(os, "sysconf", lambda name: {"SC_PHYS_PAGES": 1000, "SC_PAGE_SIZE": 4096}[name])
@@ -425,8 +425,8 @@ def test_host_memory_is_read_from_the_platform_with_a_fallback(monkeypatch: pyte
 
 
 def test_the_parameter_estimate_counts_what_the_factory_builds() -> None:
-    from harness import model_dims, tinymodel
-    from harness.scenario import ModelSpec
+    from harness.format.scenario import ModelSpec
+    from harness.models import model_dims, tinymodel
 
     assert tinymodel.resolve_dims is model_dims.resolve_dims, "one resolution of the dims, shared"
     for spec in (ModelSpec(), ModelSpec(size="bench", num_kv_heads=2), ModelSpec(family="mixtral", num_layers=3)):
@@ -435,8 +435,8 @@ def test_the_parameter_estimate_counts_what_the_factory_builds() -> None:
 
 
 def test_the_largest_seed_builds_a_model() -> None:
-    from harness import tinymodel
-    from harness.scenario import MAX_SEED, ModelSpec
+    from harness.format.scenario import MAX_SEED, ModelSpec
+    from harness.models import tinymodel
 
     spec = ModelSpec(seed=MAX_SEED)
     weights = tinymodel._weights(spec, spec.dims)
@@ -445,7 +445,7 @@ def test_the_largest_seed_builds_a_model() -> None:
 
 def test_the_byte_bound_on_prompt_tokens_holds() -> None:
     """The format counts a prompt as at most one token per UTF-8 byte (byte-level BPE)."""
-    from harness.bundled_tokenizer import count_tokens
+    from harness.models.tokenizer import count_tokens
 
     texts = ["hi", "The quick brown fox", "<s></s><unk>", "ünïcødé ✓ 日本語 🙂🙂", "\n\t  x", "{\"a\": 1}" * 20, "é" * 50]
     for text in texts:
@@ -454,9 +454,9 @@ def test_the_byte_bound_on_prompt_tokens_holds() -> None:
 
 def test_a_prompt_that_exactly_fills_the_context_runs(write_scenario) -> None:
     """The boundary the format allows is one the reference really generates to."""
-    from harness.bundled_tokenizer import count_tokens
-    from harness.cases import expand
-    from harness.runner import OracleCache, RunOptions, run_case
+    from harness.execute.case import OracleCache, RunOptions, run_case
+    from harness.execute.cases import expand
+    from harness.models.tokenizer import count_tokens
 
     prompt = "The cat sat on the mat."
     budget = 32 - count_tokens(prompt)
@@ -475,7 +475,7 @@ def test_every_float_field_of_the_format_is_finite() -> None:
     """allow_inf_nan=False on every model: also the ones added later, if they derive from _Strict."""
     from pydantic import BaseModel
 
-    from harness import scenario
+    from harness.format import scenario
 
     models = [m for m in vars(scenario).values() if isinstance(m, type) and issubclass(m, BaseModel) and m is not BaseModel]
     assert len(models) > 10
@@ -486,7 +486,7 @@ def test_every_float_field_of_the_format_is_finite() -> None:
 def test_loading_scenarios_imports_neither_torch_nor_an_engine(tmp_path: Path) -> None:
     (tmp_path / "typo.yaml").write_text(S + "engines: [referense]\n")
     code = (
-        "import sys; from pathlib import Path; from harness.loader import load_paths\n"
+        "import sys; from pathlib import Path; from harness.format.loader import load_paths\n"
         f"bundled = load_paths([Path({str(REPO / 'scenarios')!r})])\n"
         f"typo = load_paths([Path({str(tmp_path)!r})])\n"
         "print(len(bundled.scenarios), len(bundled.errors))\n"
@@ -552,7 +552,7 @@ def test_list_shows_an_invalid_scenario_as_invalid_never_runs(tmp_path: Path) ->
     scenarios.mkdir()
     (scenarios / "good.yaml").write_text(GOOD)
     (scenarios / "bad.yaml").write_text(S.replace("name: x", "name: biased") + "features: {logit_bias: {ids: {-1: 100.0}}}\n")
-    out = subprocess.run([sys.executable, "-m", "harness.cli", "list", "scenarios"], cwd=tmp_path,
+    out = subprocess.run([sys.executable, "-m", "harness.frontends.cli", "list", "scenarios"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 1
     assert out.stdout.splitlines() == [
@@ -604,7 +604,7 @@ def test_a_schema_the_constraint_engine_rejects_is_a_load_error_not_a_case_error
 def test_readme_names_every_required_scenario_field(tmp_path: Path) -> None:
     """A first scenario without `description` must not be a surprise: the README's format
     paragraph names each field the schema requires, and the error it quotes is the loader's."""
-    from harness.scenario import Scenario
+    from harness.format.scenario import Scenario
 
     readme = (REPO / "README.md").read_text()
     paragraph = readme[readme.index("Every scenario needs"):].split("\n\n")[0]

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import tinymodel
-from harness.cases import expand, skip_reason
-from harness.loader import load_file
-from harness.scenario import ModelSpec
+from harness.execute.cases import expand, skip_reason
+from harness.format.loader import load_file
+from harness.format.scenario import ModelSpec
+from harness.models import tinymodel
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -36,7 +36,7 @@ def scenario(model: str, engines: str = "[transformers]") -> str:
 
 
 def samedevice(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "harness.frontends.cli", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=600, env={**os.environ, **(env or {})})
 
 
@@ -217,8 +217,8 @@ def test_bundled_families_are_byte_identical_to_before(family: str) -> None:
 
 
 def test_a_family_transformers_cannot_build_skips_with_its_words_and_other_build_errors_fail(tmp_path: Path, monkeypatch) -> None:
-    from harness import tiny_families
-    from harness.runner import RunOptions, run_case
+    from harness.execute.case import RunOptions, run_case
+    from harness.models import tiny_families
 
     monkeypatch.setenv("SAMEDEVICE_CACHE", str(tmp_path / "cache"))
     path = tmp_path / "s.yaml"
@@ -247,7 +247,7 @@ def test_a_family_transformers_cannot_build_skips_with_its_words_and_other_build
 ])
 def test_auto_splits_any_architecture_by_decoder_layer_or_skips_saying_why(tmp_path: Path, family: str, status: str,
                                                                             reason: str) -> None:
-    from harness.runner import Companions, RunOptions, run_case
+    from harness.execute.case import Companions, RunOptions, run_case
 
     path = tmp_path / "s.yaml"
     path.write_text(scenario(f"{{family: {family}}}").replace("[cpu, cuda:0, auto]", "[auto]"))

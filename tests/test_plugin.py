@@ -36,7 +36,7 @@ def test_pytest_and_the_cli_report_the_same_cases_and_verdicts(project: pytest.P
     result = project.runpytest_subprocess("scenarios", "-p", "no:cacheprovider", "-rs")
     result.assert_outcomes(passed=3, skipped=1)  # the real cuda:0 case skips; sim:cuda:0 runs
     from_pytest = {c["id"]: c["status"] for c in _cases(project.path)}
-    cli = subprocess.run([sys.executable, "-m", "harness.cli", "run", "scenarios", "--results", "cli", "--no-progress"],
+    cli = subprocess.run([sys.executable, "-m", "harness.frontends.cli", "run", "scenarios", "--results", "cli", "--no-progress"],
                          cwd=project.path, capture_output=True, text=True)
     assert cli.returncode == 0, cli.stderr
     [cli_dir] = [p for p in (project.path / "cli").iterdir() if p.is_dir()]

@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness import tinymodel
-from harness.ledger import Ledger
-from harness.scenario import ModelSpec
+from harness.devices.ledger import Ledger
+from harness.format.scenario import ModelSpec
+from harness.models import tinymodel
 from reference_impl import GenerateConfig, compiled, generate, load_model
 from reference_impl.generate import EagerDecode, decoder
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from harness import scenario as scenario_format
-from harness import tinymodel
-from harness.scenario import ModelSpec
+from harness.format import scenario as scenario_format
+from harness.format.scenario import ModelSpec
+from harness.models import tinymodel
 from reference_impl import GenerateConfig, JsonSpec, faults, generate, load_model
 from reference_impl.cache import import_past
 from reference_impl.constrained import JsonConstraint
@@ -46,7 +46,7 @@ def moves_during(model, config: GenerateConfig) -> tuple[CountMoves, list[int]]:
 
 def test_the_switches_are_the_ones_the_scenario_format_accepts():
     assert faults.FAULTS == scenario_format.FAULTS, (
-        "reference_impl.faults.FAULTS and harness.scenario.FAULTS must list the same switches in the same order")
+        "reference_impl.faults.FAULTS and harness.format.scenario.FAULTS must list the same switches in the same order")
 
 
 def test_the_environment_turns_switches_on_and_unknown_names_are_refused(monkeypatch):
@@ -121,8 +121,8 @@ def _sim_or_skip() -> None:
 
 
 def _fault_cases():
-    from harness.cases import Case, DeviceTarget
-    from harness.loader import load_file
+    from harness.execute.cases import Case, DeviceTarget
+    from harness.format.loader import load_file
 
     loaded = load_file(FAULTS_FILE)
     assert not loaded.errors, f"{FAULTS_FILE.name} does not load: {loaded.errors}"
@@ -130,7 +130,7 @@ def _fault_cases():
 
 
 def test_every_switch_has_a_fault_scenario():
-    from harness.loader import load_file
+    from harness.format.loader import load_file
 
     covered = {f for s in load_file(FAULTS_FILE).scenarios for f in s.scenario.faults}
     assert covered == set(faults.FAULTS), f"switches without a fault scenario: {set(faults.FAULTS) - covered}"
@@ -138,10 +138,10 @@ def test_every_switch_has_a_fault_scenario():
 
 def test_every_fault_scenario_is_caught_on_simulated_gpus_and_its_twin_passes():
     _sim_or_skip()
-    from harness.cases import Case
-    from harness.loader import LoadedScenario
-    from harness.runner import OracleCache, RunOptions, run_case
-    from harness.scenario import Checks
+    from harness.execute.case import OracleCache, RunOptions, run_case
+    from harness.execute.cases import Case
+    from harness.format.loader import LoadedScenario
+    from harness.format.scenario import Checks
 
     oracles = OracleCache()
     problems = []
@@ -167,7 +167,7 @@ def test_ancestor_and_input_switches_raise_pytorchs_wording_on_simulated_gpus():
     """The three switches with no CPU-visible effect, straight through reference_impl."""
     _sim_or_skip()
     from harness.devices import simulated_gpus
-    from harness.ledger import Ledger
+    from harness.devices.ledger import Ledger
     from reference_impl import beam_search
 
     directory = tinymodel.model_dir(ModelSpec())

@@ -8,13 +8,13 @@ import json
 
 import pytest
 import torch
+from harness.checks.features import check_features
 from torch.overrides import TorchFunctionMode
 
-from harness import tinymodel
 from harness.engines.base import Generation
-from harness.feature_checks import check_features
-from harness.scenario import ModelSpec, Scenario
-from harness.spec import resolve
+from harness.engines.spec import resolve
+from harness.format.scenario import ModelSpec, Scenario
+from harness.models import tinymodel
 from reference_impl import GenerateConfig, JsonSpec, beam_search, generate, load_model
 
 jsonschema = pytest.importorskip("jsonschema")

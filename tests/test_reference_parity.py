@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness import tinymodel
-from harness.scenario import ModelSpec
+from harness.format.scenario import ModelSpec
+from harness.models import tinymodel
 from reference_impl import GenerateConfig, beam_search, generate, load_model, teacher_forced_logits
 
 PROMPTS = [[5, 6, 7], [100, 200, 300, 17, 42, 9, 250], list(range(3, 40))]

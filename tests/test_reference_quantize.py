@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness import tinymodel
-from harness.scenario import ModelSpec
+from harness.format.scenario import ModelSpec
+from harness.models import tinymodel
 from reference_impl import GenerateConfig, generate, load_model, teacher_forced_logits
 from reference_impl.quantize import (
     BLOCK_BYTES,

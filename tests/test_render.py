@@ -8,11 +8,11 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from harness import render
-from harness.errors import ErrorInfo
-from harness.junit import junit_xml
-from harness.report import console_table, markdown
-from harness.results import CaseResult, DamagedLine, Failure
+from harness.execute.case_errors import ErrorInfo
+from harness.record import render
+from harness.record.junit import junit_xml
+from harness.record.report import console_table, markdown
+from harness.record.results import CaseResult, DamagedLine, Failure
 from tests.markdown_check import MD, code_spans_of_safe_markdown, inline_tokens
 
 HOSTILE = [

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.results import (
+from harness.record.results import (
     CaseResult,
     DamagedResults,
     ResultsWriteError,
@@ -146,9 +146,9 @@ def test_the_pytest_plugin_imports_and_appends_without_fcntl(tmp_path: Path) -> 
     append still works (filelock's soft lock here; on Windows its native lock)."""
     code = (
         "import sys, warnings; sys.modules['fcntl'] = None; sys.modules['termios'] = None\n"
-        "import harness.pytest_plugin\n"
+        "import harness.frontends.pytest_plugin\n"
         "from pathlib import Path\n"
-        "from harness.results import CaseResult, RunDirectory\n"
+        "from harness.record.results import CaseResult, RunDirectory\n"
         f"d = RunDirectory.create(Path({str(tmp_path)!r}))\n"
         "with warnings.catch_warnings():\n"
         "    warnings.filterwarnings('ignore', 'only soft file lock')\n"
@@ -178,7 +178,7 @@ def test_a_lock_still_held_by_another_writer_is_left_in_place(run_dir: RunDirect
     ) as holder:
         try:
             assert holder.stdout.readline().strip() == "held"
-            monkeypatch.setattr("harness.results.LOCK_TIMEOUT_S", 0.5)
+            monkeypatch.setattr("harness.record.results.LOCK_TIMEOUT_S", 0.5)
             run_dir.remove_lock_file()
             assert run_dir.lock_path.exists(), "never removed under a writer that holds it"
         finally:

@@ -1,4 +1,4 @@
-"""One run lifecycle for every front end (harness.run): `samedevice run`, pytest and
+"""One run lifecycle for every front end (harness.record.lifecycle): `samedevice run`, pytest and
 `samedevice merge` write run.json, report.md and junit.xml the same way, and pytest loads
 scenario files as the CLI does."""
 
@@ -29,12 +29,12 @@ def test_cli_pytest_and_merge_write_the_same_run_files(pytester) -> None:
     pytester.makefile(".toml", pyproject=PYPROJECT)
     (pytester.path / "scenarios").mkdir()
     (pytester.path / "scenarios" / "s.yaml").write_text(TINY_GREEDY)
-    cli = subprocess.run([sys.executable, "-m", "harness.cli", "run", "scenarios", "--results", "cli", "--no-progress"],
+    cli = subprocess.run([sys.executable, "-m", "harness.frontends.cli", "run", "scenarios", "--results", "cli", "--no-progress"],
                          cwd=pytester.path, capture_output=True, text=True, timeout=300)
     assert cli.returncode == 0, cli.stderr
     pytester.runpytest_subprocess("--samedevice-results", "pt", "-p", "no:cacheprovider").assert_outcomes(passed=2)
     [cli_dir], [pt_dir] = list((pytester.path / "cli").iterdir()), list((pytester.path / "pt").iterdir())
-    merged = subprocess.run([sys.executable, "-m", "harness.cli", "merge", str(pt_dir), "--results", "merged"],
+    merged = subprocess.run([sys.executable, "-m", "harness.frontends.cli", "merge", str(pt_dir), "--results", "merged"],
                             cwd=pytester.path, capture_output=True, text=True, timeout=300)
     assert merged.returncode == 0, merged.stderr
     [merged_dir] = list((pytester.path / "merged").iterdir())
@@ -60,6 +60,6 @@ def test_pytest_refuses_a_scenario_name_defined_in_two_files_as_the_cli_does(pyt
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*invalid scenario: *b.yaml:1:1: name: duplicate scenario name 'same' "
                                  "(first defined at *a.yaml:1)*"])
-    cli = subprocess.run([sys.executable, "-m", "harness.cli", "list", "scenarios"], cwd=pytester.path,
+    cli = subprocess.run([sys.executable, "-m", "harness.frontends.cli", "list", "scenarios"], cwd=pytester.path,
                          capture_output=True, text=True, timeout=120)
     assert "duplicate scenario name 'same'" in cli.stdout + cli.stderr

@@ -11,13 +11,13 @@ import jsonschema
 import pytest
 import yaml
 
-from harness.scenario import scenario_json_schema
+from harness.format.scenario import scenario_json_schema
 from tests.conftest import REPO
 
 
 @pytest.fixture(scope="module")
 def schema() -> dict:
-    out = subprocess.run([sys.executable, "-m", "harness.cli", "schema"], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "harness.frontends.cli", "schema"], capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
 
 

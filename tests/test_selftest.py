@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness import selftest
-from harness.cli import main
-from harness.devices import cuda_patch, sim_methods, sim_modes, sim_tensor, state
+from harness.devices import cuda_patch, selftest, sim_methods, sim_modes, sim_tensor, state
+from harness.frontends.cli import main
 
 # Every module of the simulator that reports events (each imported `record` by name).
 RECORDING_MODULES = (sim_methods, sim_modes, sim_tensor, cuda_patch)
@@ -85,7 +84,7 @@ def test_a_doubled_event_names_the_call_sites_it_was_seen_at(monkeypatch):
 
 def test_a_lost_decode_step_fails_the_step_line(monkeypatch):
     """The phase machinery is part of what is tested: a step the ledger never ended."""
-    from harness.ledger import Ledger
+    from harness.devices.ledger import Ledger
 
     ended = []
     real_end_step = Ledger.end_step
@@ -121,6 +120,6 @@ def test_the_cuda_branch_runs_where_torch_cuda_answers(gpus):
     assert report.steps == (3, 3)
     assert (gpus == 1) == any("D2D copies need two" in note for note in report.notes)
     extra = [site for row in report.mismatches for _, site, _ in row.sites if row.seen > row.expected]
-    assert extra and any(site.startswith("harness/phases.py") for site in extra), extra
+    assert extra and any(site.startswith("harness/execute/phases.py") for site in extra), extra
     for row in report.mismatches:
         assert row.kind == "sync" and row.seen == row.expected + 1, row

@@ -8,10 +8,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness import tinymodel
 from harness.devices import simulated_gpus
 from harness.engines.hf_compat import dtype_argument
-from harness.scenario import ModelSpec
+from harness.format.scenario import ModelSpec
+from harness.models import tinymodel
 
 transformers = pytest.importorskip("transformers")
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from harness.devices import SimulationUnavailable, simulated_gpus
-from harness.ledger import Ledger
+from harness.devices.ledger import Ledger
 
 PATCHED = [
     (torch.cuda, name) for name in (

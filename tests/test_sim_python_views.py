@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from harness.devices import SimTensor, simulated_gpus
-from harness.ledger import Ledger
+from harness.devices.ledger import Ledger
 
 _is_sequence = ctypes.pythonapi.PySequence_Check
 _is_sequence.argtypes, _is_sequence.restype = [ctypes.py_object], ctypes.c_int

@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import torch
 
 from harness.devices import simulated_gpus, track_transfers
+from harness.devices.ledger import Ledger
 from harness.devices.tracking import host_read_spans, memcpy_events, replay, timeline_marks
-from harness.ledger import Ledger
 from tests import sim_user_bugs as user
 
 STEPS = 5

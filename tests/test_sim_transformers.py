@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from harness.devices import classify_device_error, simulated_gpus
-from harness.ledger import Ledger
+from harness.devices.ledger import Ledger
 
 transformers = pytest.importorskip("transformers")
 accelerate = pytest.importorskip("accelerate")

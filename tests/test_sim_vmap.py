@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from harness.devices import simulated_gpus
-from harness.ledger import Ledger
+from harness.devices.ledger import Ledger
 
 
 def _mask(q_idx, kv_idx):

@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness.loader import load_file
-from harness.standard_suite import SUITE, suite_for
+from harness.format.loader import load_file
+from harness.frontends.standard_suite import SUITE, suite_for
 
 
 def test_the_suite_keeps_what_the_engine_declares_and_says_what_it_leaves_out() -> None:
@@ -23,7 +23,7 @@ def test_the_suite_keeps_what_the_engine_declares_and_says_what_it_leaves_out() 
 
 def test_init_scenarios_writes_an_editable_file_that_loads_and_refuses_to_overwrite(tmp_path) -> None:
     target = tmp_path / "scenarios" / "standard.yaml"
-    command = [sys.executable, "-m", "harness.cli", "init", "scenarios", "-e", "reference", "-o", str(target)]
+    command = [sys.executable, "-m", "harness.frontends.cli", "init", "scenarios", "-e", "reference", "-o", str(target)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     loaded = load_file(target)
@@ -34,7 +34,7 @@ def test_init_scenarios_writes_an_editable_file_that_loads_and_refuses_to_overwr
 
 def test_run_model_that_cannot_be_used_is_one_usage_line_naming_the_flag(tmp_path) -> None:
     for model, expected in ((tmp_path / "missing", "no such directory"), (tmp_path, "no config.json")):
-        done = subprocess.run([sys.executable, "-m", "harness.cli", "run", "--model", str(model), "--results",
+        done = subprocess.run([sys.executable, "-m", "harness.frontends.cli", "run", "--model", str(model), "--results",
                                str(tmp_path / "res")], capture_output=True, text=True, timeout=120)
         assert done.returncode == 2, done.stderr
         [line] = done.stderr.splitlines()
@@ -43,12 +43,12 @@ def test_run_model_that_cannot_be_used_is_one_usage_line_naming_the_flag(tmp_pat
 
 
 def test_run_model_keeps_one_suite_file_per_model_that_later_runs_reuse(tmp_path) -> None:
-    from harness import tinymodel
-    from harness.scenario import ModelSpec
+    from harness.format.scenario import ModelSpec
+    from harness.models import tinymodel
 
     model = tinymodel.model_dir(ModelSpec(size="tiny"))
     env = {**os.environ, "SAMEDEVICE_CACHE": str(tmp_path / "cache")}
-    command = [sys.executable, "-m", "harness.cli", "run", "--model", str(model), "-d", "cpu", "-k", "std-greedy",
+    command = [sys.executable, "-m", "harness.frontends.cli", "run", "--model", str(model), "-d", "cpu", "-k", "std-greedy",
                "--results", str(tmp_path / "res"), "--no-progress"]
     for _ in range(2):
         done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
@@ -79,12 +79,12 @@ def _plugin_env(tmp_path) -> dict[str, str]:
 
 
 def test_run_model_fails_a_stray_round_trip_per_step_and_passes_the_engine_without_it(tmp_path) -> None:
-    from harness import tinymodel
-    from harness.scenario import ModelSpec
+    from harness.format.scenario import ModelSpec
+    from harness.models import tinymodel
 
     model = tinymodel.model_dir(ModelSpec(size="tiny"))
     for engine, code in (("stray-round-trip", 1), ("no-stray-round-trip", 0)):
-        done = subprocess.run([sys.executable, "-m", "harness.cli", "run", "--model", str(model), "-e", engine, "-d", "sim",
+        done = subprocess.run([sys.executable, "-m", "harness.frontends.cli", "run", "--model", str(model), "-e", engine, "-d", "sim",
                                "-k", "std-greedy", "--results", str(tmp_path / "res"), "--no-progress"],
                               capture_output=True, text=True, timeout=300, env=_plugin_env(tmp_path))
         assert done.returncode == code, done.stderr
@@ -94,7 +94,7 @@ def test_run_model_fails_a_stray_round_trip_per_step_and_passes_the_engine_witho
 
 
 def test_run_with_only_an_engine_no_scenario_lists_runs_the_standard_suite_and_says_so(tmp_path) -> None:
-    done = subprocess.run([sys.executable, "-m", "harness.cli", "run", "-e", "stray-round-trip", "-d", "cpu", "-d", "sim:cuda:0",
+    done = subprocess.run([sys.executable, "-m", "harness.frontends.cli", "run", "-e", "stray-round-trip", "-d", "cpu", "-d", "sim:cuda:0",
                            "-k", "std-greedy", "--results", str(tmp_path / "res"), "--no-progress"],
                           capture_output=True, text=True, timeout=300, env=_plugin_env(tmp_path), cwd=tmp_path)
     assert done.returncode == 1, done.stderr
@@ -102,7 +102,7 @@ def test_run_with_only_an_engine_no_scenario_lists_runs_the_standard_suite_and_s
     assert "no scenario in " in said and " lists engine stray-round-trip: running the standard suite for a generated " \
         "tiny model: " in said, said
     assert "1 passed, 1 failed" in done.stderr and "from to at tests/plugins/transfer_engines.py:" in done.stderr
-    listed = subprocess.run([sys.executable, "-m", "harness.cli", "list", "-e", "reference", "-d", "cpu"],
+    listed = subprocess.run([sys.executable, "-m", "harness.frontends.cli", "list", "-e", "reference", "-d", "cpu"],
                             capture_output=True, text=True, timeout=120, env=_plugin_env(tmp_path), cwd=tmp_path)
     assert listed.returncode == 0 and "standard suite" not in listed.stderr, "an engine the scenarios list: them"
     assert "std-greedy" not in listed.stdout

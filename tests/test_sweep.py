@@ -4,14 +4,14 @@ run, and companion runs (the CPU parity oracle) are never shared between familie
 
 from __future__ import annotations
 
-from harness.architectures import sweep_table
-from harness.cases import Case, DeviceTarget, expand
-from harness.errors import ErrorInfo
-from harness.families import causal_lm_families, known_families
-from harness.loader import load_file, load_paths
-from harness.results import CaseResult
-from harness.runner import Companions
-from harness.scenario import DeviceSpec
+from harness.execute.case import Companions
+from harness.execute.case_errors import ErrorInfo
+from harness.execute.cases import Case, DeviceTarget, expand
+from harness.format.loader import load_file, load_paths
+from harness.format.scenario import DeviceSpec
+from harness.frontends.architectures import sweep_table
+from harness.models.families import causal_lm_families, known_families
+from harness.record.results import CaseResult
 from tests.conftest import REPO
 
 SWEEP = REPO / "sweeps" / "architectures.yaml"
@@ -33,7 +33,7 @@ def test_the_family_list_is_read_without_importing_torch() -> None:
     import subprocess
     import sys
 
-    code = ("import sys; from harness.families import causal_lm_families; n = len(causal_lm_families()); "
+    code = ("import sys; from harness.models.families import causal_lm_families; n = len(causal_lm_families()); "
             "print(n, 'torch' in sys.modules, 'transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert int(out[0]) == len(causal_lm_families() or ()) > 50 and out[1:] == ["False", "False"]

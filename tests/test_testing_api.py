@@ -1,4 +1,4 @@
-"""Users' own tests with samedevice's fixtures and marker (harness.testing): the example a
+"""Users' own tests with samedevice's fixtures and marker (harness.frontends.testing): the example a
 user would copy (examples/user-tests/test_tiny_lm.py) is green on cpu and simulated GPUs,
 and a device bug or a stray copy put into it is caught in the words of a scenario."""
 
@@ -93,7 +93,7 @@ def test_a_mistaken_marker_fails_only_its_test_with_one_line(pytester) -> None:
 
 LEDGER_USE = '''
 import pytest, torch
-from harness.testing import assert_transfers
+from harness.frontends.testing import assert_transfers
 
 def generate(model, device, steps=8):
     x = torch.zeros(1, 4, device=device)

@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 
 import tests.plugins.user_bug_engines  # noqa: F401  (registers the user-bugs engine)
-from harness.cases import Case, DeviceTarget
-from harness.loader import LoadedScenario
-from harness.runner import OracleCache, RunOptions, run_case
-from harness.scenario import DeviceSpec, Scenario
+from harness.execute.case import OracleCache, RunOptions, run_case
+from harness.execute.cases import Case, DeviceTarget
+from harness.format.loader import LoadedScenario
+from harness.format.scenario import DeviceSpec, Scenario
 from tests.sim_user_bugs import marked_line
 
 
@@ -54,7 +54,7 @@ def test_the_upstream_fix_passes_with_cpu_parity(tag, device) -> None:
 
 def test_the_cuda0_index_against_a_cuda1_layer_is_caught_too() -> None:
     from harness.devices import simulated_gpus
-    from harness.errors import describe
+    from harness.execute.case_errors import describe
     from tests.sim_user_bugs import reorder_cache
 
     with simulated_gpus(count=2):

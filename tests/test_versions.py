@@ -8,10 +8,10 @@ from importlib import metadata
 
 import pytest
 
-from harness import tinymodel, versions
-from harness.engines import get_engine
+from harness.engines import get_engine, versions
 from harness.engines.hf_compat import dtype_argument, sequence_bias_argument
-from harness.scenario import ModelSpec
+from harness.format.scenario import ModelSpec
+from harness.models import tinymodel
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def test_a_library_that_is_absent_is_none(monkeypatch):
 
 
 def test_run_json_records_every_engine_library():
-    from harness.results import environment_info
+    from harness.record.results import environment_info
 
     info = environment_info()
     assert info["libraries"] == versions.library_versions()
@@ -53,7 +53,7 @@ def test_run_json_records_every_engine_library():
     ({"outlines": "1.3.3", "transformers": "5.0.0", "accelerate": "0.33.0"}, "accelerate 0.33.0 is not supported: needs >= 0.34"),
 ])
 def test_an_engine_below_its_floor_is_unavailable_and_says_why(pretend, installed, problem):
-    from harness.doctor import report_lines
+    from harness.frontends.doctor import report_lines
 
     pretend(installed)
     assert get_engine("outlines").unavailable_reason() == problem

@@ -80,7 +80,7 @@ def env(tmp_path: Path):
 
 def start(tmp_path: Path, env: dict, *args: str) -> subprocess.Popen:
     run_env = {k: v for k, v in env.items() if k != "marker"}
-    return subprocess.Popen([sys.executable, "-m", "harness.cli", "run", "s.yaml", "--results", "res", "--no-progress", *args],
+    return subprocess.Popen([sys.executable, "-m", "harness.frontends.cli", "run", "s.yaml", "--results", "res", "--no-progress", *args],
                             cwd=tmp_path, env=run_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

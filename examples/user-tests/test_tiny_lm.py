@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from harness.testing import assert_transfers
+from harness.frontends.testing import assert_transfers
 
 VOCAB = 64
 

@@ -65,7 +65,7 @@ class SimTensor(Tensor, metaclass=_LooksLikeTensor):
         the `_is_param` flag, as for any tensor subclass; on a GPU the same call builds an
         `nn.Parameter`, so this does too: on `data`'s device, simulated or not. Wrappers
         themselves are made by `wrap()`, which never calls the class."""
-        return torch.nn.Parameter(data, requires_grad=requires_grad)
+        return torch.nn.Parameter(torch.empty(0) if data is None else data, requires_grad=requires_grad)
 
     @classmethod
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):  # type: ignore[override]

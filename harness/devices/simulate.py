@@ -10,10 +10,10 @@ import torch
 
 from harness.devices import sim_methods  # noqa: F401  (installs SimTensor's rerouted methods)
 from harness.devices.cuda_patch import Patches, patch_torch
+from harness.devices.ledger import Ledger
 from harness.devices.sim_modes import SimFunctionMode
 from harness.devices.sim_tensor import MAX_DEVICES
 from harness.devices.state import STATE
-from harness.ledger import Ledger
 
 
 class SimulationUnavailable(RuntimeError):

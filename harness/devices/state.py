@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from harness.devices.errors import is_kernel_gap
-from harness.ledger import Kind, Ledger
+from harness.devices.ledger import Kind, Ledger
 
 
 @dataclass

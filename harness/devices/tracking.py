@@ -36,8 +36,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from harness.devices.ledger import Ledger
 from harness.devices.state import STATE, call_site
-from harness.ledger import Ledger
 
 _MEMCPY = re.compile(r"Memcpy (HtoD|DtoH|DtoD|PtoP)")
 _MEMCPY_KIND = {"HtoD": "h2d", "DtoH": "d2h", "DtoD": "d2d", "PtoP": "d2d"}

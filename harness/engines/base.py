@@ -44,9 +44,9 @@ from typing import Any, ClassVar
 
 import torch
 
-from harness.model_source import ModelInfo
-from harness.scenario import Budget, PhaseBudgets, Scenario, TransfersCheck
-from harness.spec import GenerationSpec
+from harness.engines.spec import GenerationSpec
+from harness.format.scenario import Budget, PhaseBudgets, Scenario, TransfersCheck
+from harness.models.sources import ModelInfo
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -127,7 +127,7 @@ class Unsupported(Exception):
 class Request:
     scenario: Scenario
     model_dir: Path
-    # The scenario resolved for engines (`harness.spec`): map its fields, re-derive nothing.
+    # The scenario resolved for engines (`harness.engines.spec`): map its fields, re-derive nothing.
     spec: GenerationSpec
     encode: Callable[[str], list[int]]
     decode: Callable[[list[int]], str]
@@ -167,7 +167,7 @@ class Engine(ABC):
     name: ClassVar[str]
     capabilities: ClassVar[Capabilities]
     # A pydantic model for this engine's `engine_options` (plugins; the built-in engines'
-    # live in harness.scenario so scenarios are checked at load). None: a plain mapping.
+    # live in harness.format.scenario so scenarios are checked at load). None: a plain mapping.
     options_model: ClassVar[Any] = None
 
     @classmethod
@@ -191,7 +191,7 @@ class Engine(ABC):
         """The torch modules this engine loaded, the main model first (its forward marks
         the steps). Default: the `nn.Module`s among the engine's attributes, searched a few
         levels into plain objects, lists and dicts, in attribute order."""
-        from harness.placement import find_modules
+        from harness.engines.weights import find_modules
 
         return find_modules(self)
 

@@ -1,6 +1,6 @@
 """transformers version shims for the built-in engines: one small helper per API that moved
 between the releases users are on (4.44 to 5.x), each naming the release that moved it.
-Versions come from package metadata (harness/versions.py); nothing here imports transformers.
+Versions come from package metadata (harness/engines/versions.py); nothing here imports transformers.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from harness.versions import at_least
+from harness.engines.versions import at_least
 
 
 def dtype_argument(dtype: torch.dtype) -> dict[str, Any]:

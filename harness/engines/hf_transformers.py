@@ -25,7 +25,8 @@ from harness.engines.base import (
     Unsupported,
 )
 from harness.engines.hf_compat import dtype_argument, sequence_bias_argument
-from harness.scenario import (
+from harness.engines.versions import engine_problem, installed_version
+from harness.format.scenario import (
     Assistant,
     Budget,
     PeftAdapter,
@@ -33,7 +34,6 @@ from harness.scenario import (
     TransfersCheck,
     TransformersOptions,
 )
-from harness.versions import engine_problem, installed_version
 
 # generate()'s own steady state per decode token, measured (README "Transfer profiles"): no
 # copy to or from the host, one sync (the stopping criteria's `bool(unfinished.max() == 0)`,
@@ -173,7 +173,7 @@ class TransformersEngine(Engine):
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
-        return engine_problem(cls.name)  # versions declared in harness/versions.py
+        return engine_problem(cls.name)  # versions declared in harness/engines/versions.py
 
     def load(self, request: Request, placement: Placement) -> None:
         self.options: TransformersOptions = request.options or TransformersOptions()
@@ -280,7 +280,7 @@ def place(model: Any, placement: Placement) -> Any:
 
 def load_assistant(options: Assistant, placement: Placement, dtype: str) -> Any:
     """The assistant model of assisted decoding, generated tiny, on its own device."""
-    from harness import tinymodel
+    from harness.models import tinymodel
 
     device = placement.devices[0] if options.device == "same" or placement.kind == "cpu" else options.device
     if device.startswith("cuda") and int(device.split(":")[1]) >= torch.cuda.device_count():

@@ -28,7 +28,7 @@ class LlamaCppEngine(Engine):
         # llama.cpp's JSON-schema-to-grammar conversion does not enforce numeric bounds
         # (seen: "age": -7511518687786936 against minimum 0): a finding, not a device bug.
         findings=frozenset({"json_schema"}),
-        # GGUF export (harness.gguf_export) writes llama models.
+        # GGUF export (harness.models.gguf) writes llama models.
         families=frozenset({"llama"}),
     )
 
@@ -43,7 +43,7 @@ class LlamaCppEngine(Engine):
     def load(self, request: Request, placement: Placement) -> None:
         from llama_cpp import Llama
 
-        from harness.gguf_export import gguf_file
+        from harness.models.gguf import gguf_file
 
         quant = request.spec.quantization
         if quant is not None and quant.format != "q8_0":

@@ -8,7 +8,7 @@ sampler object), told apart by what they offer rather than by version numbers:
 - 0.0.37-0.2.x: `outlines.models.Transformers(model, hf_tokenizer)`; from 0.0.4x the
   generator is an adapter over transformers' generate() (`generator(prompt, max_tokens=, seed=)`).
 
-Which releases take which path is read from package metadata (harness/versions.py), and the
+Which releases take which path is read from package metadata (harness/engines/versions.py), and the
 engine's requirements there say which ones are supported at all.
 """
 
@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 
-from harness import versions
+from harness.engines import versions
 from harness.engines.base import Generation, Request
-from harness.versions import at_least
+from harness.engines.versions import at_least
 
 
 def is_legacy() -> bool:

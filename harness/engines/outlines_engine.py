@@ -23,8 +23,8 @@ from harness.engines import register
 from harness.engines.base import Capabilities, Engine, Generation, Placement, Request
 from harness.engines.hf_transformers import TRANSFORMERS_TRANSFERS, TransformersEngine
 from harness.engines.outlines_compat import generate_legacy, is_legacy, legacy_problem, wrap_model
-from harness.scenario import Budget
-from harness.versions import engine_problem
+from harness.engines.versions import engine_problem
+from harness.format.scenario import Budget
 
 
 @register
@@ -47,7 +47,7 @@ class OutlinesEngine(Engine):
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
-        return engine_problem(cls.name) or legacy_problem()  # versions: harness/versions.py
+        return engine_problem(cls.name) or legacy_problem()  # versions: harness/engines/versions.py
 
     def load(self, request: Request, placement: Placement) -> None:
         from transformers import AutoTokenizer

@@ -19,7 +19,7 @@ from harness.engines.base import (
     Placement,
     Request,
 )
-from harness.scenario import FAULTS, FEATURES, Budget, PhaseBudgets
+from harness.format.scenario import FAULTS, FEATURES, Budget, PhaseBudgets
 
 # Its steady state per decode token (measured; README "Transfer profiles"): the default
 # profile, and on a split model the hidden state crossing to the second GPU and back (two D2D,

@@ -4,13 +4,14 @@ harness's fault, not the engine's."""
 
 import re
 
-import harness.feature_checks
-import harness.runner
+import harness.checks.features
+
+import harness.execute.case
 
 
 def _broken_check(spec, generation):
     raise re.error("bad character range b-a at position 1")
 
 
-harness.feature_checks.check_features = _broken_check
-harness.runner.feature_checks.check_features = _broken_check
+harness.checks.features.check_features = _broken_check
+harness.execute.case.feature_checks.check_features = _broken_check

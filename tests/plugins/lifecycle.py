@@ -16,9 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-from harness import tinymodel
 from harness.engines import register
 from harness.engines.base import Capabilities, Engine, Generation, Placement, Request
+from harness.models import tinymodel
 
 time.sleep(float(os.environ.get("SAMEDEVICE_TEST_IMPORT_DELAY", "0")))
 

@@ -1,0 +1,1 @@
+"""The scenario format: its pydantic models, the YAML loader and its checks."""

@@ -1,0 +1,1 @@
+"""Models a scenario names: sources (generated, path, hub), tiny models and families, the tokenizer, GGUF."""

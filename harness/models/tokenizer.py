@@ -1,0 +1,47 @@
+"""The tokenizer every generated model uses, without torch: a byte-level BPE (vocab 512)
+trained on the corpus shipped with the harness, deterministic, in under a second.
+
+The model factory writes it into each model directory; the scenario format counts a
+prompt's tokens with it when the cheap bound (one token per UTF-8 byte) is not enough.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from harness.models.model_dims import VOCAB_SIZE
+
+SPECIAL_TOKENS = ("<s>", "</s>", "<unk>")
+CORPUS = Path(__file__).resolve().parents[1] / "data" / "corpus.txt"
+
+
+@lru_cache(maxsize=1)
+def trained_tokenizer_json() -> str:
+    """A byte-level BPE (vocab 512) trained on the corpus shipped with the harness (<1 s)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(CORPUS.read_text().splitlines(), trainer)
+    return tokenizer.to_str()
+
+
+@lru_cache(maxsize=1)
+def _tokenizer() -> Any:
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_str(trained_tokenizer_json())
+
+
+def count_tokens(text: str) -> int:
+    """Tokens of `text` as the runner encodes a prompt (no special tokens added)."""
+    return len(_tokenizer().encode(text).ids)
