@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.format.loader import load_file, load_paths
+from harness.frontends.scenarios import load_file, load_paths
 from tests.conftest import REPO, TINY_GREEDY
 
 BAD_FILES = {
@@ -486,7 +486,7 @@ def test_every_float_field_of_the_format_is_finite() -> None:
 def test_loading_scenarios_imports_neither_torch_nor_an_engine(tmp_path: Path) -> None:
     (tmp_path / "typo.yaml").write_text(S + "engines: [referense]\n")
     code = (
-        "import sys; from pathlib import Path; from harness.format.loader import load_paths\n"
+        "import sys; from pathlib import Path; from harness.frontends.scenarios import load_paths\n"
         f"bundled = load_paths([Path({str(REPO / 'scenarios')!r})])\n"
         f"typo = load_paths([Path({str(tmp_path)!r})])\n"
         "print(len(bundled.scenarios), len(bundled.errors))\n"
@@ -499,6 +499,31 @@ def test_loading_scenarios_imports_neither_torch_nor_an_engine(tmp_path: Path) -
     assert int(counts.split()[0]) >= 6 and counts.split()[1] == "0", counts
     assert errors == repr([f"{tmp_path / 'typo.yaml'}:4:11: engines[0]: unknown engine 'referense' (did you mean 'reference'?)"])
     assert imported == "[]", f"the format layer imported {imported}"
+
+
+def test_reading_a_file_runs_no_plugin_and_the_caller_names_the_engines(tmp_path: Path) -> None:
+    """The loader imports no plugin, engine or model-source code: engine names come from its
+    caller, and with them an unknown one reads as before (naming the plugin that failed)."""
+    (tmp_path / "loud_plugin.py").write_text("print('PLUGIN IMPORTED')\nraise RuntimeError('boom')\n")
+    (tmp_path / "typo.yaml").write_text(S + "engines: [referense]\n")
+    code = (
+        "import sys; from pathlib import Path; from harness.format.loader import load_file\n"
+        f"path = Path({str(tmp_path / 'typo.yaml')!r})\n"
+        "plain = load_file(path)\n"
+        "print(len(plain.scenarios), plain.errors)\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('harness.engines', 'harness.models.sources', "
+        "'harness.models.checks', 'loud_plugin'))))\n"
+        "from harness.engines import known_engines\n"
+        "print([str(e) for e in load_file(path, known_engines()).errors])\n"
+    )
+    env = dict(os.environ, SAMEDEVICE_PLUGINS="loud_plugin", PYTHONPATH=f"{tmp_path}{os.pathsep}{REPO}")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True, timeout=120)
+    plain, imported, named, *rest = out.stdout.splitlines()
+    assert plain == "1 []", "without names from the caller, `engines:` is not checked"
+    assert imported == "[]", f"reading a scenario file imported {imported}"
+    assert named == "PLUGIN IMPORTED" and len(rest) == 1, "the plugin is imported once, by the registry"
+    assert rest[0] == repr([f"{tmp_path / 'typo.yaml'}:4:11: engines[0]: unknown engine 'referense' (did you mean "
+                            "'reference'?; plugins that failed to load: loud_plugin (RuntimeError: boom))"])
 
 
 def test_the_static_builtin_names_are_the_ones_the_adapters_register() -> None:

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from harness.execute.cases import expand, skip_reason
-from harness.format.loader import load_file
 from harness.format.scenario import ModelSpec
+from harness.frontends.scenarios import load_file
 from harness.models import tinymodel
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

@@ -2,7 +2,7 @@
 entry point group. A name is registered once; a miss lists the known names.
 
 `engine_names()` answers which names exist without importing an adapter (or torch), so the
-scenario loader can check `engines:`; `get_engine()` imports what it needs to return a class.
+scenario loader's callers can check `engines:` (`known_engines()`); `get_engine()` imports what it needs to return a class.
 An entry point's name is its engine's name.
 """
 
@@ -24,9 +24,10 @@ if TYPE_CHECKING:
         Request,
         Unsupported,
     )
+    from harness.format.loader import KnownEngines
 
 __all__ = ["Capabilities", "Engine", "Generation", "Placement", "Request", "Unsupported", "all_engines",
-           "engine_names", "get_engine", "register"]
+           "engine_names", "get_engine", "known_engines", "register"]
 
 ENTRY_POINT_GROUP = "samedevice.engines"
 # The names the built-in adapter modules register (tests/test_loader.py keeps them in step).
@@ -69,6 +70,14 @@ def engine_names() -> tuple[str, ...]:
     (imported here: their names are known no other way; they are the user's code)."""
     _import_env_plugins()
     return tuple(sorted({*BUILTIN_ENGINES, *_entry_point_names(), *_REGISTRY}))
+
+
+def known_engines() -> KnownEngines:
+    """The names a scenario may use, for the scenario loader (which imports no engine code)."""
+    from harness.format.loader import KnownEngines
+
+    names = engine_names()
+    return KnownEngines(names, lambda name: unknown_engine_message(name, names))
 
 
 def unknown_engine_message(name: str, known: tuple[str, ...] | list[str]) -> str:

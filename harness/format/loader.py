@@ -6,6 +6,11 @@ loads. What is refused before validation, because pydantic or PyYAML would other
 crash, hang or guess: nesting deeper than `MAX_DEPTH` (PyYAML's composer recurses),
 alias bombs and recursive aliases, duplicate keys (YAML would keep the last silently),
 lone surrogates (not text), files that are not regular readable files.
+
+What the format alone cannot know comes from the caller (`harness.frontends.scenarios`
+passes both): the engine names a scenario may use (`KnownEngines`, the registry's, plugins
+included) and a `ModelChecker` for a model's own limits. Reading a file imports no engine,
+plugin or model-source code; without them, names and models are not checked.
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ import errno
 import os
 import re
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -59,6 +65,26 @@ class LoadedScenario:
     line: int
 
 
+@dataclass(frozen=True)
+class KnownEngines:
+    """The engine names a scenario may use, given by the loader's caller (the registry's:
+    `harness.engines.known_engines()`), and why a name is none of them (a "did you mean", the
+    plugins that failed to load), in the registry's words."""
+
+    names: tuple[str, ...]
+    unknown_message: Callable[[str], str]
+
+
+# Where a model problem is (a pydantic-style location in the scenario) and what it is.
+ModelProblem = tuple[tuple[str | int, ...], str]
+
+
+class ModelChecker(Protocol):
+    """Every way a valid scenario exceeds its model (`harness.models.checks.model_problems`)."""
+
+    def __call__(self, scenario: Scenario) -> list[ModelProblem]: ...
+
+
 @dataclass
 class LoadResult:
     scenarios: list[LoadedScenario] = field(default_factory=list)
@@ -92,13 +118,15 @@ def _walk(paths: list[Path]) -> tuple[list[Path], list[ScenarioError]]:
     return list(found), errors
 
 
-def load_paths(paths: list[Path]) -> LoadResult:
-    """Load every scenario file under `paths`; names must be unique across all of them."""
+def load_paths(paths: list[Path], engines: KnownEngines | None = None,
+               models: ModelChecker | None = None) -> LoadResult:
+    """Load every scenario file under `paths`; names must be unique across all of them.
+    `engines`, `models`: see `load_file`."""
     files, walk_errors = _walk(paths)
     result = LoadResult(errors=walk_errors)
     seen: dict[str, LoadedScenario] = {}
     for path in files:
-        one = load_file(path)
+        one = load_file(path, engines, models)
         result.errors.extend(one.errors)
         for loaded in one.scenarios:
             duplicate = duplicate_name(loaded, seen)
@@ -120,15 +148,17 @@ def duplicate_name(loaded: LoadedScenario, seen: dict[str, LoadedScenario]) -> S
                          loaded.scenario.name)
 
 
-def load_file(path: Path) -> LoadResult:
+def load_file(path: Path, engines: KnownEngines | None = None, models: ModelChecker | None = None) -> LoadResult:
+    """One scenario file. `engines`: the names `engines:` may list (None: not checked);
+    `models`: checks each scenario against its model (None: not checked)."""
     display = str(path)
     try:
-        return _load_file(path, display)
+        return _load_file(path, display, engines, models)
     except Exception as exc:  # the promise: a bad file is a line, never a traceback
         return LoadResult(errors=[ScenarioError(display, 0, 0, "", f"could not be loaded ({type(exc).__name__}: {exc})")])
 
 
-def _load_file(path: Path, display: str) -> LoadResult:
+def _load_file(path: Path, display: str, engines: KnownEngines | None, models: ModelChecker | None) -> LoadResult:
     text, error = _read(path, display)
     if error is not None:
         return LoadResult(errors=[error])
@@ -148,9 +178,6 @@ def _load_file(path: Path, display: str) -> LoadResult:
     else:
         items = [node]
 
-    from harness.engines import engine_names
-
-    known_engines = engine_names()
     result = LoadResult()
     for index, item in enumerate(items):
         prefix = f"[{index}]." if isinstance(node, yaml.SequenceNode) else ""
@@ -159,7 +186,7 @@ def _load_file(path: Path, display: str) -> LoadResult:
             continue
         name = _name_of(item)
         try:
-            loaded = _load_item(display, item, prefix, known_engines)
+            loaded = _load_item(display, item, prefix, engines, models)
         except Exception as exc:  # this item only: the others in the list still load
             loaded = [_at(display, item, prefix.rstrip("."), f"could not be loaded ({type(exc).__name__}: {exc})")]
         for one in loaded:
@@ -170,7 +197,8 @@ def _load_file(path: Path, display: str) -> LoadResult:
     return result
 
 
-def _load_item(display: str, item: yaml.MappingNode, prefix: str, known_engines: tuple[str, ...]) -> list[LoadedScenario] | list[ScenarioError]:
+def _load_item(display: str, item: yaml.MappingNode, prefix: str, engines: KnownEngines | None,
+               models: ModelChecker | None) -> list[LoadedScenario] | list[ScenarioError]:
     """One scenario mapping: its scenarios (one per family where `model.family` is a list or
     `all`), or its problems."""
     problems = _node_problems(display, item, prefix)
@@ -194,7 +222,7 @@ def _load_item(display: str, item: yaml.MappingNode, prefix: str, known_engines:
             for error in _validation_errors(display, item, exc, prefix, family_index):
                 errors.setdefault((error.line, error.column, error.field, error.message), error)
             continue
-        found = _unknown_engines(display, item, scenario, prefix, known_engines) + _model_problems(display, item, scenario, prefix)
+        found = _unknown_engines(display, item, scenario, prefix, engines) + _model_problems(display, item, scenario, prefix, models)
         for error in found:
             errors.setdefault((error.line, error.column, error.field, error.message), error)
         if not found:
@@ -228,73 +256,22 @@ def _family_variants(data: Any) -> list[tuple[Any, int | None]] | ScenarioError:
     return variants
 
 
-def _model_problems(display: str, root: yaml.MappingNode, scenario: Scenario, prefix: str) -> list[ScenarioError]:
-    """Every way the scenario exceeds its model, found now. Path and hub models: the directory
-    and its files, then the rules the format checks for generated models at validation (token
-    ids within the vocabulary, each prompt plus max_new_tokens within the model's positions,
-    memory), with the model's own numbers. Every model: `auto` over no more GPUs than it has
-    layers (placement puts whole layers on each GPU)."""
-    from harness.format.scenario import ModelSpec, vocabulary_problem
-    from harness.models import model_dims
-    from harness.models import sources as model_source
-
-    problems: list[ScenarioError] = []
-
-    def error(loc: tuple[str | int, ...], message: str) -> None:
+def _model_problems(display: str, root: yaml.MappingNode, scenario: Scenario, prefix: str,
+                    models: ModelChecker | None) -> list[ScenarioError]:
+    problems = []
+    for loc, message in models(scenario) if models is not None else []:
         node, path, _ = _node_at(root, loc)
         problems.append(_at(display, node, prefix + _join(path), message))
-
-    if isinstance(scenario.model, ModelSpec):
-        layers: int | None = model_dims.resolve_dims(scenario.model).num_layers
-    else:
-        try:
-            info = model_source.describe(scenario.model)
-        except model_source.ModelSourceError as exc:
-            error(("model", exc.field), str(exc))
-            return problems
-        layers = info.num_layers
-        problem = vocabulary_problem(scenario, info.vocab_size)
-        if problem is not None:
-            error(*problem)
-        if info.max_positions is not None:
-            limit = info.max_positions - scenario.max_new_tokens
-            for index, prompt in enumerate(scenario.prompt_list):
-                # One token per UTF-8 byte at most (byte-level BPE); only a prompt that bound cannot clear
-                # is counted, with the model's tokenizer.json (without one, the engine finds out at case time).
-                if len(prompt.encode("utf-8", "surrogatepass")) <= limit or info.tokenizer_json is None:
-                    continue
-                tokens = _count_tokens(str(info.tokenizer_json), prompt)
-                if tokens > limit:
-                    where: tuple[str | int, ...] = ("prompt",) if scenario.prompt is not None else ("prompts", index)
-                    error(where, f"the prompt ({tokens} tokens) plus max_new_tokens {scenario.max_new_tokens} exceeds "
-                                 f"the model's max_position_embeddings {info.max_positions}")
-        if info.weight_bytes > model_dims.memory_limit_bytes():
-            error(("model",), f"its weights are {info.weight_bytes / 1e9:.1f} GB, more than half of this machine's "
-                              f"{model_dims.host_memory_bytes() / 1e9:.1f} GB")
-    for index, device in enumerate(scenario.devices):
-        if layers is not None and device.device == "auto" and device.gpus_needed > layers:
-            given = device.gpus is not None
-            error(("devices", index, "gpus") if given else ("devices", index),
-                  f"auto over {device.gpus_needed} GPUs{'' if given else ' (the default)'} needs at least one layer "
-                  f"per GPU, but the model has {layers} layer{'s' * (layers != 1)}: at most gpus: {layers}")
     return problems
 
 
-def _count_tokens(tokenizer_json: str, text: str) -> int:
-    from tokenizers import Tokenizer
-
-    return len(Tokenizer.from_file(tokenizer_json).encode(text, add_special_tokens=False).ids)
-
-
 def _unknown_engines(display: str, root: yaml.MappingNode, scenario: Scenario, prefix: str,
-                     known: tuple[str, ...]) -> list[ScenarioError]:
-    from harness.engines import unknown_engine_message
-
+                     engines: KnownEngines | None) -> list[ScenarioError]:
     errors = []
     for index, name in enumerate(scenario.engines):
-        if name not in known:
+        if engines is not None and name not in engines.names:
             node, _, _ = _node_at(root, ("engines", index))
-            errors.append(_at(display, node, f"{prefix}engines[{index}]", unknown_engine_message(name, known)))
+            errors.append(_at(display, node, f"{prefix}engines[{index}]", engines.unknown_message(name)))
     return errors
 
 

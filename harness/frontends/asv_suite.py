@@ -218,10 +218,14 @@ def benchmark_cases(settings: Settings | None = None, root: Path | None = None) 
     on stderr and left out: a broken scenario must not hide the others' numbers). `root`:
     one scenario path instead of the settings' ones."""
     from harness.execute.cases import expand
-    from harness.format.loader import load_paths
+
+    try:  # the front ends' loading: the format plus the registry's engine names and model checks
+        from harness.frontends.scenarios import load_paths
+    except ImportError:  # an older checkout: its loader asked the registry itself
+        from harness.format.loader import load_paths
 
     settings = _settings(settings)
-    settings.activate_plugins()  # the loader checks `engines:` against the registry
+    settings.activate_plugins()  # `engines:` is checked against the registry
     loaded = load_paths([root] if root is not None else settings.scenario_paths())
     for error in loaded.errors:
         print(f"samedevice benchmarks: invalid scenario left out: {error}", file=sys.stderr)

@@ -210,7 +210,7 @@ def _usage_error(message: str) -> NoReturn:
 
 def _select(args: argparse.Namespace):
     from harness.execute.cases import expand, selected
-    from harness.format.loader import load_paths
+    from harness.frontends.scenarios import load_paths
 
     problems = device_filter_problems(args.device) + engine_filter_problems(args.engine)
     if problems:

@@ -176,7 +176,8 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector):
 class ScenarioFile(pytest.File):
     def collect(self):
         from harness.execute.cases import expand, selected
-        from harness.format.loader import duplicate_name, load_file
+        from harness.format.loader import duplicate_name
+        from harness.frontends.scenarios import load_file
 
         loaded = load_file(self.path)
         yield from self._broken_plugins()
