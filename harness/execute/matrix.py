@@ -53,6 +53,13 @@ class Job:
     cases: list[str] = field(default_factory=list)  # what this job runs (ids)
     skipped: list[str] = field(default_factory=list)  # selected, but skipped wherever they run
     paths: list[str] = field(default_factory=list)  # scenario paths (default: scenarios/)
+    fidelity: bool = False  # a GPU job whose cases also run on simulated GPUs, compared with the real ones
+
+    def sim_command(self) -> str:
+        """The job's cases on simulated GPUs (`sim:` + each label), for `compare --sim-vs-real`."""
+        parts = ["samedevice", "run", *self.paths, "-e", self.engine]
+        parts += [a for d in self.devices for a in ("-d", f"sim:{d}")]
+        return " ".join([*parts, "--results", "results-sim", "--no-progress", "--allow-empty"])
 
     def command(self) -> str:
         parts = ["samedevice", "run", *self.paths, "-e", self.engine] + [a for d in self.devices for a in ("-d", d)]
@@ -64,7 +71,8 @@ class Job:
     def entry(self) -> dict:
         """The job as a workflow matrix entry."""
         return {"name": self.name, "runs_on": self.runs_on, "cases": len(self.cases), "install": self.install,
-                "command": self.command(), "gpu": self.kind != "cpu"}
+                "command": self.command(), "gpu": self.kind != "cpu",
+                "fidelity": self.sim_command() if self.fidelity else ""}
 
     def summary(self) -> str:
         skipped = f" (+{len(self.skipped)} skipped by declaration)" if self.skipped else ""
@@ -173,6 +181,8 @@ def build_matrix(cases: list[Case], gpus_per_runner: int = 2, cost_per_job: floa
                 install=install_command(kind, engine, torch_version),
                 cases=[c.id for c in shard if declared[c.id] is None],
                 skipped=[c.id for c in shard if declared[c.id] is not None], paths=list(paths or []),
+                fidelity=kind != "cpu" and any(c.engine == engine and c.target.simulated and declared[c.id] is None
+                                               and c.target.label.removeprefix("sim:") in devices for c in cases),
             ))
     covered = {(j.engine, c.target.label) for j in jobs for c in cases if c.engine == j.engine and target_matches(c.target, j.devices)}
     left_out = [LeftOut(engine, label, reasons) for (engine, label), reasons in sorted(left.items()) if (engine, label) not in covered]
@@ -223,6 +233,13 @@ def render_workflow(matrix: Matrix, torch_version: str | None = None) -> str:
                     {"name": "Tracker self-test: a workload of known copies and syncs, counted exactly",
                      "if": "matrix.gpu", "run": "samedevice doctor --selftest --tracker cuda"},
                     {"name": "Run the shard", "run": "${{ matrix.command }}"},
+                    # The first real GPU run measures the simulator: the same cases on simulated
+                    # GPUs must give the same tokens and ledger counts (harness/record/fidelity.py).
+                    # A difference is a finding about the simulator, not the engine: reported in the
+                    # job summary, it does not fail the job.
+                    {"name": "Simulator fidelity: the same cases on simulated GPUs, compared with this GPU",
+                     "if": "always() && matrix.fidelity", "continue-on-error": True,
+                     "run": "${{ matrix.fidelity }} && samedevice compare --sim-vs-real results/2*/ results-sim/2*/"},
                     {"uses": "actions/upload-artifact@v4", "if": "always()",
                      "with": {"name": "samedevice-${{ matrix.name }}", "path": "results/"}},
                 ],

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.devices.ledger import KINDS
+from harness.record import fidelity
 from harness.record.figures import CaseFigures, pool
 from harness.record.render import markdown_code, terminal
 from harness.record.results import CaseResult, RunDirectory
@@ -276,6 +277,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--allow-incomplete", action="store_true",
                         help="compare a run that is not whole (interrupted, killed, no run.json) "
                              "instead of refusing it (default: refuse, exit 2)")
+    parser.add_argument("--sim-vs-real", action="store_true",
+                        help="RUN_A holds real-GPU cases, RUN_B (may be the same directory) their simulated twins: "
+                             "fail where tokens or any ledger count differ (harness/record/fidelity.py)")
     parser.add_argument("--markdown", type=Path, default=None, metavar="OUT",
                         help="also write the markdown table here (default: stdout only)")
     parser.set_defaults(func=cmd_compare)
@@ -283,6 +287,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    if args.sim_vs_real:
+        return cmd_sim_vs_real(args)
     warnings: list[str] = []
     try:
         comparison = compare_dirs(args.run_a, args.run_b, None if args.no_throughput else args.throughput_factor,
@@ -293,21 +299,43 @@ def cmd_compare(args: argparse.Namespace) -> int:
         return 2
     for warning in warnings:
         print(f"samedevice compare: {terminal(warning)}", file=sys.stderr)
-    text = markdown(comparison, *labels)
-    sys.stdout.write(text)
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(text)
-    summary = os.environ.get("GITHUB_STEP_SUMMARY")
-    if summary:
-        with open(summary, "a") as handle:
-            handle.write(text)
+    _publish(markdown(comparison, *labels), args.markdown)
     for finding in comparison.regressions:
         print(f"REGRESSION {terminal(finding)}", file=sys.stderr)
     if not comparison.rows:
         print("samedevice compare: error: no case has figures on both sides; nothing was compared", file=sys.stderr)
         return 2
     return 1 if comparison.regressions else 0
+
+
+def _publish(text: str, out: Path | None) -> None:
+    """The table on stdout, in `out` if given, and in the CI job summary where there is one."""
+    sys.stdout.write(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a") as handle:
+            handle.write(text)
+
+
+def cmd_sim_vs_real(args: argparse.Namespace) -> int:
+    try:
+        real, sim = (RunDirectory(path).load_cases().results for path in (args.run_a, args.run_b))
+    except (ValueError, OSError) as exc:
+        print(f"samedevice compare: error: {terminal(exc)}", file=sys.stderr)
+        return 2
+    measured = fidelity.measure(real, sim)
+    _publish(fidelity.markdown(measured), args.markdown)
+    for pair in measured.differing:
+        print(f"SIMULATOR DIFFERS {terminal(pair.real.id)} vs {terminal(pair.sim.device)}: "
+              f"{terminal('; '.join(pair.differences))}", file=sys.stderr)
+    if not measured.judged:
+        print("samedevice compare: error: no real-GPU case has a simulated twin that ran; nothing was compared",
+              file=sys.stderr)
+        return 2
+    return 1 if measured.differing else 0
 
 
 def main(argv: list[str] | None = None) -> int:
