@@ -126,9 +126,6 @@ class Ledger:
         rows = [(op, site, n) for (p, k, op, site), n in self.booked.sites.items() if p == phase and k == kind]
         return sorted(rows, key=lambda row: -row[2])[:limit]
 
-    def phases_seen(self) -> list[str]:
-        return [p for p in PHASES if any(n for (phase, _), n in self.booked.counts.items() if phase == p)]
-
     def is_empty(self) -> bool:
         return not self.booked.counts
 

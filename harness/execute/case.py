@@ -441,7 +441,3 @@ def _parity(case: Case, run: Execution, oracle: Execution, caps) -> checks.Outco
 def _finish(result: CaseResult) -> CaseResult:
     result.duration_s = round(time.time() - result.started, 4)
     return result
-
-
-def results_root_default() -> Path:
-    return Path(os.environ.get("SAMEDEVICE_RESULTS", "results"))

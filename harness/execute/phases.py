@@ -134,9 +134,6 @@ class PhaseTracker:
         self._close_prompt()
         self._enter("finish")
 
-    def enter_load(self) -> None:
-        self._enter("load")
-
     # --- transitions --------------------------------------------------------------------------
 
     def _tick(self, phase: str) -> None:

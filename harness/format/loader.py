@@ -91,12 +91,6 @@ class LoadResult:
     errors: list[ScenarioError] = field(default_factory=list)
 
 
-def find_scenario_files(paths: list[Path]) -> list[Path]:
-    """Every *.yaml/*.yml under the given files or directories, sorted, deduplicated;
-    including the ones that cannot be read (`load_file` says why)."""
-    return _walk(paths)[0]
-
-
 def _walk(paths: list[Path]) -> tuple[list[Path], list[ScenarioError]]:
     """Scenario-looking entries under `paths` (dangling symlinks, FIFOs and directories named
     *.yaml included: they are errors, not silence) and the directories that cannot be listed."""

@@ -205,11 +205,6 @@ def rounds() -> int:
     return Settings.resolve().rounds
 
 
-def scenario_root() -> Path:
-    """The first scenario path measured (where only one is configured: the one)."""
-    return Settings.resolve().scenario_paths()[0]
-
-
 # --- the cases ------------------------------------------------------------------------------
 
 

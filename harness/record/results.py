@@ -85,16 +85,6 @@ class CaseResult:
         data["ledger"] = self.ledger.to_json() if self.ledger is not None else None
         return data
 
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> CaseResult:
-        data = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        data["failures"] = [Failure(**f) for f in data.get("failures") or []]
-        if isinstance(data.get("error"), dict):
-            data["error"] = ErrorInfo.from_json(data["error"])
-        if isinstance(data.get("ledger"), dict):
-            data["ledger"] = Ledger.from_json(data["ledger"])
-        return cls(**data)
-
 
 def _first_line(text: object) -> str:
     lines = str(text or "").splitlines()
