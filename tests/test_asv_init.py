@@ -46,7 +46,7 @@ from harness.engines import Capabilities, Engine, Generation, register
 @register
 class TinyGreedy(Engine):
     name = "tiny-greedy"
-    capabilities = Capabilities(features=frozenset(), devices=frozenset({"cpu", "cuda"}), simulated=True,
+    capabilities = Capabilities(features=frozenset(), devices=frozenset({"cpu", "cuda"}), runs_on_torch=True,
                                 sampling=False)
 
     def load(self, request, placement):

@@ -45,7 +45,7 @@ class OptionsEngine(Engine):
     """A plugin engine with options of its own, validated by the harness at case time."""
 
     name = "test-options"
-    capabilities = Capabilities(simulated=True)
+    capabilities = Capabilities(runs_on_torch=True)
 
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")

@@ -48,6 +48,20 @@ def test_the_registry_refuses_a_second_engine_with_a_taken_name() -> None:
     assert get_engine("reference") is not Impostor
 
 
+def test_the_old_capability_name_simulated_still_works_with_a_deprecation_warning() -> None:
+    """A plugin written before the rename: `simulated=True` means runs_on_torch=True, and says
+    so at the plugin's own line."""
+    devices = frozenset({"cpu", "cuda"})
+    with pytest.warns(DeprecationWarning, match="`simulated` is deprecated, use `runs_on_torch`") as caught:
+        old = Capabilities(devices=devices, simulated=True)  # type: ignore[call-arg]
+    assert caught[0].filename == __file__
+    assert old == Capabilities(devices=devices, runs_on_torch=True)
+    with pytest.warns(DeprecationWarning, match="use `runs_on_torch`"):
+        assert old.simulated is True
+    with pytest.raises(TypeError, match="give runs_on_torch only"):
+        Capabilities(simulated=True, runs_on_torch=False)  # type: ignore[call-arg]
+
+
 def test_an_unknown_engine_name_suggests_the_closest() -> None:
     with pytest.raises(KeyError, match="did you mean 'transformers'"):
         get_engine("transformer")

@@ -36,6 +36,7 @@ step of the real generation and judges a token flip on the CPU run's own logits.
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -74,7 +75,7 @@ class Capabilities:
     # Runs on torch: simulated GPUs apply, weights are found through `modules()` for the
     # placement check, and copies and syncs are counted. False: the placement and transfer
     # checks cannot see inside the engine, and the report says so.
-    simulated: bool = False
+    runs_on_torch: bool = False
     token_ids: bool = True  # returns token ids; else only text, and parity compares text
     sampling: bool = True  # can sample (mode: sample); else sampled scenarios are skipped
     deterministic: bool = True  # same seed, same tokens; else sampled parity is not judged
@@ -95,6 +96,12 @@ class Capabilities:
     # DEFAULT_FEATURE_TRANSFERS when `transfers` is None too, else none (`transfers` applies).
     feature_transfers: Mapping[str, TransfersCheck] | None = None
 
+    @property
+    def simulated(self) -> bool:
+        """The old name of `runs_on_torch` (deprecated; a simulated device is the case's target)."""
+        warnings.warn(_SIMULATED_DEPRECATED, DeprecationWarning, stacklevel=2)
+        return self.runs_on_torch
+
     def transfer_profile(self, features: Mapping[str, object] | None = None) -> TransfersCheck:
         """The per-token profile a case with these scenario `features` is judged by."""
         declared = self.transfers is not None
@@ -107,6 +114,24 @@ class Capabilities:
                 if key in by_feature:
                     return by_feature[key]
         return base
+
+
+_SIMULATED_DEPRECATED = ("Capabilities: `simulated` is deprecated, use `runs_on_torch` (the engine runs on torch; "
+                         "whether a device is simulated is the case's target)")
+_capabilities_init = Capabilities.__init__
+
+
+def _init_accepting_simulated(self: Capabilities, *args: Any, simulated: bool | None = None, **kwargs: Any) -> None:
+    """Capabilities' own __init__, plus the old keyword `simulated=` of plugins written before the rename."""
+    if simulated is not None:
+        if "runs_on_torch" in kwargs:
+            raise TypeError("Capabilities: give runs_on_torch only (simulated is its deprecated name)")
+        warnings.warn(_SIMULATED_DEPRECATED, DeprecationWarning, stacklevel=2)
+        kwargs["runs_on_torch"] = simulated
+    _capabilities_init(self, *args, **kwargs)
+
+
+Capabilities.__init__ = _init_accepting_simulated  # type: ignore[method-assign]
 
 
 @dataclass(frozen=True)

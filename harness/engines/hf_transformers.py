@@ -166,7 +166,7 @@ class TransformersEngine(Engine):
     capabilities = Capabilities(
         features=frozenset({"logit_bias", "beam_search", "json_schema"}),
         devices=frozenset({"cpu", "cuda", "auto"}),
-        simulated=True,
+        runs_on_torch=True,
         transfers=TRANSFORMERS_TRANSFERS,
         feature_transfers=TRANSFORMERS_FEATURE_TRANSFERS,
     )

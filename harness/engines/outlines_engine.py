@@ -34,7 +34,7 @@ class OutlinesEngine(Engine):
     capabilities = Capabilities(
         features=frozenset({"json_schema"}),
         devices=frozenset({"cpu", "cuda", "auto"}),
-        simulated=True,
+        runs_on_torch=True,
         token_ids=False,
         findings=frozenset({"json_schema"}),
         # transformers' generate() underneath: its profile. Under a JSON schema, outlines_core's

@@ -42,7 +42,7 @@ class ReferenceEngine(Engine):
     capabilities = Capabilities(
         features=frozenset(FEATURES),
         devices=frozenset({"cpu", "cuda", "auto"}),
-        simulated=True,
+        runs_on_torch=True,
         faults=frozenset(FAULTS),
         # What reference_impl loads faithfully (its greedy ids equal transformers'); it refuses
         # configs it cannot honour (rope scaling, biases, tied head) when it loads.

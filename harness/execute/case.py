@@ -363,7 +363,7 @@ def _judge(case: Case, result: CaseResult, companions: Companions | None, option
     outcome.add(checks.check_error(run.error))
     if run.weights is not None:
         problem = placement_problem(run.weights, target.kind, target.placement().devices)
-        outcome.add(checks.check_placement(case.engine, problem, bool(run.weights.tensors), caps.simulated))
+        outcome.add(checks.check_placement(case.engine, problem, bool(run.weights.tensors), caps.runs_on_torch))
     tracked = target.simulated or target.kind != "cpu"
     expect_error = scenario.checks.expect_error
     if expect_error is not None and not expect_error.covers(case.engine, target.label):
@@ -374,10 +374,10 @@ def _judge(case: Case, result: CaseResult, companions: Companions | None, option
         outcome.notes += generation.notes
         if caps.token_ids:
             outcome.add(checks.check_output(generation.tokens, scenario, run.spec.eos_id))
-        if tracked and caps.simulated:
+        if tracked and caps.runs_on_torch:
             outcome.add(checks.check_phases(case.engine, generation.tokens, run.decode_seen))
         if tracked:
-            outcome.add(_transfers(case, run, companions, caps.simulated))
+            outcome.add(_transfers(case, run, companions, caps.runs_on_torch))
         outcome.add(feature_checks.check_features(run.spec, generation))
         if (options.teacher_forcing_check and target.kind == "cpu" and caps.teacher_forcing and caps.token_ids
                 and run.spec.sampling.greedy and run.spec.beams is None and not run.spec.logit_bias):

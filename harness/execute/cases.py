@@ -152,7 +152,7 @@ def declared_skip_reason(case: Case) -> str | None:
         return model_reason
     if case.target.kind not in caps.devices:
         return f"engine {case.engine} does not support device kind {case.target.kind}"
-    if case.target.simulated and not caps.simulated:
+    if case.target.simulated and not caps.runs_on_torch:
         return f"engine {case.engine} does not run on torch here, so it cannot use simulated GPUs"
     return None
 

@@ -86,7 +86,7 @@ def device_targets(engine: str, wanted: list[str]) -> list[DeviceTarget]:
     for kind, device in (("cuda", "cuda:0"), ("auto", "auto")):
         if kind not in caps.devices:
             continue
-        if caps.simulated and simulation_unavailable_reason() is None:
+        if caps.runs_on_torch and simulation_unavailable_reason() is None:
             targets.append(DeviceTarget(DeviceSpec(device=device), simulated=True))
         if real_gpu_count() >= DeviceSpec(device=device).gpus_needed:
             targets.append(DeviceTarget(DeviceSpec(device=device), simulated=False))
@@ -161,7 +161,7 @@ class Battery:
 
     def _judged(self, features: dict[str, Any] | None = None) -> dict[str, Any]:
         """Scenario fields that judge the profile (the runner's transfers check) on torch engines."""
-        if not self.caps.simulated:
+        if not self.caps.runs_on_torch:
             return {}
         return {"checks": {"transfers": self.profile(features).model_dump(exclude_none=True)}}
 
@@ -196,7 +196,7 @@ class Battery:
                     else f"{len(result.texts[0]) if result.texts else 0} characters of text")
         yield Line("PASS", f"loads and generates on {label}", produced)
         placement = [f.message for f in result.failures if f.check == "placement"]
-        if not self.caps.simulated:
+        if not self.caps.runs_on_torch:
             yield Line("SKIP", f"placement honoured on {label}", "not a torch engine: its weights are not visible")
         elif placement:
             yield Line("FAIL", f"placement honoured on {label}", placement[0])
@@ -210,7 +210,7 @@ class Battery:
                        parity[0] if parity else "; ".join(notes) or "same tokens")
 
     def _steady_state_lines(self, tracked: list[DeviceTarget]) -> Iterator[Line]:
-        if not self.caps.simulated:
+        if not self.caps.runs_on_torch:
             yield Line("SKIP", "phases visible", "not a torch engine: copies and phases are not visible to the harness")
             return
         if not tracked:

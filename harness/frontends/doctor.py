@@ -38,7 +38,7 @@ def report_lines() -> list[str]:
         needs = describe_requirements(name)
         families = "any transformers architecture" if caps.families is None else ", ".join(sorted(caps.families))
         lines.append(f"engine     {name}: {state}; features {', '.join(sorted(caps.features)) or '-'}; "
-                     f"devices {', '.join(sorted(caps.devices))}{', sim' if caps.simulated else ''}; families {families}"
+                     f"devices {', '.join(sorted(caps.devices))}{', sim' if caps.runs_on_torch else ''}; families {families}"
                      f"{'; needs ' + needs if needs else ''}")
     for name, why in sorted(broken_plugins().items()):
         lines.append(f"engine     {name}: plugin failed to load: {why}")

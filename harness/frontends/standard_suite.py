@@ -65,7 +65,7 @@ def suite_for(engine: str, model: dict[str, Any], devices: list[str] | None = No
             continue
         kinds = [d for d in (devices or DEVICES) if d.split(":")[0] in caps.devices]
         scenario = {**base, "engines": [engine], "devices": kinds, "model": dict(model)}
-        if caps.simulated:  # the copies of an engine off torch are not visible
+        if caps.runs_on_torch:  # the copies of an engine off torch are not visible
             profile = caps.transfer_profile(base.get("features"))
             scenario["checks"] = {"transfers": _whole(profile.model_dump(exclude_none=True))}
         kept.append(scenario)

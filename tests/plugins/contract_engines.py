@@ -22,7 +22,7 @@ from harness.engines.base import Capabilities, Engine, Generation, Placement, Re
 @register
 class CleanEngine(Engine):
     name = "contract-clean"
-    capabilities = Capabilities(devices=frozenset({"cpu", "cuda", "auto"}), simulated=True, sampling=False)
+    capabilities = Capabilities(devices=frozenset({"cpu", "cuda", "auto"}), runs_on_torch=True, sampling=False)
     marks_phases = True
 
     def load(self, request: Request, placement: Placement) -> None:

@@ -14,7 +14,7 @@ from harness.engines.reference import ReferenceEngine
 @register
 class StrayRoundTripEngine(ReferenceEngine):
     name = "stray-round-trip"
-    capabilities = Capabilities(devices=frozenset({"cpu", "cuda", "auto"}), simulated=True, families=frozenset({"llama"}))
+    capabilities = Capabilities(devices=frozenset({"cpu", "cuda", "auto"}), runs_on_torch=True, families=frozenset({"llama"}))
     stray = True
 
     def load(self, request: Request, placement: Placement) -> None:

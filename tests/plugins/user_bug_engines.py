@@ -17,7 +17,7 @@ VOCAB, HIDDEN, BEAMS = 64, 32, 3
 @register
 class UserBugsEngine(Engine):
     name = "user-bugs"
-    capabilities = Capabilities(devices=frozenset({"cpu", "cuda", "auto"}), simulated=True)
+    capabilities = Capabilities(devices=frozenset({"cpu", "cuda", "auto"}), runs_on_torch=True)
 
     def load(self, request: Request, placement: Placement) -> None:
         g = torch.Generator().manual_seed(0)

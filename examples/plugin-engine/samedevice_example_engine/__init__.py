@@ -20,7 +20,7 @@ class ExampleGreedyEngine(Engine):
     capabilities = Capabilities(
         features=frozenset(),  # greedy only: scenarios with features are skipped with a reason
         devices=frozenset({"cpu", "cuda"}),
-        simulated=True,  # runs on torch, so simulated GPUs apply
+        runs_on_torch=True,  # runs on torch, so simulated GPUs apply
         sampling=False,  # sampled scenarios are skipped with a reason
     )
 
