@@ -8,12 +8,13 @@ An entry point's name is its engine's name.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import os
 from functools import lru_cache
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
+
+from harness.format.suggest import did_you_mean
 
 if TYPE_CHECKING:
     from harness.engines.base import (
@@ -85,8 +86,7 @@ def unknown_engine_message(name: str, known: tuple[str, ...] | list[str]) -> str
     plugin that failed to load (the engine may live in one)."""
     if name in _BROKEN_PLUGINS:
         return f"engine {name!r} is unavailable: its plugin failed to load: {_BROKEN_PLUGINS[name]}"
-    close = difflib.get_close_matches(name, known, n=1)
-    hint = f"did you mean {close[0]!r}?" if close else f"known engines: {', '.join(sorted(known))}"
+    hint = did_you_mean(name, known, otherwise=f"known engines: {', '.join(sorted(known))}")
     if _BROKEN_PLUGINS:
         hint += "; plugins that failed to load: " + "; ".join(f"{k} ({v})" for k, v in sorted(_BROKEN_PLUGINS.items()))
     return f"unknown engine {name!r} ({hint})"

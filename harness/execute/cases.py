@@ -39,7 +39,9 @@ class DeviceTarget:
             return "sim"
         return {"cpu": "cpu", "cuda": "gpu", "auto": "multigpu"}[self.kind]
 
-    def placement(self) -> Placement:
+    def requested_placement(self) -> Placement:
+        """The `Placement` this case asks its engine to load onto (whether the weights went there
+        is the placement check, `harness.engines.weights`)."""
         if self.kind == "cpu":
             return Placement("cpu", ("cpu",))
         if self.kind == "auto":

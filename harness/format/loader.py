@@ -15,7 +15,6 @@ plugin or model-source code; without them, names and models are not checked.
 
 from __future__ import annotations
 
-import difflib
 import errno
 import os
 import re
@@ -29,6 +28,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from harness.format.scenario import MODEL_SOURCES, FieldError, Scenario
+from harness.format.suggest import did_you_mean
 
 MAX_FILE_BYTES = 1_000_000
 # Collections inside collections, counted through aliases too. Scenario files need about
@@ -606,8 +606,7 @@ def _unknown_key_message(key: Any, owner: type[BaseModel] | None) -> str:
     known = sorted(
         (f.alias or name) for name, f in (owner.model_fields.items() if owner else [])
     )
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6) if isinstance(key, str) else []
-    hint = f"did you mean {close[0]!r}?" if close else f"expected one of: {', '.join(known)}"
+    hint = did_you_mean(key, known, otherwise=f"expected one of: {', '.join(known)}")
     return f"unknown key {key!r} ({hint})"
 
 

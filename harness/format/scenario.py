@@ -26,12 +26,12 @@ from pydantic import (
     model_validator,
 )
 
+from harness.format.labels import DEVICE_RE, MAX_GPUS, DeviceLabel
 from harness.models import model_dims
 from harness.models.model_dims import VOCAB_SIZE
 
 FORMAT_VERSION: Literal[1] = 1
 MAX_SEED = 2**64 - 1  # torch generators take unsigned 64-bit seeds
-MAX_GPUS = 64
 
 FEATURES = ("logit_bias", "json_schema", "beam_search", "kv_cache", "quantization")
 
@@ -48,8 +48,6 @@ FAULTS = (
     "input_on_first_device",  # lm-eval-harness #1575: inputs to self.device, not the embedding's
 )
 
-# cuda:N with N < MAX_GPUS, written without leading zeros (cuda:01 would be a second label).
-DEVICE_RE = re.compile(r"^(cpu|auto|cuda:([0-9]|[1-5][0-9]|6[0-3]))$")
 
 NonEmptyStr = Annotated[str, Field(min_length=1)]
 
@@ -331,10 +329,7 @@ class DeviceSpec(_Strict):
     @field_validator("device")
     @classmethod
     def _known_device(cls, value: str) -> str:
-        if re.fullmatch(r"cuda:\d+", value) and not DEVICE_RE.match(value):
-            raise ValueError(f"cuda:N takes N from 0 to {MAX_GPUS - 1} without leading zeros, but got {value!r}")
-        if not DEVICE_RE.match(value):
-            raise ValueError(f"must be one of cpu, cuda:N, auto, but got {value!r}")
+        DeviceLabel.parse(value, simulated=False)
         return value
 
     @model_validator(mode="after")
@@ -344,12 +339,12 @@ class DeviceSpec(_Strict):
         return self
 
     @property
+    def label(self) -> DeviceLabel:
+        return DeviceLabel.parse(self.device, simulated=False)
+
+    @property
     def gpus_needed(self) -> int:
-        if self.device == "cpu":
-            return 0
-        if self.device == "auto":
-            return self.gpus or 2
-        return int(self.device.split(":")[1]) + 1
+        return self.label.gpus_needed(self.gpus or 2)
 
 
 class ParityCheck(_Strict):
@@ -387,9 +382,6 @@ class PhaseBudgets(_Strict):
     finish: Budget | None = Field(None, description="For the whole finish phase.")
 
 
-DEVICE_KINDS = ("cpu", "cuda", "auto")
-
-
 class TransfersCheck(PhaseBudgets):
     """Budgets for every device, with per-device-kind overrides (`auto:` for a split model,
     whose boundary copies a single GPU does not have), and an optional baseline engine."""
@@ -423,7 +415,7 @@ class Scope(_Strict):
     def covers(self, engine: str, device_label: str) -> bool:
         if self.engines and engine not in self.engines:
             return False
-        scenario_device = device_label.removeprefix("sim:")
+        scenario_device = DeviceLabel.parse(device_label).device
         return not self.devices or device_label in self.devices or scenario_device in self.devices
 
 
@@ -480,9 +472,16 @@ class Assistant(_Strict):
     @field_validator("device")
     @classmethod
     def _known_device(cls, value: str) -> str:
-        if value != "same" and not re.match(r"^cuda:([0-9]|[1-5][0-9]|6[0-3])$", value):
+        if value != "same" and not _is_one_gpu(value):
             raise ValueError(f"must be `same` or cuda:N, but got {value!r}")
         return value
+
+
+def _is_one_gpu(value: str) -> bool:
+    try:
+        return DeviceLabel.parse(value, simulated=False).kind == "cuda"
+    except ValueError:
+        return False
 
 
 class PeftAdapter(_Strict):

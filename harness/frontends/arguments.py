@@ -6,11 +6,12 @@ or pytest.UsageError)."""
 from __future__ import annotations
 
 import argparse
-import difflib
 import math
 import os
 import re
 from pathlib import Path
+
+from harness.format.suggest import closest, did_you_mean
 
 # The scenario format's own bound for `timeout:` (harness/format/scenario.py), so one limit holds.
 MAX_TIMEOUT_S = 86400.0
@@ -31,20 +32,14 @@ def timeout_seconds(text: str) -> float:
     return value
 
 
-def _did_you_mean(value: str, known: list[str] | tuple[str, ...]) -> str | None:
-    close = difflib.get_close_matches(value, list(known), n=1, cutoff=0.5)
-    return close[0] if close else None
-
-
 def device_filter_problems(values: list[str]) -> list[str]:
     """`-d` values that are neither a device label nor a group."""
     problems = []
     for value in values:
         if value in DEVICE_GROUPS or _DEVICE_LABEL.match(value):
             continue
-        close = _did_you_mean(value, _DEVICE_EXAMPLES)
-        hint = (f"did you mean {close!r}?" if close else
-                "expected cpu, cuda:N, auto, sim:cuda:N, sim:auto, or a group: sim, gpu, all")
+        hint = did_you_mean(value, _DEVICE_EXAMPLES,
+                            otherwise="expected cpu, cuda:N, auto, sim:cuda:N, sim:auto, or a group: sim, gpu, all")
         problems.append(f"unknown device {value!r} ({hint})")
     return problems
 
@@ -61,7 +56,7 @@ def engine_filter_problems(values: list[str]) -> list[str]:
     for value in values:
         if value in known:
             continue
-        close = _did_you_mean(value, known)
+        close = closest(value, known)
         if value in broken:
             hint = f"its plugin failed to load: {broken[value]}"
         elif close:

@@ -227,10 +227,11 @@ def benchmark_cases(settings: Settings | None = None, root: Path | None = None) 
     return [case for one in loaded.scenarios if one.scenario.benchmark for case in expand(one)]
 
 
-def _device_order(label: str) -> tuple[int, str]:
-    simulated = label.startswith("sim:")
-    kind = label.removeprefix("sim:").split(":")[0]
-    return (simulated * 3 + {"cpu": 0, "cuda": 1, "auto": 2}.get(kind, 2), label)
+def _device_order(text: str) -> tuple[int, str]:
+    from harness.format.labels import DEVICE_KINDS, DeviceLabel
+
+    label = DeviceLabel.parse(text)
+    return (label.simulated * 3 + DEVICE_KINDS.index(label.kind), text)
 
 
 NO_CASES = "(no benchmark scenarios)"

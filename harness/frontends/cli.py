@@ -262,14 +262,14 @@ def _standard_suite_file(args: argparse.Namespace, engines: list[str], because: 
     from harness.engines import get_engine
     from harness.format.scenario import HubModel, PathModel
     from harness.frontends.standard_suite import suite_for, to_yaml
-    from harness.models.sources import ModelSourceError, describe
+    from harness.models.sources import ModelSourceError, describe_model
     from harness.models.tinymodel import cache_root
     from harness.record.results import ResultsWriteError, write_file
 
     source = model_source(args.model) if args.model else None
     if source is not None:
         try:  # before any suite is written: one line naming --model, not a temporary file
-            describe(HubModel(**source) if "hub" in source else PathModel(**source))
+            describe_model(HubModel(**source) if "hub" in source else PathModel(**source))
         except (ModelSourceError, ValueError) as exc:
             _usage_error(f"--model {args.model}: {exc}")
     scenarios = []

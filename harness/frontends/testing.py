@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.devices.ledger import PHASES, Ledger
+from harness.format.labels import DeviceLabel
+from harness.format.suggest import did_you_mean
 
 __all__ = ["DeviceRun", "TrackedLedger", "assert_transfers", "device_runs", "simulated_gpus", "track_transfers"]
 
@@ -70,7 +72,7 @@ class DeviceRun:
     @property
     def gpu_count(self) -> int:
         """GPUs to simulate for this run: enough for its highest cuda:N, at least 2."""
-        return max(2, *(int(d.split(":")[1]) + 1 for d in self.devices if d.startswith("cuda:")))
+        return max(2, *(DeviceLabel.parse(d).gpus_needed(0) for d in self.devices))
 
     @property
     def device(self) -> str:
@@ -86,17 +88,14 @@ MARKER_KEYWORDS = ("devices", "gpus")
 
 def marker_problem(args: tuple, kwargs: Mapping[str, Any]) -> str | None:
     """What is wrong with a `@pytest.mark.samedevice(...)`, in one line, or None."""
-    import difflib
-
-    from harness.format.scenario import DEVICE_RE, MAX_GPUS
+    from harness.format.labels import MAX_GPUS, SIM_PREFIX
 
     usage = "use @pytest.mark.samedevice(devices=['cpu', 'cuda:0', 'auto'], gpus=2)"
     if args:
         return f"@pytest.mark.samedevice takes keywords only, got {args!r}: {usage}"
     for key in kwargs:
         if key not in MARKER_KEYWORDS:
-            close = difflib.get_close_matches(key, MARKER_KEYWORDS, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else usage
+            hint = did_you_mean(key, MARKER_KEYWORDS, otherwise=usage)
             return f"@pytest.mark.samedevice: unknown keyword {key!r} ({hint})"
     gpus = kwargs.get("gpus", 2)
     if isinstance(gpus, bool) or not isinstance(gpus, int) or not 1 <= gpus <= MAX_GPUS:
@@ -107,15 +106,22 @@ def marker_problem(args: tuple, kwargs: Mapping[str, Any]) -> str | None:
     if isinstance(devices, str) or not isinstance(devices, (list, tuple)) or not devices:
         return f"@pytest.mark.samedevice: devices must be a non-empty list such as ['cpu', 'cuda:0'], got {devices!r}"
     for device in devices:
-        if not isinstance(device, str) or not DEVICE_RE.match(device):
+        if _scenario_device(device) is None:
             hint = (" (drop the sim: prefix: a real GPU is used where present, a simulated one otherwise)"
-                    if isinstance(device, str) and device.startswith("sim:") else "")
+                    if isinstance(device, str) and device.startswith(SIM_PREFIX) else "")
             return f"@pytest.mark.samedevice: device {device!r} is not cpu, cuda:N or auto{hint}"
     if "auto" in devices and gpus < 2:
         return f"@pytest.mark.samedevice: auto spreads a model over gpus >= 2 GPUs, got gpus={gpus}"
     if len(set(devices)) != len(devices):
         return f"@pytest.mark.samedevice: a device is listed twice in {list(devices)!r}"
     return None
+
+
+def _scenario_device(device: object) -> DeviceLabel | None:
+    try:
+        return DeviceLabel.parse(device, simulated=False)
+    except ValueError:
+        return None
 
 
 def device_runs(devices: list[str], gpus: int = 2) -> list[DeviceRun]:
@@ -128,15 +134,15 @@ def device_runs(devices: list[str], gpus: int = 2) -> list[DeviceRun]:
     why_not_sim = unavailable_reason()
     runs = []
     for device in devices:
-        if device == "cpu":
+        label = DeviceLabel.parse(device, simulated=False)
+        if label.kind == "cpu":
             runs.append(DeviceRun("cpu", ("cpu",), False))
             continue
-        placed = tuple(f"cuda:{i}" for i in range(gpus)) if device == "auto" else (device,)
-        needed = gpus if device == "auto" else int(device.split(":")[1]) + 1
+        placed, needed = label.placement(gpus), label.gpus_needed(gpus)
         if have >= needed:
             runs.append(DeviceRun(device, placed, False))
         elif why_not_sim is None:
-            runs.append(DeviceRun("sim:" + device, placed, True))
+            runs.append(DeviceRun(str(label.with_simulated(True)), placed, True))
         else:
             runs.append(DeviceRun(device, placed, False, skip=f"needs {needed} CUDA device(s), {have} visible, "
                                                                f"and simulated GPUs are unavailable: {why_not_sim}"))
@@ -232,15 +238,12 @@ def assert_transfers(ledger: TrackedLedger | Ledger, **budgets: dict[str, float]
 
 def _budget_problem(exc: Any) -> str:
     """The first problem of assert_transfers' budgets, in one line with a "did you mean"."""
-    import difflib
-
     from harness.format.scenario import Budget, PhaseBudgets
 
     error = exc.errors(include_url=False)[0]
     loc = [str(part) for part in error["loc"]]
     if error["type"] == "extra_forbidden":
         known = list(PhaseBudgets.model_fields) if len(loc) == 1 else list(Budget.model_fields)
-        close = difflib.get_close_matches(loc[-1], known, n=1)
-        hint = f"did you mean {close[0]!r}?" if close else f"one of {', '.join(known)}"
+        hint = did_you_mean(loc[-1], known, otherwise=f"one of {', '.join(known)}")
         return f"{'.'.join(loc)}: unknown key {loc[-1]!r} ({hint})"
     return f"{'.'.join(loc)}: {error['msg']}"

@@ -10,10 +10,11 @@ the mapping would import torch, and the scenario format must check names without
 from __future__ import annotations
 
 import ast
-import difflib
 import importlib.util
 from functools import lru_cache
 from pathlib import Path
+
+from harness.format.suggest import did_you_mean
 
 BUNDLED_FAMILIES = ("llama", "mixtral")
 # `family: all` (or a list of names) makes the loader expand one scenario per family.
@@ -59,7 +60,6 @@ def unknown_family_message(name: str) -> str | None:
     known = known_families()
     if known is None or name in known:
         return None
-    close = difflib.get_close_matches(name, known, n=1)
-    hint = f"did you mean {close[0]!r}?" if close else "see `samedevice architectures` for the list"
+    hint = did_you_mean(name, known, otherwise="see `samedevice architectures` for the list")
     return (f"unknown model family {name!r}: not llama, mixtral or a causal-LM model type of the installed "
             f"transformers ({hint})")

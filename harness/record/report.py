@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
+from harness.format.labels import DeviceLabel
 from harness.record.render import markdown_block, markdown_code, shorten, terminal_text
 from harness.record.results import STATUSES, CaseResult, DamagedLine
 
@@ -84,7 +85,7 @@ def _stop_cause(run_info: dict[str, Any]) -> str | None:
 
 def matrix(results: list[CaseResult]) -> list[str]:
     """engine x feature rows, device columns: counts of passed / failed+error / skipped."""
-    devices = sorted({r.device for r in results}, key=lambda d: (d.startswith("sim:"), d != "cpu", d))
+    devices = sorted({r.device for r in results}, key=_device_column)
     cells: dict[tuple[str, str], Counter[str]] = {}
     for r in results:
         for feature in r.features or ["(plain)"]:
@@ -103,6 +104,15 @@ def matrix(results: list[CaseResult]) -> list[str]:
             out.append(", ".join(p for p in parts if p))
         lines.append(f"| {_code(row)} | " + " | ".join(out) + " |")
     return lines
+
+
+def _device_column(device: str) -> tuple[bool, bool, str]:
+    """Real devices first, cpu first among them; a device that is no label sorts as a real GPU."""
+    try:
+        label = DeviceLabel.parse(device)
+    except ValueError:
+        return (False, True, device)
+    return (label.simulated, label.kind != "cpu", device)
 
 
 def _listed(items: Iterable[object]) -> list[str]:
