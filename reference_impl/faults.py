@@ -1,4 +1,4 @@
-"""Fault switches: each puts one real device bug (BUG-CLASSES.md) back into the reference
+"""Fault switches: each puts one real device bug (docs/bug-classes.md) back into the reference
 implementation, so the harness can prove it catches that bug class.
 
 A switch is off unless named, in the scenario's `faults:` list or in the environment

@@ -1,5 +1,6 @@
-"""User-style inference code carrying the four founding bugs of BUG-CLASSES.md, each with
-its upstream fix behind `fixed=True`, plus a decode loop with a silent host round trip.
+"""User-style inference code carrying the four founding bugs (classes 1-4 of
+docs/bug-classes.md), each with its upstream fix behind `fixed=True`, plus a decode loop with
+a silent host round trip.
 
 The tests run these on simulated GPUs and check the failure names the op, the devices and
 the line marked `# BUG n` below, as a GPU user would see it.

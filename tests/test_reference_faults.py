@@ -4,6 +4,7 @@ expected classification, while the same scenario without the switch passes."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -134,6 +135,21 @@ def test_every_switch_has_a_fault_scenario():
 
     covered = {f for s in load_file(FAULTS_FILE).scenarios for f in s.scenario.faults}
     assert covered == set(faults.FAULTS), f"switches without a fault scenario: {set(faults.FAULTS) - covered}"
+
+
+def test_the_bug_classes_document_names_every_switch_and_only_scenarios_that_exist():
+    """docs/bug-classes.md maps each class to its fault switch and scenarios: a renamed or new
+    switch or scenario must show up there too."""
+    from harness.format.loader import load_paths
+
+    root = FAULTS_FILE.parent.parent
+    doc = (root / "docs" / "bug-classes.md").read_text(encoding="utf-8")
+    spans = set(re.findall(r"`([a-z0-9_.-]+)`", doc))
+    assert set(faults.FAULTS) <= spans, f"switches missing from the document: {set(faults.FAULTS) - spans}"
+    names = {s.scenario.name for s in load_paths([FAULTS_FILE.parent]).scenarios}
+    cited = {s for s in spans if "-" in s and re.fullmatch(r"[a-z0-9]+(-[a-z0-9_]+)+", s)}
+    assert cited <= names, f"the document cites scenarios that do not exist: {cited - names}"
+    assert {n for n in names if n.startswith("fault-")} <= cited
 
 
 def test_every_fault_scenario_is_caught_on_simulated_gpus_and_its_twin_passes():

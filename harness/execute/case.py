@@ -269,7 +269,7 @@ class Companions:
         return self.get(Case(case.loaded, engine, case.target))
 
 
-OracleCache = Companions  # the name benchmarks of older commits import
+OracleCache = Companions  # the former name, still used by execute/worker.py and some tests
 
 
 def scorer(case: Case, target: DeviceTarget) -> Callable[[list[int]], torch.Tensor]:

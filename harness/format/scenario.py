@@ -35,7 +35,7 @@ MAX_SEED = 2**64 - 1  # torch generators take unsigned 64-bit seeds
 
 FEATURES = ("logit_bias", "json_schema", "beam_search", "kv_cache", "quantization")
 
-# Fault switches of the reference implementation, one per bug class in BUG-CLASSES.md.
+# Fault switches of the reference implementation: each puts one upstream bug of docs/bug-classes.md back.
 FAULTS = (
     "logit_bias_on_cpu",  # mistral.rs #398: bias built on one device, logits on another
     "ancestors_on_cpu",  # Outlines #651: beam index left on the CPU

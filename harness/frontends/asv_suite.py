@@ -47,10 +47,13 @@ per token are deterministic: any increase is a real extra copy or sync per gener
 token. They are counted on simulated GPUs (`sim:*` devices) and real ones; a plain CPU case
 has nothing to count and tracks 0.
 
-Self-contained on purpose: `benchmarks/refs.py` runs a copy of this file against older
+Self-contained on purpose: `benchmarks/refs.py` runs a copy of this file against other
 checkouts put first on sys.path (`python samedevice_suite.py run-cases`, or as asv's
-suite), so it imports only long-stable names from `harness` (`load_paths`, `expand`,
-`skip_reason`, `execute`, `run_case`, `RunDirectory`, `CaseFigures`), inside functions, and
+suite). It imports `harness` only inside functions, by the module paths of the subpackage
+layout (`harness.execute.case`, `harness.execute.cases`, `harness.record.figures`, ...;
+`load_paths` from `harness.frontends.scenarios`, else `harness.format.loader`), so it
+measures commits from that layout (708abd8) on: an older commit has no `harness.execute`,
+and measuring it stops with `ModuleNotFoundError: No module named 'harness.execute'`. It
 defines nothing asv would take for a benchmark at module level (the metrics class is
 private; `scenario_benchmarks` makes the public one).
 

@@ -2,7 +2,7 @@
 
 `samedevice run --engine NAME --model PATH` runs these scenarios against the user's model on
 cpu and simulated GPUs (and real ones where present); `samedevice init scenarios` writes
-them out as an editable YAML file. Each scenario is one bug class of BUG-CLASSES.md: greedy
+them out as an editable YAML file. Each scenario is one bug class of docs/bug-classes.md: greedy
 and seeded sampling (any device mismatch in the forward or the loop), logit bias (class 1),
 JSON schema and beams (class 2), static and offloaded caches (class 3), as far as the engine
 declares the features: the others are left out, with the reason printed.
