@@ -10,8 +10,8 @@ switches that put each known device bug back).
 
 from reference_impl.beam import Beam, BeamSearchResult, beam_search
 from reference_impl.generate import GenerateConfig, JsonSpec, generate, teacher_forced_logits
+from reference_impl.loading import load_model
 from reference_impl.model import ModelArgs, Transformer
-from reference_impl.placement import load_model
 
 __all__ = [
     "Beam",

@@ -78,7 +78,7 @@ def test_the_assistant_model_sits_on_the_second_simulated_gpu() -> None:
     request = build_request(case, lambda phase: None)
     engine = TransformersEngine()
     with torch.no_grad(), simulated_gpus(count=2):
-        engine.load(request, case.target.placement())
+        engine.load(request, case.target.requested_placement())
         assert str(engine.model.device) == "cuda:0" and str(engine.assistant.device) == "cuda:1"
     result = run_case(case, RunOptions(), Companions())
     assert result.status == "passed", result.summary_line()

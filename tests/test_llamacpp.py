@@ -54,11 +54,11 @@ def test_llamacpp_q8_0_logits_stay_close_to_f32() -> None:
     reference = ReferenceEngine()
     case = _cpu_case("reference")
     request = build_request(case, lambda phase: None)
-    reference.load(request, case.target.placement())
+    reference.load(request, case.target.requested_placement())
     exact = reference.teacher_forced_logits(ids)
     quantized_case = _cpu_case("llamacpp", features={"quantization": {"format": "q8_0"}})
     engine = LlamaCppEngine()
-    engine.load(build_request(quantized_case, lambda phase: None), quantized_case.target.placement())
+    engine.load(build_request(quantized_case, lambda phase: None), quantized_case.target.requested_placement())
     approx = engine.teacher_forced_logits(ids)
     scale = float(exact.abs().max())
     assert float((approx - exact).abs().max()) < 0.05 * scale, "Q8_0 logits drift more than 5% of the logit range"

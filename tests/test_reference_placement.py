@@ -10,7 +10,7 @@ from harness.devices.ledger import Ledger
 from harness.format.scenario import ModelSpec
 from harness.models import tinymodel
 from reference_impl import GenerateConfig, beam_search, generate, load_model
-from reference_impl.placement import split_layers
+from reference_impl.loading import split_layers
 
 
 def test_layers_are_split_into_contiguous_balanced_groups():

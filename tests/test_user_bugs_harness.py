@@ -54,7 +54,7 @@ def test_the_upstream_fix_passes_with_cpu_parity(tag, device) -> None:
 
 def test_the_cuda0_index_against_a_cuda1_layer_is_caught_too() -> None:
     from harness.devices import simulated_gpus
-    from harness.execute.case_errors import describe
+    from harness.execute.case_errors import describe_error
     from tests.sim_user_bugs import reorder_cache
 
     with simulated_gpus(count=2):
@@ -63,7 +63,7 @@ def test_the_cuda0_index_against_a_cuda1_layer_is_caught_too() -> None:
         layers = [torch.zeros(3, 2, device="cuda:0"), torch.zeros(3, 2, device="cuda:1")]
         with pytest.raises(RuntimeError) as caught:
             reorder_cache(layers, 3, fixed=1)
-    info = describe(caught.value)
+    info = describe_error(caught.value)
     assert info.mismatch and info.op == "index_select" and set(info.devices) == {"cuda:0", "cuda:1"}
 
 

@@ -136,7 +136,8 @@ Capabilities.__init__ = _init_accepting_simulated  # type: ignore[method-assign]
 
 @dataclass(frozen=True)
 class Placement:
-    """Where a case puts the model: ["cpu"], ["cuda:0"], or ["cuda:0", "cuda:1"] for auto."""
+    """What a case asks an engine for at `load`: where to put the model: ["cpu"], ["cuda:0"], or
+    ["cuda:0", "cuda:1"] for auto (`harness.engines.weights` then checks where the weights went)."""
 
     kind: str  # cpu | cuda | auto
     devices: tuple[str, ...]

@@ -34,7 +34,7 @@ from harness.engines.base import Engine, Generation, Request, Unsupported
 from harness.engines.spec import GenerationSpec, resolve
 from harness.engines.weights import WeightMap, placement_problem, weight_map
 from harness.execute.capture import captured_output, quiet_libraries
-from harness.execute.case_errors import ErrorInfo, describe
+from harness.execute.case_errors import ErrorInfo, describe_error
 from harness.execute.cases import Case, DeviceTarget, skip_reason
 from harness.execute.phases import PhaseTracker
 from harness.format.scenario import DeviceSpec
@@ -86,7 +86,7 @@ def _tokenizer(directory: str, tokenizer_json: str | None) -> tuple[Callable[[st
 def build_request(case: Case, on_phase: Callable[[str], None]) -> Request:
     """The engine's request: the model's directory, tokenizer and EOS (a generated model's
     bundled tokenizer, or a path or hub model's own), and the scenario resolved with them."""
-    model = model_source.describe(case.scenario.model)
+    model = model_source.describe_model(case.scenario.model)
     encode, decode = _tokenizer(str(model.directory), str(model.tokenizer_json) if model.tokenizer_json else None)
     return Request(
         scenario=case.scenario,
@@ -160,70 +160,70 @@ def _real_gpu(target: DeviceTarget) -> bool:
 
 def execute(case: Case) -> Execution:
     """Load and generate; any exception becomes `Execution.error`, never the run's."""
-    run = Execution()
-    tracker = PhaseTracker(run.ledger, torch.cuda.synchronize if _real_gpu(case.target) else None)
+    execution = Execution()
+    tracker = PhaseTracker(execution.ledger, torch.cuda.synchronize if _real_gpu(case.target) else None)
     # An engine's warnings and output are the engine's business: recorded as notes, never
     # raised (pytest's filterwarnings=error must not turn a deprecation inside outlines into
     # a failure) and never printed between the run's progress lines.
-    with engine_output(run):
-        _generate(case, run, tracker)
-    run.decode_seen = tracker.decode_forwards > 0 or tracker.engine_marks["decode"] > 0
-    if run.generation is not None and tracker.decode_forwards == 0:
+    with engine_output(execution):
+        _generate(case, execution, tracker)
+    execution.decode_seen = tracker.decode_forwards > 0 or tracker.engine_marks["decode"] > 0
+    if execution.generation is not None and tracker.decode_forwards == 0:
         # No decode forward was seen: the engine's own count is the steps (see harness.execute.phases).
-        steps = run.generation.decode_steps
-        run.ledger.decode_tokens = steps if steps is not None else sum(max(len(t) - 1, 0) for t in run.generation.tokens)
+        steps = execution.generation.decode_steps
+        execution.ledger.decode_tokens = steps if steps is not None else sum(max(len(t) - 1, 0) for t in execution.generation.tokens)
     seconds = tracker.seconds
-    run.timings = {f"{phase}_s": round(seconds[phase], 6) for phase in ("load", "setup", "prefill", "decode", "finish")}
-    if run.ledger.decode_tokens and seconds["decode"] > 0:
-        run.timings["decode_tokens_per_s"] = round(run.ledger.decode_tokens / seconds["decode"], 2)
-    return run
+    execution.timings = {f"{phase}_s": round(seconds[phase], 6) for phase in ("load", "setup", "prefill", "decode", "finish")}
+    if execution.ledger.decode_tokens and seconds["decode"] > 0:
+        execution.timings["decode_tokens_per_s"] = round(execution.ledger.decode_tokens / seconds["decode"], 2)
+    return execution
 
 
 @contextlib.contextmanager
-def engine_output(run: Execution) -> Iterator[None]:
+def engine_output(execution: Execution) -> Iterator[None]:
     """The engine's warnings and printed output (native code's too) into `run`'s notes."""
     quiet_libraries()
     with warnings.catch_warnings(record=True) as recorded, captured_output() as output:
         warnings.simplefilter("always")
         yield
-    run.warnings = list(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in recorded))[:5]
-    run.notes += [f"output: {line}" for line in output.lines()]
+    execution.warnings = list(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in recorded))[:5]
+    execution.notes += [f"output: {line}" for line in output.lines()]
 
 
-def _generate(case: Case, run: Execution, tracker: PhaseTracker) -> None:
+def _generate(case: Case, execution: Execution, tracker: PhaseTracker) -> None:
     engine: Engine | None = None
     origin = "harness"
     try:
         request = build_request(case, tracker.on_phase)
-        run.spec = request.spec
-        with device_context(case.target, run.ledger, run.notes):
+        execution.spec = request.spec
+        with device_context(case.target, execution.ledger, execution.notes):
             origin = "engine"
             engine = get_engine(case.engine)()
             if torch.cuda.is_available() and _real_gpu(case.target):
                 torch.cuda.reset_peak_memory_stats()
-            engine.load(request, case.target.placement())
+            engine.load(request, case.target.requested_placement())
             modules = engine.modules()
             origin = "harness"
-            run.weights = weight_map(engine, modules)
+            execution.weights = weight_map(engine, modules)
             if case.target.simulated and _has_transformers_model(modules):
-                run.notes.append(f"simulation: {HUB_KERNELS_NOTE}")
+                execution.notes.append(f"simulation: {HUB_KERNELS_NOTE}")
             if modules:
                 tracker.hook(modules[0])
             tracker.begin_generate()
             origin = "engine"
-            run.generation = engine.generate(request)
+            execution.generation = engine.generate(request)
             origin = "harness"
             tracker.end_generate()
             tracker.unhook()
             if torch.cuda.is_available() and _real_gpu(case.target):
-                run.peak_memory_bytes = int(torch.cuda.max_memory_allocated())
-        run.step_logits = tracker.step_logits(len(request.spec.prompt_ids), _vocab_size(request.model_dir))
+                execution.peak_memory_bytes = int(torch.cuda.max_memory_allocated())
+        execution.step_logits = tracker.step_logits(len(request.spec.prompt_ids), _vocab_size(request.model_dir))
     except Unsupported as exc:  # the engine cannot run this case here: a skip, with its reason
         tracker.unhook()
-        run.unsupported = str(exc) or type(exc).__name__
+        execution.unsupported = str(exc) or type(exc).__name__
     except Exception as exc:  # the case's error, never the run's
         tracker.unhook()
-        run.error = describe(exc, origin="engine" if origin == "engine" else "harness")
+        execution.error = describe_error(exc, origin="engine" if origin == "engine" else "harness")
     finally:
         if engine is not None:
             with contextlib.suppress(Exception):
@@ -250,8 +250,8 @@ class Companions:
         # The name too: a family sweep makes several scenarios of one file line.
         return (case.loaded.path, case.loaded.line, case.scenario.name, case.engine, case.target.label)
 
-    def remember(self, case: Case, run: Execution) -> None:
-        self._runs[self._key(case)] = run
+    def remember(self, case: Case, execution: Execution) -> None:
+        self._runs[self._key(case)] = execution
         self._runs.move_to_end(self._key(case))
         while len(self._runs) > _KEEP:
             self._runs.popitem(last=False)
@@ -280,7 +280,7 @@ def scorer(case: Case, target: DeviceTarget) -> Callable[[list[int]], torch.Tens
         engine = get_engine(case.engine)()
         request = build_request(Case(case.loaded, case.engine, target), lambda phase: None)
         with engine_output(Execution()), device_context(target, Ledger()):
-            engine.load(request, target.placement())
+            engine.load(request, target.requested_placement())
             try:
                 return engine.teacher_forced_logits(ids).float().cpu()
             finally:
@@ -319,7 +319,7 @@ def run_case(case: Case, options: RunOptions, companions: Companions | None) -> 
     try:
         _judge(case, result, companions, options)
     except Exception as exc:  # a bug in our own checks: the case's error, never the engine's
-        result.error = describe(exc, origin="harness")
+        result.error = describe_error(exc, origin="harness")
         result.status, result.failures = "error", []
     return _finish(result)
 
@@ -335,7 +335,7 @@ def _unbuildable(case: Case) -> str | None:
     if not isinstance(model, ModelSpec):
         return None
     try:
-        model_source.describe(model)
+        model_source.describe_model(model)
     except CannotBuildTiny as exc:
         return f"model family {model.family} cannot be built tiny: {exc}"
     except Exception:  # reported by the run itself, with its traceback
@@ -344,57 +344,57 @@ def _unbuildable(case: Case) -> str | None:
 
 
 def _judge(case: Case, result: CaseResult, companions: Companions | None, options: RunOptions) -> None:
-    run = execute(case)
+    execution = execute(case)
     if companions is not None and case.target.kind == "cpu":
-        companions.remember(case, run)
-    if run.unsupported is not None:
-        result.status, result.reason = "skipped", f"engine {case.engine}: {run.unsupported}"
-        result.notes = run.notes
+        companions.remember(case, execution)
+    if execution.unsupported is not None:
+        result.status, result.reason = "skipped", f"engine {case.engine}: {execution.unsupported}"
+        result.notes = execution.notes
         return
     scenario, target = case.scenario, case.target
     engine_cls = get_engine(case.engine)
     caps = engine_cls.capabilities
-    result.timings = run.timings
-    result.peak_memory_bytes = run.peak_memory_bytes
-    result.ledger = None if run.ledger.is_empty() and not run.ledger.decode_tokens else run.ledger
-    result.weights = run.weights.to_json() if run.weights is not None else None
-    result.error = run.error
-    outcome = checks.Outcome(notes=run.notes + [f"warning: {w}" for w in run.warnings])
-    outcome.add(checks.check_error(run.error))
-    if run.weights is not None:
-        problem = placement_problem(run.weights, target.kind, target.placement().devices)
-        outcome.add(checks.check_placement(case.engine, problem, bool(run.weights.tensors), caps.runs_on_torch))
+    result.timings = execution.timings
+    result.peak_memory_bytes = execution.peak_memory_bytes
+    result.ledger = None if execution.ledger.is_empty() and not execution.ledger.decode_tokens else execution.ledger
+    result.weights = execution.weights.to_json() if execution.weights is not None else None
+    result.error = execution.error
+    outcome = checks.Outcome(notes=execution.notes + [f"warning: {w}" for w in execution.warnings])
+    outcome.add(checks.check_error(execution.error))
+    if execution.weights is not None:
+        problem = placement_problem(execution.weights, target.kind, target.requested_placement().devices)
+        outcome.add(checks.check_placement(case.engine, problem, bool(execution.weights.tensors), caps.runs_on_torch))
     tracked = target.simulated or target.kind != "cpu"
     expect_error = scenario.checks.expect_error
     if expect_error is not None and not expect_error.covers(case.engine, target.label):
         expect_error = None
-    if run.generation is not None and run.spec is not None:
-        generation = run.generation
+    if execution.generation is not None and execution.spec is not None:
+        generation = execution.generation
         result.tokens, result.texts = generation.tokens, generation.texts
         outcome.notes += generation.notes
         if caps.token_ids:
-            outcome.add(checks.check_output(generation.tokens, scenario, run.spec.eos_id))
+            outcome.add(checks.check_output(generation.tokens, scenario, execution.spec.eos_id))
         if tracked and caps.runs_on_torch:
-            outcome.add(checks.check_phases(case.engine, generation.tokens, run.decode_seen))
+            outcome.add(checks.check_phases(case.engine, generation.tokens, execution.decode_seen))
         if tracked:
-            outcome.add(_transfers(case, run, companions, caps.runs_on_torch))
-        outcome.add(feature_checks.check_features(run.spec, generation))
+            outcome.add(_transfers(case, execution, companions, caps.runs_on_torch))
+        outcome.add(feature_checks.check_features(execution.spec, generation))
         if (options.teacher_forcing_check and target.kind == "cpu" and caps.teacher_forcing and caps.token_ids
-                and run.spec.sampling.greedy and run.spec.beams is None and not run.spec.logit_bias):
-            prompts = [list(ids) for ids in run.spec.prompt_ids]
+                and execution.spec.sampling.greedy and execution.spec.beams is None and not execution.spec.logit_bias):
+            prompts = [list(ids) for ids in execution.spec.prompt_ids]
             outcome.add(checks.check_teacher_forcing(generation.tokens, prompts, scorer(case, target)))
         wants_parity = (companions is not None and target.kind != "cpu" and scenario.checks.parity.enabled
                         and expect_error is None)
         if wants_parity:
             assert companions is not None
-            outcome.add(_parity(case, run, companions.oracle(case), caps))
+            outcome.add(_parity(case, execution, companions.oracle(case), caps))
     covering = [e for e in scenario.checks.expect_failure if e.covers(case.engine, target.label)]
-    verdict = checks.decide(outcome, run.error, expect_error, covering, caps.findings, target.simulated)
+    verdict = checks.decide(outcome, execution.error, expect_error, covering, caps.findings, target.simulated)
     result.status, result.reason = verdict.status, verdict.reason
     result.failures, result.notes, result.findings = verdict.failures, verdict.notes, verdict.findings
 
 
-def _transfers(case: Case, run: Execution, companions: Companions | None, torch_engine: bool) -> checks.Outcome:
+def _transfers(case: Case, execution: Execution, companions: Companions | None, torch_engine: bool) -> checks.Outcome:
     config = case.scenario.checks.transfers
     if config is None:
         return checks.Outcome()
@@ -410,25 +410,25 @@ def _transfers(case: Case, run: Execution, companions: Companions | None, torch_
             out.fail("transfers", f"baseline {config.baseline} could not run on {case.target.label}: {why}")
             return out
         baseline = other.ledger
-    return checks.check_transfers(config.for_kind(case.target.kind), run.ledger, baseline, config.baseline)
+    return checks.check_transfers(config.for_kind(case.target.kind), execution.ledger, baseline, config.baseline)
 
 
-def _parity(case: Case, run: Execution, oracle: Execution, caps) -> checks.Outcome:
+def _parity(case: Case, execution: Execution, oracle: Execution, caps) -> checks.Outcome:
     if oracle.error is not None or oracle.generation is None:
         why = oracle.error.one_line() if oracle.error is not None else "no output"
         return checks.Outcome(notes=[f"parity not checked: the CPU run did not complete ({why})"])
-    assert run.generation is not None and run.spec is not None
-    spec = run.spec
+    assert execution.generation is not None and execution.spec is not None
+    spec = execution.spec
     if not spec.sampling.greedy and not caps.deterministic:
         return checks.Outcome(notes=[f"parity not judged: engine {case.engine} is not deterministic under sampling "
                                      "(Capabilities.deterministic is False)"])
-    generation, cpu = run.generation, oracle.generation
+    generation, cpu = execution.generation, oracle.generation
     differ = generation.tokens != cpu.tokens
     teacher = caps.teacher_forcing and differ
     evidence = checks.ParityEvidence(
         tokens=generation.tokens, texts=generation.texts, cpu_tokens=cpu.tokens, cpu_texts=cpu.texts,
         prompt_ids=[list(ids) for ids in spec.prompt_ids],
-        cpu_steps=oracle.step_logits, device_steps=run.step_logits,
+        cpu_steps=oracle.step_logits, device_steps=execution.step_logits,
         score_device=scorer(case, case.target) if teacher else None,
         score_cpu=scorer(case, _CPU) if teacher else None,
         token_ids=caps.token_ids and any(generation.tokens),

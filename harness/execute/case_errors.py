@@ -64,7 +64,7 @@ def one_line(message: str) -> str:
     return text if len(text) <= ONE_LINE_CHARS else text[: ONE_LINE_CHARS - 3] + "..."
 
 
-def describe(exc: BaseException, origin: Origin = "engine") -> ErrorInfo:
+def describe_error(exc: BaseException, origin: Origin = "engine") -> ErrorInfo:
     from harness.devices.errors import classify_device_error
     from harness.devices.state import kernel_gap_of, short_path
 

@@ -48,10 +48,10 @@ def _cost_dims(model) -> Dims:
         return resolve_dims(model)
     import json
 
-    from harness.models.sources import ModelSourceError, describe
+    from harness.models.sources import ModelSourceError, describe_model
 
     try:
-        config = json.loads((describe(model).directory / "config.json").read_text())
+        config = json.loads((describe_model(model).directory / "config.json").read_text())
         return Dims(hidden_size=int(config["hidden_size"]), num_layers=int(config["num_hidden_layers"]),
                     num_heads=1, num_kv_heads=1, intermediate_size=int(config.get("intermediate_size") or 4 * config["hidden_size"]))
     except (ModelSourceError, OSError, ValueError, KeyError, TypeError):

@@ -91,10 +91,10 @@ def _escaped_error(case: Case, started: float, exc: KeyboardInterrupt | SystemEx
     line that raised it, no traceback on the terminal, and the worker goes on. This worker
     ignores SIGINT, so a KeyboardInterrupt here is never the user's Ctrl-C (the parent gets
     that and stops the run)."""
-    from harness.execute.case_errors import describe
+    from harness.execute.case_errors import describe_error
 
     result = _error_result(case, started, type(exc).__name__, "")
-    result.error = describe(exc, origin="engine")
+    result.error = describe_error(exc, origin="engine")
     if isinstance(exc, SystemExit):
         result.error.message = (f"the engine called sys.exit({exc.code!r}) (exit code {_exit_status(exc.code)}); "
                                 "the case worker caught it and went on")
@@ -130,7 +130,7 @@ def _prepare(case: Case) -> None:
 
     with contextlib.suppress(Exception):
         if skip_reason(case) is None:
-            model_source.describe(case.scenario.model)  # builds a generated model on a cache miss
+            model_source.describe_model(case.scenario.model)  # builds a generated model on a cache miss
 
 
 def _lead_own_process_group() -> None:

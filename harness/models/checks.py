@@ -31,7 +31,7 @@ def model_problems(scenario: Scenario) -> list[ModelProblem]:
         layers: int | None = model_dims.resolve_dims(scenario.model).num_layers
     else:
         try:
-            info = model_source.describe(scenario.model)
+            info = model_source.describe_model(scenario.model)
         except model_source.ModelSourceError as exc:
             error(("model", exc.field), str(exc))
             return problems

@@ -145,7 +145,7 @@ def _eos_id(directory: Path, config: dict, text: dict) -> int | None:
 
 
 @lru_cache(maxsize=32)
-def describe(spec: Any) -> ModelInfo:
+def describe_model(spec: Any) -> ModelInfo:
     """`read_info(locate(spec))`, once per process and spec."""
     from harness.format.scenario import HubModel
 
@@ -158,4 +158,4 @@ def family_of(spec: Any) -> str:
 
     if isinstance(spec, ModelSpec):
         return spec.family
-    return describe(spec).family
+    return describe_model(spec).family

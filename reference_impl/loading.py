@@ -1,4 +1,7 @@
-"""Load a transformers-format checkpoint onto one device or spread over several (`auto`).
+"""The reference implementation's loading: a transformers-format checkpoint onto one device or
+spread over several (`auto`, its own contiguous layer split). Not the `Placement` a case asks an
+engine for (`harness.engines.base`), nor the harness's check of where the weights went
+(`harness.engines.weights`).
 
 Loading goes through the meta device and `load_state_dict(assign=True)`: each weight is
 converted to this implementation's layout on the host (q/k/v and gate/up fused, dense
