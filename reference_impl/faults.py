@@ -23,17 +23,8 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-FAULTS = (
-    "logit_bias_on_cpu",
-    "ancestors_on_cpu",
-    "ancestors_on_first_device",
-    "kv_cache_on_cpu",
-    "dequantize_to_cpu",
-    "router_on_cpu",
-    "stray_roundtrip_per_step",
-    "mask_on_cpu",
-    "input_on_first_device",
-)
+from harness.format.faults import FAULTS  # the one list, read by the scenario format too
+
 ENV_VAR = "SAMEDEVICE_FAULTS"
 
 

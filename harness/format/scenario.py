@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from harness.format.faults import FAULTS
 from harness.format.labels import DEVICE_RE, MAX_GPUS, DeviceLabel
 from harness.models import model_dims
 from harness.models.model_dims import VOCAB_SIZE
@@ -34,20 +35,6 @@ FORMAT_VERSION: Literal[1] = 1
 MAX_SEED = 2**64 - 1  # torch generators take unsigned 64-bit seeds
 
 FEATURES = ("logit_bias", "json_schema", "beam_search", "kv_cache", "quantization")
-
-# Fault switches of the reference implementation: each puts one upstream bug of docs/bug-classes.md back.
-FAULTS = (
-    "logit_bias_on_cpu",  # mistral.rs #398: bias built on one device, logits on another
-    "ancestors_on_cpu",  # Outlines #651: beam index left on the CPU
-    "ancestors_on_first_device",  # Outlines #660 / transformers #9200: index not per layer
-    "kv_cache_on_cpu",  # Petals #574: past cache converted with .to(dtype) only
-    "dequantize_to_cpu",  # Candle #1823: quantized weights dequantized to the CPU
-    "router_on_cpu",  # mistral.rs #1447: MoE router state on the wrong device
-    "stray_roundtrip_per_step",  # vLLM #3384: a .cpu() and back on every decode step
-    "mask_on_cpu",  # transformers #38558: constraint mask not on the scores' device
-    "input_on_first_device",  # lm-eval-harness #1575: inputs to self.device, not the embedding's
-)
-
 
 NonEmptyStr = Annotated[str, Field(min_length=1)]
 
