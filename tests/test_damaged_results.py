@@ -77,6 +77,25 @@ def test_a_sharded_run_is_judged_by_its_own_share(tmp_path: Path, capsys) -> Non
     assert "INCOMPLETE" not in capsys.readouterr().out
 
 
+def test_a_shard_without_selected_ids_is_not_judged_by_every_shards_cases(tmp_path: Path) -> None:
+    """run.json's `complete` and the report apply one rule (results.wanted_ids): a shard's
+    `expected_ids` are every shard's cases, so without `selected_ids` its share is unknown."""
+    from harness.record import report
+    from harness.record.lifecycle import Run, RunSettings
+
+    run = Run.start(RunSettings(results_root=tmp_path), expected_ids=IDS, shard="1/2", environment={})
+    for case_id in IDS[:2]:
+        run.record(case(case_id))
+    assert run.close() == []
+    info = json.loads((run.path / "run.json").read_text())
+    assert info["complete"] is True, "the other shard's cases counted as never ran"
+    assert report.completeness([case(i) for i in IDS[:2]], info) == (None, [])
+    unsharded = Run.start(RunSettings(results_root=tmp_path), expected_ids=IDS, environment={})
+    unsharded.record(case(IDS[0]))
+    unsharded.close()
+    assert json.loads((unsharded.path / "run.json").read_text())["complete"] is False
+
+
 def test_a_merge_with_gaps_says_so_in_the_job_summary(tmp_path: Path, capsys) -> None:
     a = run_dir(tmp_path / "a", IDS[:2], FINISHED | {"shard": "1/3", "selected_ids": IDS[:2]})
     b = run_dir(tmp_path / "b", IDS[2:4], FINISHED | {"shard": "2/3", "selected_ids": IDS[2:4]})

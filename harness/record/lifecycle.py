@@ -27,6 +27,7 @@ from harness.record.results import (
     ResultsWriteError,
     RunDirectory,
     environment_info,
+    wanted_ids,
     write_file,
 )
 
@@ -153,7 +154,7 @@ class Run:
         info.finished, info.interrupted, info.exitstatus = time.time(), interrupted, exitstatus
         info.write_error = str(write_error) if write_error else None
         info.cases_finished = len(results)
-        wanted = info.selected_ids if info.selected_ids is not None else info.expected_ids
+        wanted = wanted_ids(info.as_dict())
         ran = {r.id for r in results}
         info.complete = (interrupted is None and write_error is None and exitstatus not in (2, 3)
                          and not damaged and (wanted is None or set(wanted) <= ran)

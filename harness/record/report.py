@@ -14,7 +14,7 @@ from typing import Any
 
 from harness.format.labels import DeviceLabel
 from harness.record.render import markdown_block, markdown_code, shorten, terminal_text
-from harness.record.results import STATUSES, CaseResult, DamagedLine
+from harness.record.results import STATUSES, CaseResult, DamagedLine, wanted_ids
 
 _ICON = {"passed": "PASS", "failed": "FAIL", "error": "ERROR", "skipped": "skip"}
 _LISTED = 50  # ids listed under a heading before "... and N more"
@@ -53,9 +53,7 @@ def completeness(results: list[CaseResult], run_info: dict[str, Any]) -> tuple[s
     if not run_info:
         return "INCOMPLETE: no run.json, so which cases were to run and whether the run ended are unknown", []
     ran = {r.id for r in results}
-    wanted = run_info.get("selected_ids")
-    if wanted is None and not run_info.get("shard"):
-        wanted = run_info.get("expected_ids")
+    wanted = wanted_ids(run_info)
     cause = _stop_cause(run_info)
     if wanted is not None:
         missing = [case_id for case_id in dict.fromkeys(wanted) if case_id not in ran]

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NoReturn
@@ -201,6 +202,16 @@ _RUN_INFO_FIELDS = {
     **dict.fromkeys(("expected_ids", "selected_ids", "invalid_files", "devices", "gaps", "duplicates",
                      "unexpected", "problems", "merged_from", "damaged"), _STR_LIST),
 }
+
+
+def wanted_ids(run_info: Mapping[str, Any]) -> list[str] | None:
+    """The cases a run was to run, from its run.json: `selected_ids` (its own share), else
+    `expected_ids` unless it is a shard (those are every shard's cases, not its own); None
+    where unknown (a pytest run before collection ended, an old shard's run.json)."""
+    wanted = run_info.get("selected_ids")
+    if wanted is None and not run_info.get("shard"):
+        wanted = run_info.get("expected_ids")
+    return wanted
 
 
 def _json_kind(value: object) -> str:
