@@ -128,3 +128,63 @@ def test_transformers_vmapped_sdpa_mask_on_a_simulated_gpu_equals_the_cpu_one():
         got = mask(padding.to("cuda:1"), "cuda:1")
         assert got.device == torch.device("cuda", 1)
         assert torch.equal(got.cpu(), expected)
+
+
+def _positions(x):
+    """A vmapped body that makes tensors on its device: factories by `device=`, a Python
+    scalar that `where` turns into a tensor on x's device (in C++, below the batching rule)."""
+    device = x.device
+    kept = torch.where(x > 2, x, 7)
+    return kept + torch.arange(3, device=device) + torch.ones(3, dtype=x.dtype, device=device.type)
+
+
+@pytest.mark.parametrize("levels", [1, 2, 3])
+def test_factories_and_scalars_under_nested_vmap_land_on_the_gpu(levels):
+    x = torch.arange(2 * 2 * 2 * 3).reshape(2, 2, 2, 3)[(0,) * (3 - levels)]
+    fn = _positions
+    for _ in range(levels):
+        fn = torch.vmap(fn)
+    expected = fn(x)
+    with simulated_gpus():
+        got = fn(x.to("cuda:0"))
+        assert got.device == torch.device("cuda", 0)
+        assert torch.equal(got.cpu(), expected)
+
+
+def _dense(rows, cols):
+    """flex attention's `_ordered_to_dense` step: write ones at vmapped indices, then copy."""
+    dense = cols.new_zeros(3, 5, dtype=torch.int32)
+    row_index = torch.arange(3, device=cols.device).unsqueeze(-1)
+    dense[row_index, torch.where(cols < rows.unsqueeze(-1), cols, 4)] = dense.new_ones(())
+    return dense[:, :4].contiguous()
+
+
+def test_writes_and_copies_under_nested_vmap_stay_on_the_gpu():
+    rows = torch.tensor([[[1, 2, 0], [2, 2, 1]]])
+    cols = torch.tensor([[[[0, 1], [1, 3], [2, 0]], [[3, 2], [0, 1], [1, 2]]]])
+    fn = torch.vmap(torch.vmap(_dense))
+    expected = fn(rows, cols)
+    with simulated_gpus(count=2):
+        got = fn(rows.to("cuda:1"), cols.to("cuda:1"))
+        assert got.device == torch.device("cuda", 1)
+        assert torch.equal(got.cpu(), expected)
+
+
+def test_flex_attention_block_mask_on_a_simulated_gpu_equals_the_cpu_one():
+    flex = pytest.importorskip("torch.nn.attention.flex_attention")
+
+    def sliding_causal(b, h, q_idx, kv_idx):
+        return (q_idx >= kv_idx) & (q_idx - kv_idx < 200)
+
+    def block_mask(device):
+        return flex.create_block_mask(sliding_causal, B=2, H=None, Q_LEN=512, KV_LEN=512, device=device)
+
+    expected = block_mask("cpu")
+    with simulated_gpus():
+        got = block_mask("cuda")
+        assert got.kv_num_blocks.device == torch.device("cuda", 0)
+        for mine, theirs in zip(got.as_tuple(), expected.as_tuple(), strict=True):
+            if isinstance(theirs, torch.Tensor):
+                assert torch.equal(mine.cpu(), theirs)
+            else:
+                assert mine == theirs

@@ -8,8 +8,8 @@
 
 Modules, one concern each: `sim_tensor` (the wrapper tensor and its dispatch rules),
 `sim_methods` (Tensor methods rerouted before dispatch), `sim_modes` (the torch-function
-layer), `cuda_patch` (torch.cuda / accelerator / device / Generator), `simulate` (the context
-manager), `tracking` (call sites, real-CUDA and CPU tracking), `errors` (PyTorch's wording).
+layer), `sim_comm` (DataParallel's scatter / gather / broadcast), `cuda_patch` (torch.cuda /
+accelerator / device / Generator), `simulate` (the context manager, and threads started in it), `tracking` (call sites, real-CUDA and CPU tracking), `errors` (PyTorch's wording).
 """
 
 from harness.devices.errors import classify_device_error, is_kernel_gap

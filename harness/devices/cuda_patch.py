@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from harness.devices.sim_comm import COLLECTIVES
 from harness.devices.sim_tensor import CUDA, check_index
 from harness.devices.state import STATE, record
 
@@ -243,6 +244,8 @@ def _accelerator_patches(count: int) -> dict[str, Any]:
         "reset_peak_memory_stats": _nothing,
         "get_memory_info": lambda device_index=None: (SIM_MEMORY_BYTES, SIM_MEMORY_BYTES),
         "get_device_capability": lambda device=None: {"major": 9, "minor": 0},
+        "current_stream": lambda device=None: _Stream(device),
+        "set_stream": _nothing,
     }
 
 
@@ -289,9 +292,11 @@ def patch_torch(patches: Patches, count: int) -> None:
     patches.set(torch, "device", SimDevice)
     patches.set(torch, "Generator", SimGeneratorType)
     patches.set(torch._C._nn, "_parse_to", _parse_to)
+    # DataParallel's scatter/broadcast/gather: absent from a CPU-only torch's torch._C
+    for name, value in COLLECTIVES.items():
+        patches.set(torch._C, name, value)
+    patches.set(torch, "Stream", _Stream)  # DataParallel copies host inputs on side streams
     patches.set(torch.version, "cuda", torch.version.cuda or "12.8")
-    # transformers loads weights in a thread pool: modes are thread-local.
-    patches.set_env("HF_DEACTIVATE_ASYNC_LOAD", "1")
     # transformers (5.25+) swaps layers for Hub kernels when loading onto CUDA: CUDA binaries
     # fetched from the Hub, which a simulated GPU cannot run and a CPU-only CI must not
     # download. Off while simulated (the runner notes it on cases that used transformers).

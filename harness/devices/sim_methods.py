@@ -190,6 +190,28 @@ def functorch_getitem(self: Any, index: Any) -> Any | None:
         return Tensor.__getitem__(self, index)  # tensors mixed with slices: not followed yet (C++ wants a CUDA guard)
 
 
+def functorch_setitem(self: Any, index: Any, value: Any) -> bool:
+    """`self[index] = value` under torch.vmap, where `self` or an index tensor is functorch's
+    wrapper (flex attention's `dense_mask[rows, cols] = ...` in create_block_mask); False
+    when neither is. As `functorch_getitem`: index tensors go to aten.index_put_."""
+    if _functorch_level() is None:
+        return False
+    keys = index if type(index) is tuple else (index,)
+    if not (functorch_wrapped(self) or any(isinstance(k, Tensor) and functorch_wrapped(k) for k in keys)):
+        return False
+    with _no_tf(), SimDispatchMode():
+        if all(isinstance(k, Tensor) for k in keys):
+            if not isinstance(value, Tensor):
+                value = torch.full((), value, dtype=self.dtype, device=self.device)
+            torch.ops.aten.index_put_.default(self, list(keys), value)
+        elif not _advanced(index):
+            view = _basic_index(self, keys)
+            view.copy_(value) if isinstance(value, Tensor) else view.fill_(value)
+        else:
+            Tensor.__setitem__(self, index, value)  # tensors mixed with slices: not followed yet
+    return True
+
+
 def _basic_index(t: Tensor, keys: tuple) -> Tensor:
     """t[keys] for ints, slices, None and Ellipsis, as the views torch's indexing makes."""
     remaining = sum(1 for k in keys if k is not None and k is not Ellipsis)  # keys that take a dim
@@ -226,6 +248,8 @@ def _getitem(self, index):
 def setitem(self: Any, index: Any, value: Any) -> None:
     """`self[index] = value` for a CPU or simulated `self` (basic indexing copies across
     devices; advanced indexing is an index_put_, which wants the value on self's device)."""
+    if functorch_setitem(self, index, value):
+        return
     simulated = type(self) is SimTensor
     self_index = self._dev if simulated else -1
     self_device = CUDA[self_index] if simulated else self.device
@@ -369,6 +393,12 @@ def _pin_memory(self, device=None):
     raise RuntimeError(f"cannot pin '{self.type()}' only dense CPU tensors can be pinned")
 
 
+def _record_stream(self, stream):
+    if not hasattr(stream, "wait_stream"):
+        raise TypeError(f"record_stream(): argument 'stream' must be Stream, not {type(stream).__name__}")
+    return None  # a simulated stream's work already ran in order: nothing to keep alive
+
+
 BEFORE_DISPATCH = "fails before dispatch"
 # name -> (method, why). BEFORE_DISPATCH: the C++ binding fails on a bare wrapper (the probe
 # test checks that these, and only these, still do); the others name a sync or a transfer,
@@ -397,6 +427,7 @@ REROUTED: dict[str, tuple[Any, str]] = {
     "__array__": (_array, "PyTorch's message for a CUDA tensor"),
     "data_ptr": (_data_ptr, "a wrapper has no storage (accelerate finds tied weights by pointer)"),
     "untyped_storage": (_untyped_storage, "a wrapper has no storage"),
+    "record_stream": (_record_stream, "a simulated stream is no torch.Stream to the argument parser"),
 }
 
 for _name, (_method, _why) in REROUTED.items():

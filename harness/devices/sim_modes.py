@@ -28,6 +28,7 @@ from torch.overrides import TorchFunctionMode
 from harness.devices import errors
 from harness.devices.sim_methods import (
     functorch_getitem,
+    functorch_setitem,
     host_elements,
     map_int_device,
     new_from_data,
@@ -42,6 +43,7 @@ from harness.devices.sim_tensor import (
     become,
     copy_between,
     device_of,
+    sim_index,
     wrap,
     wrap_result,
 )
@@ -50,6 +52,7 @@ from harness.devices.state import NO_STAND_IN, record, stand_in
 _NO_KWARGS: Any = MappingProxyType({})  # read-only: handlers copy before changing kwargs
 _make_wrapper = Tensor._make_wrapper_subclass
 _strided = torch.strided
+_functorch_level = torch._C._functorch.maybe_current_level  # None outside vmap and friends
 
 
 class SimFunctionMode(TorchFunctionMode):
@@ -108,6 +111,8 @@ def _fast(func, args, kwargs):
                 plain = True
             inner.append(a)
     if index == -1:
+        if plain and _functorch_level() is not None and _vmapped_simulated(args):
+            return _slow(func, args, kwargs)  # see _vmapped_simulated
         return func(*args)
     if plain:
         return _slow(func, args, kwargs)  # a CPU tensor among simulated ones: dispatch decides
@@ -126,6 +131,18 @@ def _fast(func, args, kwargs):
         s._dev = index
         return s
     return _wrap_out(out, index, inner[0], args[0])
+
+
+def _vmapped_simulated(args) -> bool:
+    """A simulated tensor inside functorch's wrappers (torch.vmap): batching rules and
+    composite kernels below create tensors on its CUDA device in C++ (`where(mask, x, 7)`
+    makes 7 a tensor on x's device), which only the dispatch mode turns into simulated ones."""
+    for a in args:
+        if isinstance(a, Tensor) and sim_index(a) != -1:
+            return True
+        if (type(a) is list or type(a) is tuple) and any(isinstance(t, Tensor) and sim_index(t) != -1 for t in a):
+            return True
+    return False
 
 
 def _unwrap_sequence(seq, index: int) -> tuple[list, int, bool | None]:
@@ -193,6 +210,8 @@ def _with_kwargs(func, args, kwargs):
             plain = True
         inner_kwargs[key] = value
     if target is None and index == -1:
+        if plain and _functorch_level() is not None and _vmapped_simulated((*args, *kwargs.values())):
+            return _slow(func, args, kwargs)
         if generator is not None and getattr(generator, "_sim_index", None) is not None:
             raise RuntimeError(errors.generator_message("cpu", "cuda", _name(func)))
         return func(*args, **inner_kwargs)  # nothing simulated: the call as made (unpinned)
@@ -257,6 +276,8 @@ def _setitem(func, args, kwargs):
     self_, index, value = args
     if type(self_) is SimTensor:
         return self_.__setitem__(index, value)
+    if functorch_setitem(self_, index, value):
+        return None
     _refuse_simulated_index(self_, index)
     if type(value) is SimTensor:
         return setitem(self_, index, value)  # a device value into host memory: a D2H copy
@@ -326,6 +347,19 @@ def _sdpa(func, args, kwargs):
     return _fast(func, args, kwargs)
 
 
+def _contiguous(func, args, kwargs):
+    """`contiguous()` of a simulated tensor under torch.vmap: the C++ binding would take a
+    CUDA device guard (a SimTensor receiver is rerouted in Python and never comes here)."""
+    self_ = args[0]
+    if _functorch_level() is None or sim_index(self_) == -1:
+        return func(*args, **kwargs)
+    memory_format = kwargs.get("memory_format", args[1] if len(args) > 1 else torch.contiguous_format)
+    if self_.is_contiguous(memory_format=memory_format):
+        return self_
+    with SimDispatchMode():
+        return torch.ops.aten.clone.default(self_, memory_format=memory_format)
+
+
 def _metadata_inplace(func, args, kwargs):
     """t_, unsqueeze_, resize_, set_...: compute on the inner tensor, then swap a wrapper with
     the new sizes into the receiver (a wrapper's metadata is fixed at creation)."""
@@ -381,7 +415,7 @@ _PASS_THROUGH = {
     Tensor.__hash__, Tensor.requires_grad_, Tensor.__reduce_ex__, Tensor.__deepcopy__,
     Tensor.__iter__, Tensor.__array__, Tensor.numpy, Tensor.item, Tensor.tolist,
     Tensor.__bool__, Tensor.__int__, Tensor.__float__, Tensor.__index__, Tensor.nonzero,
-    Tensor.contiguous, Tensor.new, Tensor.cpu, Tensor.__complex__,
+    Tensor.new, Tensor.cpu, Tensor.__complex__,
 }
 
 _SPECIAL = {
@@ -392,6 +426,7 @@ _SPECIAL = {
     Tensor.copy_: _copy_,
     Tensor.new_tensor: _new_tensor,
     Tensor.pin_memory: _pin_memory,
+    Tensor.contiguous: _contiguous,
     torch.tensor: _from_data("tensor"),
     torch.as_tensor: _from_data("as_tensor"),
     torch.asarray: _from_data("asarray"),

@@ -440,18 +440,18 @@ def _to_copy(func, args, kwargs):
     return func(out, **kwargs)  # meta and friends: as from the CPU
 
 
-def copy_between(dst: Any, src: Any, non_blocking: bool = False) -> Any:
+def copy_between(dst: Any, src: Any, non_blocking: bool = False, op: str = "copy_") -> Any:
     """`dst.copy_(src)` across real CPU and simulated devices, counting the transfer."""
     d_sim, s_sim = type(dst) is SimTensor, type(src) is SimTensor
     d_inner = dst._inner if d_sim else dst
     s_inner = src._inner if s_sim else src
     if d_sim and s_sim:
         if dst._dev != src._dev:
-            record("d2d", s_inner.nbytes, "copy_")
+            record("d2d", s_inner.nbytes, op)
     elif d_sim and src.device.type == "cpu":
-        record("h2d", s_inner.nbytes, "copy_")
+        record("h2d", s_inner.nbytes, op)
     elif s_sim and dst.device.type == "cpu":
-        record("d2h", s_inner.nbytes, "copy_")
+        record("d2h", s_inner.nbytes, op)
     with torch._C.DisableTorchFunction():
         d_inner.copy_(s_inner, non_blocking)
     return dst

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,6 +36,59 @@ def unavailable_reason() -> str | None:
     return None
 
 
+class _ThreadMode(SimFunctionMode):
+    """The function mode of a thread started inside a simulated run. A pooled thread may
+    outlive its run: from then on it passes every call through."""
+
+    def __init__(self, run: int):
+        super().__init__()
+        self.run = run
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if STATE.run != self.run or not STATE.active:
+            return func(*args, **(kwargs or {}))
+        return super().__torch_function__(func, types, args, kwargs)
+
+
+_in_run = threading.local()  # .run: the simulated run this thread takes part in
+_real_start = threading.Thread.start
+
+
+def _start(thread: threading.Thread) -> None:
+    """Thread.start while simulated: a thread started from a simulated thread runs inside the
+    simulation too (modes and grad mode are per thread). DataParallel runs its replicas in
+    threads, transformers loads weights in a thread pool."""
+    run = STATE.run
+    if STATE.active and getattr(_in_run, "run", None) == run:
+        target = thread.run
+
+        def simulated_run() -> None:
+            _in_run.run = run
+            with torch.no_grad(), _ThreadMode(run):
+                target()
+
+        thread.run = simulated_run  # type: ignore[method-assign]
+    _real_start(thread)
+
+
+_real_apply = torch.nn.Module._apply
+HELD_PARAMETER = ("an autograd graph still holds it (a forward run with gradients on, e.g. a CPU reference, "
+                  "whose outputs are alive): simulated GPUs move parameters with torch.utils.swap_tensors, which "
+                  "then fails; run that forward under torch.no_grad() or delete its outputs before moving")
+
+
+def _apply(module: torch.nn.Module, fn, recurse: bool = True):
+    """Module._apply (`.to()`, `.cuda()`, `.half()`) saying why a parameter could not be swapped."""
+    try:
+        return _real_apply(module, fn, recurse)
+    except RuntimeError as exc:
+        cause = exc.__cause__
+        held = isinstance(cause, RuntimeError) and str(cause).startswith("Expected use_count of t1")
+        if not held or HELD_PARAMETER in str(exc):
+            raise
+        raise RuntimeError(f"{exc}: {HELD_PARAMETER}") from cause
+
+
 @contextmanager
 def simulated_gpus(count: int = 2, ledger: Ledger | None = None) -> Iterator[Simulation]:
     """Inside, torch answers as if `count` CUDA GPUs existed: tensors placed on `cuda:<i>` are
@@ -42,7 +96,8 @@ def simulated_gpus(count: int = 2, ledger: Ledger | None = None) -> Iterator[Sim
     every host/device copy and host sync is recorded into `ledger` with its call site.
 
     Inference only: gradients are off inside (an autograd node with a simulated output aborts
-    the process). Not thread-safe: run model code on the calling thread.
+    the process). Threads started inside (from the calling thread or from such a thread)
+    run inside the simulation too; threads started before it do not.
     """
     reason = unavailable_reason()
     if reason:
@@ -56,6 +111,10 @@ def simulated_gpus(count: int = 2, ledger: Ledger | None = None) -> Iterator[Sim
     patches = Patches()
     try:
         patch_torch(patches, count)
+        patches.set(threading.Thread, "start", _start)
+        patches.set(torch.nn.Module, "_apply", _apply)
+        STATE.run += 1
+        _in_run.run = STATE.run
         STATE.active, STATE.count, STATE.current = True, count, 0
         STATE.ledger, STATE.kernel_gaps, STATE.stand_ins = ledger, simulation.kernel_gaps, simulation.stand_ins
         torch.__future__.set_swap_module_params_on_conversion(True)  # wrappers need swap_tensors
@@ -65,4 +124,5 @@ def simulated_gpus(count: int = 2, ledger: Ledger | None = None) -> Iterator[Sim
         torch.__future__.set_swap_module_params_on_conversion(swap)
         patches.undo()
         STATE.active, STATE.count, STATE.current, STATE.ledger = False, 0, 0, None
+        _in_run.run = None
         STATE.kernel_gaps, STATE.stand_ins = [], []

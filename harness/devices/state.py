@@ -10,6 +10,7 @@ import contextlib
 import os
 import sys
 import sysconfig
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
@@ -25,13 +26,24 @@ from harness.devices.ledger import Kind, Ledger
 class SimState:
     active: bool = False
     count: int = 0  # simulated GPUs: cuda:0 .. cuda:count-1
-    current: int = 0  # torch.cuda.current_device()
     ledger: Ledger | None = None
     kernel_gaps: list[str] = field(default_factory=list)  # "op: message at site" of CPU kernels missing
     stand_ins: list[str] = field(default_factory=list)  # "op: what was computed instead at site"
+    run: int = 0  # which simulated run this is: threads started in an earlier one stay out of later ones
+    _threads: threading.local = field(default_factory=threading.local)
+
+    @property
+    def current(self) -> int:
+        """torch.cuda.current_device(): per thread, as CUDA's (a new thread starts on device 0)."""
+        return getattr(self._threads, "current", 0)
+
+    @current.setter
+    def current(self, index: int) -> None:
+        self._threads.current = index
 
 
 STATE = SimState()
+_RECORD_LOCK = threading.Lock()
 
 
 def record(kind: Kind, nbytes: int, op: str) -> None:
@@ -39,7 +51,9 @@ def record(kind: Kind, nbytes: int, op: str) -> None:
     # A copy of no element moves nothing: libtorch's copy_ returns before any memcpy, so a
     # real GPU shows none (e.g. transformers' `torch.tensor([], device=...)` cache init).
     if ledger is not None and (nbytes or kind == "sync"):
-        ledger.record(kind, nbytes, op, call_site())
+        site = call_site()
+        with _RECORD_LOCK:  # threads started inside the simulation record too
+            ledger.record(kind, nbytes, op, site)
 
 
 # The exceptions the simulator saw a torch op raise for a kernel the CPU build lacks:
