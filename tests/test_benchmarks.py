@@ -330,3 +330,29 @@ def test_asv_machine_is_recorded_in_one_line_without_its_questions(tmp_path):
     assert done.stdout.startswith("bench: asv machine 'box' recorded in ~/.asv-machine.json: ")
     assert "torch " in done.stdout and "questions" not in done.stdout + done.stderr
     assert json.loads((tmp_path / ".asv-machine.json").read_text())["box"]["torch_threads"] == "1"
+
+
+PRE_WINGS = "1f70e0a"  # the last commit before harness/ was grouped in wings
+
+
+def test_the_copied_suite_measures_a_commit_from_before_the_wings(tmp_path):
+    """refs.py measures older commits with this checkout's suite: module paths from before the
+    move (harness.runner, harness.cases, ...) are found as well as the wings' ones."""
+    archive = subprocess.run(["git", "archive", PRE_WINGS, "harness", "reference_impl", "scenarios"], cwd=REPO,
+                             capture_output=True)
+    if archive.returncode != 0:
+        pytest.skip(f"commit {PRE_WINGS} is not in this clone's history (a shallow clone)")
+    checkout = tmp_path / "old"
+    checkout.mkdir()
+    subprocess.run(["tar", "-x", "-C", str(checkout)], input=archive.stdout, check=True)
+    (tmp_path / "bench.yaml").write_text(
+        "- {name: old-bench, description: d, devices: [cpu], prompt: hi, max_new_tokens: 4, benchmark: true}\n")
+    suite = refs.copy_suite(tmp_path)
+    env = dict(os.environ, PYTHONPATH=str(checkout), SAMEDEVICE_BENCH_REPEATS="1")
+    done = subprocess.run([sys.executable, str(suite), "run-cases", "--results-dir", str(tmp_path / "res"),
+                           "--scenarios", str(tmp_path / "bench.yaml")], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    [case] = [json.loads(line) for line in (tmp_path / "res" / "cases.jsonl").read_text().splitlines()]
+    assert case["id"] == "old-bench[reference-cpu]" and case["status"] == "passed", case
+    assert json.loads((tmp_path / "res" / "run.json").read_text())["code"]["harness"] == str(checkout)

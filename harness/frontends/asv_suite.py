@@ -49,11 +49,9 @@ has nothing to count and tracks 0.
 
 Self-contained on purpose: `benchmarks/refs.py` runs a copy of this file against other
 checkouts put first on sys.path (`python samedevice_suite.py run-cases`, or as asv's
-suite). It imports `harness` only inside functions, by the module paths of the subpackage
-layout (`harness.execute.case`, `harness.execute.cases`, `harness.record.figures`, ...;
-`load_paths` from `harness.frontends.scenarios`, else `harness.format.loader`), so it
-measures commits from that layout (708abd8) on: an older commit has no `harness.execute`,
-and measuring it stops with `ModuleNotFoundError: No module named 'harness.execute'`. It
+suite). It imports `harness` only inside functions, through `_harness_module`: each module by
+its path in the wings (`harness.execute.case`, ...), else by its path before them
+(`harness.runner`, ...), so commits from either layout are measured. It
 defines nothing asv would take for a benchmark at module level (the metrics class is
 private; `scenario_benchmarks` makes the public one).
 
@@ -65,6 +63,7 @@ private; `scenario_benchmarks` makes the public one).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
@@ -215,12 +214,10 @@ def benchmark_cases(settings: Settings | None = None, root: Path | None = None) 
     """Every case of every scenario marked `benchmark: true` (invalid files are reported
     on stderr and left out: a broken scenario must not hide the others' numbers). `root`:
     one scenario path instead of the settings' ones."""
-    from harness.execute.cases import expand
-
-    try:  # the front ends' loading: the format plus the registry's engine names and model checks
-        from harness.frontends.scenarios import load_paths
-    except ImportError:  # an older checkout: its loader asked the registry itself
-        from harness.format.loader import load_paths
+    expand = _harness_module("execute.cases", "cases").expand
+    # the front ends' loading (the format plus the registry's engine names and model checks);
+    # older checkouts' loaders asked the registry themselves
+    load_paths = _harness_module("frontends.scenarios", "format.loader", "loader").load_paths
 
     settings = _settings(settings)
     settings.activate_plugins()  # `engines:` is checked against the registry
@@ -230,11 +227,22 @@ def benchmark_cases(settings: Settings | None = None, root: Path | None = None) 
     return [case for one in loaded.scenarios if one.scenario.benchmark for case in expand(one)]
 
 
-def _device_order(text: str) -> tuple[int, str]:
-    from harness.format.labels import DEVICE_KINDS, DeviceLabel
+def _harness_module(*paths: str) -> Any:
+    """The first of `harness.<path>` that the checkout measured has: module paths moved into
+    wings (harness/__init__.py MOVED), and this file also measures commits from before."""
+    for path in paths:
+        try:
+            return importlib.import_module(f"harness.{path}")
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not f"harness.{path}".startswith(exc.name):
+                raise  # a module missing inside it, not the module itself
+    raise ModuleNotFoundError(f"none of harness.{', harness.'.join(paths)} in the checkout measured")
 
-    label = DeviceLabel.parse(text)
-    return (label.simulated * 3 + DEVICE_KINDS.index(label.kind), text)
+
+def _device_order(text: str) -> tuple[int, str]:
+    simulated = text.startswith("sim:")  # labels parsed by hand: older checkouts have no harness.format
+    kind = text.removeprefix("sim:").split(":")[0]
+    return (simulated * 3 + {"cpu": 0, "cuda": 1, "auto": 2}.get(kind, 2), text)
 
 
 NO_CASES = "(no benchmark scenarios)"
@@ -279,8 +287,8 @@ def measure_runs(case, runs: int | None = None, torch_threads: int | None = None
     `samedevice compare` uses too (`harness.record.figures.CaseFigures`)."""
     import torch
 
-    from harness.execute.case import execute
-    from harness.record.figures import CaseFigures
+    execute = _harness_module("execute.case", "runner").execute
+    CaseFigures = _harness_module("record.figures", "figures").CaseFigures
 
     torch.set_num_threads(torch_threads or threads())
     cuda = _real_cuda(case)
@@ -310,7 +318,7 @@ def measure_all(cases: Iterable | None = None, runs: int | None = None, passes: 
     of `passes` passes over all cases, so a case's runs are spread over the whole
     measurement, not caught in one busy moment."""
     import harness
-    from harness.execute.cases import skip_reason
+    skip_reason = _harness_module("execute.cases", "cases").skip_reason
 
     settings = _settings(settings)
     cases = list(benchmark_cases(settings) if cases is None else cases)
@@ -511,8 +519,9 @@ def run_cases(results_dir: Path, runs: int, root: Path | None = None, label: str
     """
     import torch
 
-    from harness.execute.case import RunOptions, run_case
-    from harness.record.lifecycle import Run, RunSettings
+    one_case, lifecycle = _harness_module("execute.case", "runner"), _harness_module("record.lifecycle", "run")
+    RunOptions, run_case = one_case.RunOptions, one_case.run_case
+    Run, RunSettings = lifecycle.Run, lifecycle.RunSettings
 
     settings = Settings.resolve()
     torch.set_num_threads(settings.threads)

@@ -18,10 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from harness.devices.ledger import Ledger
+from harness.format.labels import SIM_PREFIX
 from harness.record.render import markdown_code
 from harness.record.results import CaseResult
-
-SIM_PREFIX = "sim:"
 
 
 def real_twin_id(case: CaseResult) -> str:
