@@ -9,6 +9,7 @@ import importlib
 import importlib.abc
 import importlib.util
 import sys
+from typing import Any
 
 __version__ = "0.1.0"
 
@@ -60,11 +61,18 @@ MOVED = {
 }
 
 
+def _moved_spec(name: str) -> Any:
+    spec = importlib.util.find_spec(MOVED[name])
+    if spec is None:
+        raise ModuleNotFoundError(f"{name} moved to {MOVED[name]}, which is missing", name=name)
+    return spec
+
+
 class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def find_spec(self, name, path=None, target=None):
         if name not in MOVED:
             return None
-        return importlib.util.spec_from_loader(name, self, origin=importlib.util.find_spec(MOVED[name]).origin)
+        return importlib.util.spec_from_loader(name, self, origin=_moved_spec(name).origin)
 
     def create_module(self, spec):
         return importlib.import_module(MOVED[spec.name])
@@ -73,7 +81,7 @@ class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         pass
 
     def get_code(self, name):  # `python -m harness.cli` runs the moved module's code
-        moved = importlib.util.find_spec(MOVED[name])
+        moved = _moved_spec(name)
         return moved.loader.get_code(moved.name)
 
     def is_package(self, name):
