@@ -9,9 +9,11 @@ answer for the real type. `nn.Module.to(1)` parses its arguments in
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
+import types
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
@@ -20,7 +22,7 @@ import torch
 
 from harness.devices.sim_comm import COLLECTIVES
 from harness.devices.sim_tensor import CUDA, check_index
-from harness.devices.state import STATE, record
+from harness.devices.state import STATE, call_site, record
 
 _RealDevice = torch.device
 _RealGenerator = torch.Generator
@@ -188,12 +190,59 @@ class _Stream:
         return False
 
 
-def _zero(*args: Any, **kwargs: Any) -> int:
-    return 0
-
-
 def _nothing(*args: Any, **kwargs: Any) -> None:
     return None
+
+
+# --- paths answered, not run: a test through one proves nothing about the GPU path ---------
+
+
+def not_exercised(what: str) -> None:
+    """Note on the simulation that `what` (a GPU path it answers without running) was used,
+    with the user's call site: "torch.compile called at test_x.py:12"."""
+    note = f"{what} at {call_site()}"
+    if note not in STATE.not_exercised:
+        STATE.not_exercised.append(note)
+
+
+# Libraries read current usage to place weights (transformers' device_map="auto" reads
+# memory_reserved - memory_allocated): only a read from a test file is noted for those.
+_CURRENT_USAGE = ("memory_allocated", "memory_reserved")
+
+
+def _statistic(module: str, name: str, answer: Any) -> Callable[..., Any]:
+    """torch.cuda.max_memory_allocated and kin: 0 (or nothing), and the read is noted."""
+
+    def read(*args: Any, **kwargs: Any) -> Any:
+        site = call_site().rsplit(":", 1)[0]
+        base = os.path.basename(site)
+        if name not in _CURRENT_USAGE or base == "conftest.py" or base.startswith("test_") or base.endswith("_test.py"):
+            not_exercised(f"{module}.{name} used (simulated GPUs measure no memory)")
+        return answer() if callable(answer) else answer
+
+    return read
+
+
+_real_compile = torch.compile
+
+
+def _compile(model: Any = None, **kwargs: Any) -> Any:
+    """torch.compile under simulation: noted, and nothing compiled (TORCHDYNAMO_DISABLE). A
+    function compiled at import (`@torch.compile` on a module-level function) is noted when called."""
+    if model is None:  # @torch.compile(mode=...)
+        return lambda fn: _compile(fn, **kwargs)
+    not_exercised("torch.compile called (nothing is compiled on simulated GPUs)")
+    compiled = _real_compile(model, **kwargs)
+    if not isinstance(compiled, types.FunctionType):
+        return compiled
+
+    @functools.wraps(compiled)
+    def call(*args: Any, **call_kwargs: Any) -> Any:
+        if STATE.active:
+            not_exercised(f"{getattr(compiled, '__qualname__', 'a function')} from torch.compile called (ran eagerly)")
+        return compiled(*args, **call_kwargs)
+
+    return call
 
 
 def _cuda_patches(count: int) -> dict[str, Any]:
@@ -209,13 +258,14 @@ def _cuda_patches(count: int) -> dict[str, Any]:
         "get_arch_list": lambda: ["sm_90"],
         "is_bf16_supported": lambda including_emulation=True: True,
         "mem_get_info": lambda device=None: (SIM_MEMORY_BYTES, SIM_MEMORY_BYTES),
-        "memory_allocated": _zero,
-        "max_memory_allocated": _zero,
-        "memory_reserved": _zero,
-        "max_memory_reserved": _zero,
+        "memory_allocated": _statistic("torch.cuda", "memory_allocated", 0),
+        "max_memory_allocated": _statistic("torch.cuda", "max_memory_allocated", 0),
+        "memory_reserved": _statistic("torch.cuda", "memory_reserved", 0),
+        "max_memory_reserved": _statistic("torch.cuda", "max_memory_reserved", 0),
+        "memory_stats": _statistic("torch.cuda", "memory_stats", dict),
         "empty_cache": _nothing,
-        "reset_peak_memory_stats": _nothing,
-        "reset_max_memory_allocated": _nothing,
+        "reset_peak_memory_stats": _statistic("torch.cuda", "reset_peak_memory_stats", None),
+        "reset_max_memory_allocated": _statistic("torch.cuda", "reset_max_memory_allocated", None),
         "device": _DeviceContext,
         "Event": _Event,
         "Stream": _Stream,
@@ -237,11 +287,11 @@ def _accelerator_patches(count: int) -> dict[str, Any]:
         "device_index": _DeviceContext,
         "synchronize": _synchronize,
         "empty_cache": _nothing,
-        "memory_allocated": _zero,
-        "max_memory_allocated": _zero,
-        "memory_reserved": _zero,
-        "max_memory_reserved": _zero,
-        "reset_peak_memory_stats": _nothing,
+        "memory_allocated": _statistic("torch.accelerator", "memory_allocated", 0),
+        "max_memory_allocated": _statistic("torch.accelerator", "max_memory_allocated", 0),
+        "memory_reserved": _statistic("torch.accelerator", "memory_reserved", 0),
+        "max_memory_reserved": _statistic("torch.accelerator", "max_memory_reserved", 0),
+        "reset_peak_memory_stats": _statistic("torch.accelerator", "reset_peak_memory_stats", None),
         "get_memory_info": lambda device_index=None: (SIM_MEMORY_BYTES, SIM_MEMORY_BYTES),
         "get_device_capability": lambda device=None: {"major": 9, "minor": 0},
         "current_stream": lambda device=None: _Stream(device),
@@ -305,6 +355,7 @@ def patch_torch(patches: Patches, count: int) -> None:
     # forwards on CUDA): torch.compile reads this variable when called and compiles nothing.
     # Dynamo is not imported for this (seconds); when loaded, its config says so too.
     patches.set_env("TORCHDYNAMO_DISABLE", "1")
+    patches.set(torch, "compile", _compile)  # noted: a test through it is not exercised
     dynamo_config = sys.modules.get("torch._dynamo.config")
     if dynamo_config is not None:
         patches.enter(dynamo_config.patch(disable=True))

@@ -27,6 +27,8 @@ class Simulation:
     ledger: Ledger | None
     kernel_gaps: list[str] = field(default_factory=list)  # CPU kernels a GPU-only path lacked
     stand_ins: list[str] = field(default_factory=list)  # GPU kernels computed another way (exactly)
+    # GPU paths the simulation answers without running them (torch.compile, memory statistics)
+    not_exercised: list[str] = field(default_factory=list)
 
 
 def unavailable_reason() -> str | None:
@@ -117,6 +119,7 @@ def simulated_gpus(count: int = 2, ledger: Ledger | None = None) -> Iterator[Sim
         _in_run.run = STATE.run
         STATE.active, STATE.count, STATE.current = True, count, 0
         STATE.ledger, STATE.kernel_gaps, STATE.stand_ins = ledger, simulation.kernel_gaps, simulation.stand_ins
+        STATE.not_exercised = simulation.not_exercised
         torch.__future__.set_swap_module_params_on_conversion(True)  # wrappers need swap_tensors
         with torch.no_grad(), SimFunctionMode():
             yield simulation
@@ -125,4 +128,4 @@ def simulated_gpus(count: int = 2, ledger: Ledger | None = None) -> Iterator[Sim
         patches.undo()
         STATE.active, STATE.count, STATE.current, STATE.ledger = False, 0, 0, None
         _in_run.run = None
-        STATE.kernel_gaps, STATE.stand_ins = [], []
+        STATE.kernel_gaps, STATE.stand_ins, STATE.not_exercised = [], [], []

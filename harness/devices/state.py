@@ -29,6 +29,7 @@ class SimState:
     ledger: Ledger | None = None
     kernel_gaps: list[str] = field(default_factory=list)  # "op: message at site" of CPU kernels missing
     stand_ins: list[str] = field(default_factory=list)  # "op: what was computed instead at site"
+    not_exercised: list[str] = field(default_factory=list)  # "torch.compile called at site": answered, not run
     run: int = 0  # which simulated run this is: threads started in an earlier one stay out of later ones
     _threads: threading.local = field(default_factory=threading.local)
 
