@@ -6,9 +6,12 @@ samedevice never makes pytest collect unrelated YAML. Each case is an item `file
 device kind (cpu, gpu, multigpu, sim). Results stream to results/<run-id>/cases.jsonl;
 under xdist the controller creates the run directory and every worker appends to it.
 
+`--sim-gpus N` runs the session's own tests on N simulated GPUs (harness.frontends.pytest_sim_gpus).
+
 Loading this plugin imports nothing POSIX-only (it loads in every pytest of an environment
 with samedevice installed, Windows included); options are checked at configure time
-(pytest.UsageError), before any case runs.
+(pytest.UsageError), before any case runs. The plugin's state is one `PluginState` in
+`config.stash`.
 """
 
 from __future__ import annotations
@@ -16,10 +19,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from harness.frontends import pytest_sim_gpus
 from harness.frontends.arguments import (
     build_timeout,
     device_filter_problems,
@@ -42,6 +48,31 @@ MARKERS = {
 _RUN_DIR_KEY = "samedevice_run_dir"
 
 
+@dataclass
+class PluginState:
+    """Everything the plugin keeps for one pytest session (each xdist worker has its own)."""
+
+    run: Run | None = None  # results/<run-id>/, started on first need
+    names: dict[str, Any] = field(default_factory=dict)  # scenario name -> where first defined
+    has_cases: bool = False  # a scenario case was collected
+    collected: list[str] | None = None  # under xdist: the first worker's collected node ids
+    plugins_reported: set[str] = field(default_factory=set)  # broken engine plugins already reported
+    summary: str | None = None  # the closing line
+    execute: Any = None  # the case executor (a worker process, or in-process)
+    sim: pytest_sim_gpus.SimSession | None = None  # --sim-gpus
+
+
+_STATE = pytest.StashKey[PluginState]()
+_SIMULATION = pytest.StashKey[Any]()  # on an item: the simulation of its samedevice_target
+
+
+def _state(config: pytest.Config) -> PluginState:
+    state = config.stash.get(_STATE, None)
+    if state is None:
+        state = config.stash[_STATE] = PluginState()
+    return state
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("samedevice", "samedevice scenarios")
     group.addoption("--samedevice-results", metavar="DIR", default=None,
@@ -60,22 +91,38 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          f"(default: {DEFAULT_TIMEOUT:g})")
     group.addoption("--strict-devices", action="store_true", default=False,
                     help="a case whose device is absent fails instead of skipping (default: skip)")
+    group.addoption("--sim-gpus", type=pytest_sim_gpus.gpu_count_option, default=None, metavar="N",
+                    help="run the tests on N simulated CUDA GPUs, from conftest loading on (0: off; "
+                         f"default: ${pytest_sim_gpus.ENV}, else ini {pytest_sim_gpus.INI})")
     parser.addini("samedevice_paths", type="paths", default=[],
                   help="directories whose .yaml/.yml files are scenarios (default: scenarios)")
+    parser.addini(pytest_sim_gpus.INI, type="string", default="",
+                  help="simulated CUDA GPUs for the tests, as --sim-gpus (default: none)")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
+    """--sim-gpus: simulated GPUs from before the first conftest loads until pytest ends."""
+    count = pytest_sim_gpus.requested(early_config, getattr(early_config.known_args_namespace, "sim_gpus", None))
+    if count:
+        sim = pytest_sim_gpus.SimSession(count)
+        _state(early_config).sim = sim
+        early_config.add_cleanup(sim.close)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     for name, text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
     _check_options(config)
-    config._samedevice_run = None  # type: ignore[attr-defined]
-    config._samedevice_names = {}  # type: ignore[attr-defined]  # scenario name -> where first defined
+    state = _state(config)
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None:
         path = workerinput.get(_RUN_DIR_KEY)
-        config._samedevice_run = Run.open(Path(path), _settings(config)) if path else None  # type: ignore[attr-defined]
+        state.run = Run.open(Path(path), _settings(config)) if path else None
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(), "samedevice-xdist")
+    if state.sim is not None and workerinput is None:
+        config.pluginmanager.register(_SimTally(state.sim), "samedevice-sim-tally")
 
 
 def _check_options(config: pytest.Config) -> None:
@@ -100,9 +147,9 @@ class _XdistHooks:
     @pytest.hookimpl
     def pytest_xdist_node_collection_finished(self, node, ids: list[str]) -> None:
         """Every worker collects the same items: the first list is the run's expected cases."""
-        config = node.config
-        if getattr(config, "_samedevice_collected", None) is None:
-            config._samedevice_collected = ids
+        state = _state(node.config)
+        if state.collected is None:
+            state.collected = ids
 
 
 def _settings(config: pytest.Config) -> RunSettings:
@@ -121,18 +168,19 @@ def _settings(config: pytest.Config) -> RunSettings:
 
 def _ensure_run(config: pytest.Config) -> Run | None:
     """The run, started on first need by the controller (a worker opens the controller's)."""
-    if config._samedevice_run is not None or getattr(config, "workerinput", None) is not None:  # type: ignore[attr-defined]
-        return config._samedevice_run  # type: ignore[attr-defined]
+    state = _state(config)
+    if state.run is not None or getattr(config, "workerinput", None) is not None:
+        return state.run
     if config.getoption("samedevice_no_results"):
         return None
-    if not getattr(config, "_samedevice_has_cases", False) and not config.pluginmanager.hasplugin("xdist"):
+    if not state.has_cases and not config.pluginmanager.hasplugin("xdist"):
         return None
     settings = _settings(config)
     try:
         run = Run.start(settings)
     except (OSError, ResultsWriteError) as exc:
         raise pytest.UsageError(f"samedevice: {terminal(results_root_problem(Path(settings.results_root), exc))}") from None
-    config._samedevice_run = run  # type: ignore[attr-defined]
+    state.run = run
     return run
 
 
@@ -145,7 +193,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     cases = [item.case.id for item in session.items if isinstance(item, ScenarioItem)]
     invalid = [item.error for item in session.items if isinstance(item, InvalidScenario)]
     if cases or invalid:
-        config._samedevice_has_cases = True  # type: ignore[attr-defined]
+        _state(config).has_cases = True
         run = _ensure_run(config)
         if run is not None:
             run.expect(cases, invalid)
@@ -186,14 +234,14 @@ class ScenarioFile(pytest.File):
         devices = self.config.getoption("samedevice_device")
         engines = self.config.getoption("samedevice_engine")
         for scenario in loaded.scenarios:
-            duplicate = duplicate_name(scenario, self.config._samedevice_names)  # type: ignore[attr-defined]
+            duplicate = duplicate_name(scenario, _state(self.config).names)
             if duplicate is not None:  # as the CLI does: the second definition is an invalid item
                 yield InvalidScenario.from_parent(self, name=f"duplicate[{scenario.scenario.name}]", error=str(duplicate))
                 continue
             for case in expand(scenario):
                 if not selected(case, engines, devices):
                     continue
-                self.config._samedevice_has_cases = True  # type: ignore[attr-defined]
+                _state(self.config).has_cases = True
                 item = ScenarioItem.from_parent(self, name=case.id, case=case)
                 item.add_marker(case.target.marker)
                 item.add_marker("samedevice")
@@ -204,7 +252,7 @@ class ScenarioFile(pytest.File):
         scenario file collected (every xdist worker collects files in the same order)."""
         from harness.engines import broken_plugins
 
-        reported = self.config.__dict__.setdefault("_samedevice_plugins_reported", set())
+        reported = _state(self.config).plugins_reported
         for module, why in sorted(broken_plugins().items()):
             if module not in reported:
                 reported.add(module)
@@ -226,6 +274,8 @@ class ScenarioItem(pytest.Item):
     def runtest(self) -> None:
         from harness.execute.case import RunOptions
 
+        if _state(self.config).sim is not None:
+            pytest.skip("scenario cases run without --sim-gpus (they simulate GPUs themselves: sim: devices)")
         options = RunOptions(strict_devices=self.config.getoption("strict_devices"))
         result = _executor(self.session)(self.case, options)
         run = _ensure_run(self.config)
@@ -262,14 +312,13 @@ class ScenarioItem(pytest.Item):
 
 def _executor(session: pytest.Session):
     """One per session (per xdist worker): a case worker process, or in-process."""
-    execute = getattr(session, "_samedevice_execute", None)
-    if execute is None:
+    state = _state(session.config)
+    if state.execute is None:
         from harness.execute.worker import make_executor
 
         config = session.config
-        execute = make_executor(config.getoption("samedevice_isolation"), config.getoption("samedevice_timeout"))
-        session._samedevice_execute = execute  # type: ignore[attr-defined]
-    return execute
+        state.execute = make_executor(config.getoption("samedevice_isolation"), config.getoption("samedevice_timeout"))
+    return state.execute
 
 
 class InvalidScenario(pytest.Item):
@@ -290,17 +339,18 @@ class InvalidScenario(pytest.Item):
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    getattr(getattr(session, "_samedevice_execute", None), "stop", lambda: None)()
     config = session.config
+    state = _state(config)
+    getattr(state.execute, "stop", lambda: None)()
     if getattr(config, "workerinput", None) is not None:
         return
-    run = config._samedevice_run  # type: ignore[attr-defined]
+    run = state.run
     if run is None:
         return
     from harness.record import report
     from harness.record.results import DamagedResults
 
-    collected = getattr(config, "_samedevice_collected", None)
+    collected = state.collected
     if collected is not None:  # under xdist: a case's item is `file.yaml::<case id>`
         cases = [nodeid.split("::", 1)[1] for nodeid in collected
                  if ".yaml::" in nodeid or ".yml::" in nodeid]
@@ -311,11 +361,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         read = run.directory.load_cases()
         problems = run.close(read.results, exitstatus=int(exitstatus), damaged=read.damaged)
     except (OSError, DamagedResults) as exc:  # never a traceback at the end of a session
-        config._samedevice_summary = f"samedevice: error: {terminal(exc)}"  # type: ignore[attr-defined]
+        state.summary = f"samedevice: error: {terminal(exc)}"
         return
     damaged = f"; {len(read.damaged)} damaged result line(s)" if read.damaged else ""
     unwritten = f"; {'; '.join(problems)}" if problems else ""
-    config._samedevice_summary = (  # type: ignore[attr-defined]
+    state.summary = (
         f"samedevice: {report.counts_line(read.results)}{damaged}{unwritten}; results in "
         f"{terminal(os.path.relpath(run.path))}")
 
@@ -334,9 +384,43 @@ def _remove_unused_run(path: Path) -> bool:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
-    summary = getattr(config, "_samedevice_summary", None)
-    if summary:
-        terminalreporter.write_line(summary)
+    state = _state(config)
+    if state.sim is not None:
+        for line in state.sim.summary():
+            terminalreporter.write_line(line)
+    if state.summary:
+        terminalreporter.write_line(state.summary)
+
+
+# --- --sim-gpus: honest outcomes per test (harness.frontends.pytest_sim_gpus) -----------------
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    sim = _state(item.config).sim
+    if sim is not None:
+        sim.begin(item)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    sim = _state(item.config).sim
+    if sim is not None and not isinstance(item, ScenarioItem):
+        sim.judge(item, call, report)
+    return report
+
+
+class _SimTally:
+    """Counts every test's final report where the summary is printed (the xdist controller
+    receives its workers' reports)."""
+
+    def __init__(self, sim: pytest_sim_gpus.SimSession) -> None:
+        self.sim = sim
+
+    @pytest.hookimpl
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.sim.tally.add(report)
 
 
 # --- fixtures and the marker for users' own tests (harness.frontends.testing documents them) ---------
@@ -376,13 +460,24 @@ def samedevice_target(request: pytest.FixtureRequest):
     if not run.simulated:
         yield run
         return
+    session_sim = _state(request.config).sim
+    if session_sim is not None:  # --sim-gpus: simulations do not nest; use the session's
+        _skip_unless_enough(session_sim, run.gpu_count)
+        request.node.stash[_SIMULATION] = session_sim.simulation
+        yield run
+        return
     import torch
 
     from harness.frontends.testing import simulated_gpus
 
     with torch.no_grad(), simulated_gpus(count=run.gpu_count) as simulation:
-        request.node._samedevice_simulation = simulation  # what sim_gpus hands out for this test
+        request.node.stash[_SIMULATION] = simulation  # what sim_gpus hands out for this test
         yield run
+
+
+def _skip_unless_enough(sim: pytest_sim_gpus.SimSession, needed: int) -> None:
+    if sim.count < needed:
+        pytest.skip(f"needs {needed} simulated GPUs, --sim-gpus gives {sim.count}")
 
 
 @pytest.fixture
@@ -404,14 +499,19 @@ def sim_gpus(request: pytest.FixtureRequest):
         pytest.fail(problem, pytrace=False)
     if "samedevice_target" in request.fixturenames:  # the marked test's own simulation, if any
         request.getfixturevalue("samedevice_target")
-        simulation = getattr(request.node, "_samedevice_simulation", None)
+        simulation = request.node.stash.get(_SIMULATION, None)
         if simulation is not None:
             yield simulation
             return
+    count = marker.kwargs.get("gpus", 2) if marker is not None else 2
+    session_sim = _state(request.config).sim
+    if session_sim is not None:  # --sim-gpus: simulations do not nest; use the session's
+        _skip_unless_enough(session_sim, count)
+        yield session_sim.simulation
+        return
     why = unavailable_reason()
     if why:
         pytest.skip(f"simulated GPUs unavailable: {why}")
-    count = marker.kwargs.get("gpus", 2) if marker is not None else 2
     import torch
 
     from harness.frontends.testing import simulated_gpus

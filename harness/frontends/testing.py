@@ -129,8 +129,10 @@ def device_runs(devices: list[str], gpus: int = 2) -> list[DeviceRun]:
     import torch
 
     from harness.devices import unavailable_reason
+    from harness.devices.state import STATE
 
-    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    # Under `pytest --sim-gpus` torch answers for the session's simulated GPUs: none is real.
+    have = 0 if STATE.active else (torch.cuda.device_count() if torch.cuda.is_available() else 0)
     why_not_sim = unavailable_reason()
     runs = []
     for device in devices:
