@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_GREEDY
+from tests.conftest import REPO, TINY_GREEDY
 
 # Enough work (about 20 s at 2,500 tokens/s) that the run cannot end before the signal
 # lands, even when the polling test is starved of CPU by the other xdist worker; an
@@ -196,6 +198,42 @@ def test_an_interrupt_while_the_run_directory_is_made_leaves_none_and_one_line(t
     assert out.stderr.strip().splitlines()[-1] == "samedevice: interrupted (SIGINT)"
     assert "Traceback" not in out.stderr
     assert run_dirs(tmp_path / "res") == [], "no run directory without its run.json"
+
+
+def test_the_wheel_ships_the_bundled_suite_and_run_bundled_finds_it_from_any_directory(tmp_path: Path) -> None:
+    """`pip install samedevice` users have no scenarios/ of their own: the wheel carries the
+    suite as package data, and `run --bundled` runs it from the installed package."""
+    source = tmp_path / "source"
+    for name in ("harness", "reference_impl", "scenarios"):
+        shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, source / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path / "dist"), str(source)], check=True, capture_output=True, timeout=300)
+    [wheel] = (tmp_path / "dist").glob("samedevice-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = {Path(n).name for n in archive.namelist() if n.startswith("harness/bundled_scenarios/")}
+        archive.extractall(tmp_path / "installed")
+    assert shipped == {p.name for p in (REPO / "scenarios").glob("*.yaml")}
+
+    elsewhere = tmp_path / "elsewhere"  # no scenarios/ here
+    elsewhere.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "installed"))
+    where = subprocess.run([sys.executable, "-c", "from harness.frontends.cli import bundled_scenarios as b; print(b())"],
+                           cwd=elsewhere, env=env, capture_output=True, text=True, check=True)
+    assert where.stdout.strip() == str(tmp_path / "installed" / "harness" / "bundled_scenarios")
+    out = subprocess.run([sys.executable, "-m", "harness.frontends.cli", "run", "--bundled", "-e", "reference", "-d", "cpu",
+                          "-k", "logit-bias-greedy", "--results", "res", "--no-progress"],
+                         cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "1 passed; 0 invalid scenario problem(s)" in out.stdout + out.stderr
+
+
+def test_bundled_with_scenario_paths_is_a_usage_error(tmp_path: Path) -> None:
+    out = samedevice("list", "--bundled", "scenarios", cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.strip() == ("samedevice: error: --bundled runs the bundled suite: give no scenario paths "
+                                  "or --model with it")
 
 
 def test_an_interrupt_right_after_the_run_starts_leaves_a_run_that_report_reads(tmp_path: Path, write_scenario) -> None:

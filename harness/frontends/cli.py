@@ -1,4 +1,4 @@
-"""The `samedevice` command: run, list, report, schema.
+"""The `samedevice` command: runs scenarios on CPU and (simulated) GPUs, and the tools around a run.
 
 Exit codes: 0 nothing failed; 1 a case failed or errored, or a scenario file is invalid
 (the valid ones still ran), or `report` found damaged lines; 2 usage error (checked before
@@ -35,8 +35,17 @@ from harness.frontends.arguments import (
 from harness.record.lifecycle import DEFAULT_TIMEOUT
 from harness.record.render import terminal, terminal_text
 
-# ./scenarios where it exists, else the suite bundled next to the harness package.
-DEFAULT_SCENARIOS = Path("scenarios") if Path("scenarios").is_dir() else Path(__file__).resolve().parents[2] / "scenarios"
+
+def bundled_scenarios() -> Path:
+    """The suite shipped with samedevice: harness/bundled_scenarios/ in an installed wheel
+    (package data, see pyproject.toml), else the source checkout's scenarios/ (editable)."""
+    package = Path(__file__).resolve().parents[1]
+    installed = package / "bundled_scenarios"
+    return installed if installed.is_dir() else package.parent / "scenarios"
+
+
+# ./scenarios where it exists, else the bundled suite.
+DEFAULT_SCENARIOS = Path("scenarios") if Path("scenarios").is_dir() else bundled_scenarios()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,6 +84,8 @@ def _parser() -> argparse.ArgumentParser:
 
     def selection(p: argparse.ArgumentParser) -> None:
         p.add_argument("paths", nargs="*", type=Path, help="scenario files or directories (default: scenarios/)")
+        p.add_argument("--bundled", action="store_true",
+                       help="the suite shipped with samedevice (in the installed package), wherever you are")
         p.add_argument("--engine", "-e", action="append", default=[], help="only these engines (repeatable)")
         p.add_argument("--device", "-d", action="append", default=[],
                        help="only these devices: cpu, cuda:N, auto, sim:cuda:N, sim:auto, or the groups "
@@ -216,6 +227,10 @@ def _select(args: argparse.Namespace):
     if problems:
         _usage_error("; ".join(problems))
     paths = args.paths or [DEFAULT_SCENARIOS]
+    if getattr(args, "bundled", False):
+        if args.paths or getattr(args, "model", None):
+            _usage_error("--bundled runs the bundled suite: give no scenario paths or --model with it")
+        paths = [bundled_scenarios()]
     if getattr(args, "model", None):
         if args.paths:
             _usage_error("give scenario paths or --model (the standard suite), not both")
@@ -355,7 +370,7 @@ def _eprint(line: str) -> None:
 
 
 def _empty_selection(args: argparse.Namespace, selected_before_shard: int) -> str:
-    paths = ", ".join(str(p) for p in (args.paths or [DEFAULT_SCENARIOS]))
+    paths = ", ".join(str(p) for p in (args.paths or [bundled_scenarios() if args.bundled else DEFAULT_SCENARIOS]))
     if args.shard and selected_before_shard:
         return f"shard {args.shard} holds none of the {selected_before_shard} selected cases"
     filters = [f"-e {e}" for e in args.engine] + [f"-d {d}" for d in args.device]
