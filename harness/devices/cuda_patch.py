@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import os
 import sys
-import time
 import types
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -20,9 +19,10 @@ from typing import Any
 
 import torch
 
+from harness.devices import sim_streams
 from harness.devices.sim_comm import COLLECTIVES
 from harness.devices.sim_tensor import CUDA, check_index
-from harness.devices.state import STATE, call_site, record
+from harness.devices.state import STATE, call_site
 
 _RealDevice = torch.device
 _RealGenerator = torch.Generator
@@ -109,10 +109,6 @@ def _set_device(device: Any) -> None:
         STATE.current = index
 
 
-def _synchronize(device: Any = None) -> None:
-    record("sync", 0, "synchronize")
-
-
 def _properties(device: Any = None) -> SimpleNamespace:
     index = _index_of(device)
     return SimpleNamespace(name=f"Simulated CUDA device {index}", major=9, minor=0, total_memory=SIM_MEMORY_BYTES,
@@ -135,58 +131,6 @@ class _DeviceContext:
 
     def __exit__(self, *exc):
         STATE.current = self.previous
-        return False
-
-
-class _Event:
-    """torch.cuda.Event: host timestamps; synchronize counts as a host sync."""
-
-    def __init__(self, enable_timing: bool = False, blocking: bool = False, interprocess: bool = False):
-        self.time: float | None = None
-
-    def record(self, stream: Any = None) -> None:
-        self.time = time.perf_counter()
-
-    def synchronize(self) -> None:
-        record("sync", 0, "Event.synchronize")
-
-    def wait(self, stream: Any = None) -> None:
-        pass
-
-    def query(self) -> bool:
-        return True
-
-    def elapsed_time(self, end: _Event) -> float:
-        return ((end.time or 0.0) - (self.time or 0.0)) * 1000.0
-
-
-class _Stream:
-    """torch.cuda.Stream: everything already ran in order."""
-
-    def __init__(self, device: Any = None, priority: int = 0, **kwargs: Any):
-        self.device = CUDA[_index_of(device)]
-
-    def synchronize(self) -> None:
-        record("sync", 0, "Stream.synchronize")
-
-    def wait_stream(self, stream: Any) -> None:
-        pass
-
-    def wait_event(self, event: Any) -> None:
-        pass
-
-    def record_event(self, event: Any = None) -> _Event:
-        event = event or _Event()
-        event.record()
-        return event
-
-    def query(self) -> bool:
-        return True
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
         return False
 
 
@@ -251,7 +195,7 @@ def _cuda_patches(count: int) -> dict[str, Any]:
         "device_count": lambda: count,
         "current_device": lambda: STATE.current,
         "set_device": _set_device,
-        "synchronize": _synchronize,
+        "synchronize": sim_streams.synchronize_device,
         "get_device_name": lambda device=None: _properties(device).name,
         "get_device_properties": _properties,
         "get_device_capability": lambda device=None: (9, 0),
@@ -267,11 +211,12 @@ def _cuda_patches(count: int) -> dict[str, Any]:
         "reset_peak_memory_stats": _statistic("torch.cuda", "reset_peak_memory_stats", None),
         "reset_max_memory_allocated": _statistic("torch.cuda", "reset_max_memory_allocated", None),
         "device": _DeviceContext,
-        "Event": _Event,
-        "Stream": _Stream,
-        "stream": lambda stream=None: stream if stream is not None else _Stream(),
-        "current_stream": lambda device=None: _Stream(device),
-        "default_stream": lambda device=None: _Stream(device),
+        "Event": sim_streams.SimEvent,
+        "Stream": sim_streams.SimStream,
+        "stream": sim_streams.StreamContext,
+        "current_stream": sim_streams.current_stream,
+        "default_stream": sim_streams.default_stream,
+        "set_stream": sim_streams.set_stream,
     }
 
 
@@ -285,7 +230,7 @@ def _accelerator_patches(count: int) -> dict[str, Any]:
         "set_device_index": _set_device,
         "set_device_idx": _set_device,
         "device_index": _DeviceContext,
-        "synchronize": _synchronize,
+        "synchronize": sim_streams.synchronize_device,
         "empty_cache": _nothing,
         "memory_allocated": _statistic("torch.accelerator", "memory_allocated", 0),
         "max_memory_allocated": _statistic("torch.accelerator", "max_memory_allocated", 0),
@@ -294,8 +239,8 @@ def _accelerator_patches(count: int) -> dict[str, Any]:
         "reset_peak_memory_stats": _statistic("torch.accelerator", "reset_peak_memory_stats", None),
         "get_memory_info": lambda device_index=None: (SIM_MEMORY_BYTES, SIM_MEMORY_BYTES),
         "get_device_capability": lambda device=None: {"major": 9, "minor": 0},
-        "current_stream": lambda device=None: _Stream(device),
-        "set_stream": _nothing,
+        "current_stream": sim_streams.current_stream,
+        "set_stream": sim_streams.set_stream,
     }
 
 
@@ -345,7 +290,9 @@ def patch_torch(patches: Patches, count: int) -> None:
     # DataParallel's scatter/broadcast/gather: absent from a CPU-only torch's torch._C
     for name, value in COLLECTIVES.items():
         patches.set(torch._C, name, value)
-    patches.set(torch, "Stream", _Stream)  # DataParallel copies host inputs on side streams
+    patches.set(torch, "Stream", sim_streams.SimStream)  # DataParallel, transformers' offloaded cache
+    patches.set(torch, "Event", sim_streams.SimEvent)
+    patches.enter(sim_streams.fresh_run())  # streams, events, pinned memory: per run
     patches.set(torch.version, "cuda", torch.version.cuda or "12.8")
     # transformers (5.25+) swaps layers for Hub kernels when loading onto CUDA: CUDA binaries
     # fetched from the Hub, which a simulated GPU cannot run and a CPU-only CI must not

@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from harness.devices import errors
+from harness.devices import errors, sim_streams
+from harness.devices.sim_streams import ASYNC
 from harness.devices.sim_tensor import (
     CPU,
     CUDA,
@@ -60,8 +61,10 @@ def map_int_device(value: Any) -> Any:
     return value
 
 
-def move(t: Any, target: int, dtype=None, memory_format=None, copy: bool = False, op: str = "to") -> Any:
-    """`t` (CPU or simulated) on `target` (-1: CPU), converted to `dtype`, as `Tensor.to` does."""
+def move(t: Any, target: int, dtype=None, memory_format=None, copy: bool = False, op: str = "to",
+         non_blocking: bool = False) -> Any:
+    """`t` (CPU or simulated) on `target` (-1: CPU), converted to `dtype`, as `Tensor.to` does.
+    A non-blocking copy follows PyTorch's rules for pinned and pageable memory (sim_streams)."""
     if functorch_wrapped(t):
         return _move_wrapped(t, target, dtype, memory_format, copy, op)
     source = t._dev if type(t) is SimTensor else -1
@@ -69,13 +72,25 @@ def move(t: Any, target: int, dtype=None, memory_format=None, copy: bool = False
     kwargs: dict[str, Any] = {"dtype": dtype or inner.dtype, "copy": copy or source != target}
     if memory_format is not None:
         kwargs["memory_format"] = memory_format
+    if source != -1 and ASYNC.watch:
+        sim_streams.device_read(t)
     with _no_tf():
         out = inner.to(**kwargs)
-    if source != target:
-        record("d2h" if target == -1 else "h2d" if source == -1 else "d2d", inner.nbytes, op)
-    elif out is inner:
-        return t
-    return out if target == -1 else wrap(out, target)
+    if source == target:
+        if out is inner:
+            return t
+    elif target == -1:
+        sim_streams.copy_d2h(out, source, inner.nbytes, non_blocking, op, fresh=True)
+    elif source == -1:
+        sim_streams.copy_h2d(inner, inner.nbytes, target, non_blocking, op)
+    else:
+        record("d2d", inner.nbytes, op)
+    if target == -1:
+        return out
+    out = wrap(out, target)
+    if ASYNC.watch:
+        sim_streams.written_by_copy(out, f"copied with {op}(non_blocking={non_blocking})", fresh=True)
+    return out
 
 
 def _move_wrapped(t: Any, target: int, dtype, memory_format, copy: bool, op: str) -> Any:
@@ -109,7 +124,7 @@ def tensor_to(t: Any, *args: Any, **kwargs: Any) -> Any:
     if len(args) > copy_position:
         copy, args = args[copy_position], args[:copy_position]
     with _no_tf():
-        device, dtype, _non_blocking, memory_format = _parse_to(*args, **kwargs)
+        device, dtype, non_blocking, memory_format = _parse_to(*args, **kwargs)
     current = t._dev if type(t) is SimTensor else sim_index(t)  # the common case without a call
     target = current if device is None else parse_device(device)
     if type(target) is not int:  # meta and friends
@@ -119,7 +134,7 @@ def tensor_to(t: Any, *args: Any, **kwargs: Any) -> Any:
     if current == -1 and target == -1:
         with _no_tf():
             return Tensor.to(t, *args, copy=copy, **kwargs)  # type: ignore[call-overload]
-    return move(t, target, dtype, memory_format, copy, "to")
+    return move(t, target, dtype, memory_format, copy, "to", non_blocking)
 
 
 # --- the rerouted methods -----------------------------------------------------------------
@@ -134,7 +149,8 @@ def _to(self, *args, **kwargs):
 
 
 def _cuda(self, device=None, non_blocking=False, memory_format=torch.preserve_format):
-    return move(self, parse_device("cuda" if device is None else map_int_device(device)), op="cuda")
+    return move(self, parse_device("cuda" if device is None else map_int_device(device)), op="cuda",
+                non_blocking=non_blocking)
 
 
 def _cpu(self, memory_format=torch.preserve_format):
@@ -270,6 +286,8 @@ def setitem(self: Any, index: Any, value: Any) -> None:
 
 def _sync_read(name: str, read):
     def method(self, *args, **kwargs):
+        if ASYNC.watch:
+            sim_streams.device_read(self)
         record("sync", 0, name)
         with _no_tf():
             return read(self._inner, *args, **kwargs)
@@ -394,9 +412,7 @@ def _pin_memory(self, device=None):
 
 
 def _record_stream(self, stream):
-    if not hasattr(stream, "wait_stream"):
-        raise TypeError(f"record_stream(): argument 'stream' must be Stream, not {type(stream).__name__}")
-    return None  # a simulated stream's work already ran in order: nothing to keep alive
+    sim_streams.record_stream(self, stream)  # its memory is not reused before `stream`'s work on it is waited for
 
 
 BEFORE_DISPATCH = "fails before dispatch"

@@ -25,7 +25,7 @@ import torch.utils._device as _device_module
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
-from harness.devices import errors
+from harness.devices import errors, sim_streams
 from harness.devices.sim_methods import (
     functorch_getitem,
     functorch_setitem,
@@ -36,6 +36,7 @@ from harness.devices.sim_methods import (
     setitem,
     tensor_to,
 )
+from harness.devices.sim_streams import ASYNC
 from harness.devices.sim_tensor import (
     CUDA,
     SimDispatchMode,
@@ -60,7 +61,17 @@ class SimFunctionMode(TorchFunctionMode):
         handler = _HANDLERS.get(func)
         if handler is None:
             handler = _HANDLERS[func] = _handler_for(func)
+        if ASYNC.watch:  # a pending copy, a side stream, ...: the race check looks at the op
+            return _watched(handler, func, args, kwargs or _NO_KWARGS)
         return handler(func, args, kwargs or _NO_KWARGS)
+
+
+def _watched(handler, func, args, kwargs):
+    stream = sim_streams.before_op(func, args, kwargs)
+    out = handler(func, args, kwargs)
+    if stream is not None:
+        sim_streams.after_op(stream, out, args)
+    return out
 
 
 def _passthrough(func, args, kwargs):
@@ -192,6 +203,7 @@ def _with_kwargs(func, args, kwargs):
     inner_kwargs = {}
     target: Any = None
     generator = None
+    pinned = False
     for key, value in kwargs.items():
         if type(value) is SimTensor:
             if value._dev != index:
@@ -205,7 +217,7 @@ def _with_kwargs(func, args, kwargs):
         elif key == "generator" and value is not None:
             generator = value
         elif key == "pin_memory":
-            value = False  # pinned host memory needs a GPU runtime; the simulation's is plain
+            pinned, value = value, False  # a CPU-only torch cannot pin: plain memory, marked pinned
         elif isinstance(value, Tensor):
             plain = True
         inner_kwargs[key] = value
@@ -214,7 +226,8 @@ def _with_kwargs(func, args, kwargs):
             return _slow(func, args, kwargs)
         if generator is not None and getattr(generator, "_sim_index", None) is not None:
             raise RuntimeError(errors.generator_message("cpu", "cuda", _name(func)))
-        return func(*args, **inner_kwargs)  # nothing simulated: the call as made (unpinned)
+        out = func(*args, **inner_kwargs)  # nothing simulated: the call as made (unpinned)
+        return sim_streams.mark_pinned(out) if pinned and isinstance(out, Tensor) else out
     if target is not None and type(target) is not int:  # meta & co: computed from the inner tensors
         return func(*inner, **inner_kwargs)
     if target is None:
@@ -251,7 +264,8 @@ def _cuda(func, args, kwargs):
     if type(self_) is SimTensor:
         return self_.cuda(*rest, **kwargs)
     device = rest[0] if rest else kwargs.get("device")
-    return tensor_to(self_, "cuda" if device is None else map_int_device(device))
+    non_blocking = rest[1] if len(rest) > 1 else kwargs.get("non_blocking", False)
+    return tensor_to(self_, "cuda" if device is None else map_int_device(device), non_blocking=non_blocking)
 
 
 def _refuse_simulated_index(self_: Tensor, index: Any) -> None:
@@ -331,7 +345,15 @@ def _pin_memory(func, args, kwargs):
     self_ = args[0]
     if type(self_) is SimTensor:
         return self_.pin_memory()
-    return self_.clone(memory_format=torch.contiguous_format)
+    if sim_streams.is_pinned(self_):
+        return self_
+    return sim_streams.mark_pinned(self_.clone(memory_format=torch.contiguous_format))
+
+
+def _is_pinned(func, args, kwargs):
+    """Host memory pinned inside the simulation (pin_memory(), pin_memory=True, a non-blocking
+    `.to("cpu")`) answers True."""
+    return sim_streams.is_pinned(args[0]) or func(*args, **kwargs)
 
 
 def _sdpa(func, args, kwargs):
@@ -408,7 +430,7 @@ _SYNCS = {
 # Passed straight through: device queries must see the wrapper, and the methods SimTensor
 # reroutes in Python only come here with a CPU receiver.
 _PASS_THROUGH = {
-    Tensor.get_device, Tensor.is_pinned, Tensor.type, Tensor.__repr__, Tensor.__str__,
+    Tensor.get_device, Tensor.type, Tensor.__repr__, Tensor.__str__,
     Tensor.__format__, Tensor.dim, Tensor.size, Tensor.stride, Tensor.numel, Tensor.is_contiguous,
     Tensor.element_size, Tensor.is_floating_point, Tensor.is_complex, Tensor.__len__,
     Tensor.data_ptr, Tensor.untyped_storage, Tensor.storage_offset, Tensor.ndimension, Tensor.nelement,
@@ -426,6 +448,7 @@ _SPECIAL = {
     Tensor.copy_: _copy_,
     Tensor.new_tensor: _new_tensor,
     Tensor.pin_memory: _pin_memory,
+    Tensor.is_pinned: _is_pinned,
     Tensor.contiguous: _contiguous,
     torch.tensor: _from_data("tensor"),
     torch.as_tensor: _from_data("as_tensor"),

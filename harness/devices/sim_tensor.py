@@ -431,7 +431,7 @@ def _to_copy(func, args, kwargs):
     if target is None or (target.type == "cuda" and (target.index is None or target.index == src._dev)):
         return wrap(out, src._dev)
     if target.type == "cpu":
-        record("d2h", out.nbytes, "_to_copy")
+        sim_streams.copy_d2h(out, src._dev, out.nbytes, bool(kwargs.get("non_blocking")), "_to_copy", fresh=True)
         return out
     if target.type == "cuda":
         check_index(target.index)
@@ -445,15 +445,20 @@ def copy_between(dst: Any, src: Any, non_blocking: bool = False, op: str = "copy
     d_sim, s_sim = type(dst) is SimTensor, type(src) is SimTensor
     d_inner = dst._inner if d_sim else dst
     s_inner = src._inner if s_sim else src
+    watch = sim_streams.ASYNC.watch
+    if s_sim and watch:
+        sim_streams.device_read(src)
     if d_sim and s_sim:
         if dst._dev != src._dev:
             record("d2d", s_inner.nbytes, op)
     elif d_sim and src.device.type == "cpu":
-        record("h2d", s_inner.nbytes, op)
+        sim_streams.copy_h2d(s_inner, s_inner.nbytes, dst._dev, non_blocking, op)
     elif s_sim and dst.device.type == "cpu":
-        record("d2h", s_inner.nbytes, op)
+        sim_streams.copy_d2h(dst, src._dev, s_inner.nbytes, non_blocking, op, fresh=False)
     with torch._C.DisableTorchFunction():
         d_inner.copy_(s_inner, non_blocking)
+    if d_sim and watch:
+        sim_streams.written_by_copy(dst, f"written by {op}(non_blocking={non_blocking})", fresh=False)
     return dst
 
 
@@ -588,3 +593,7 @@ class SimDispatchMode(TorchDispatchMode):
             kwargs.pop("pin_memory", None)
             return wrap_result(func(*args, **kwargs), check_index(device.index))
         return func(*args, **kwargs)
+
+
+# Last: sim_streams (streams, events, non-blocking copies) builds on the names above.
+from harness.devices import sim_streams  # noqa: E402

@@ -47,7 +47,14 @@ STATE = SimState()
 _RECORD_LOCK = threading.Lock()
 
 
-def record(kind: Kind, nbytes: int, op: str) -> None:
+# Set by sim_streams while simulated: a blocking copy or host read orders the host after the
+# current streams' work (a non-blocking copy passes waits=False).
+on_host_wait: Callable[[], None] | None = None
+
+
+def record(kind: Kind, nbytes: int, op: str, waits: bool = True) -> None:
+    if waits and kind != "d2d" and on_host_wait is not None:
+        on_host_wait()
     ledger = STATE.ledger
     # A copy of no element moves nothing: libtorch's copy_ returns before any memcpy, so a
     # real GPU shows none (e.g. transformers' `torch.tensor([], device=...)` cache init).
