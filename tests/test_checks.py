@@ -89,7 +89,8 @@ def test_equal_infinities_agree_no_false_alarm() -> None:
     suppressed = torch.zeros(4, 8)
     suppressed[:, 3] = -INF  # a token the bias or grammar suppressed, on both sides
     evidence = _evidence([1, 5, 3], [1, 2, 3], score_device=lambda ids: suppressed.clone(),
-                         score_cpu=lambda ids: suppressed.clone())
+                         score_cpu=lambda ids: suppressed.clone(),  # and each run's own logits (a tie rests on them)
+                         cpu_steps=[suppressed[:3].clone()], device_steps=[suppressed[:3].clone()])
     out = checks.check_parity(evidence, ParityCheck())
     assert not out.failures, out.failures
     assert "near tie" in out.notes[0]

@@ -185,6 +185,11 @@ class Generation:
     # Forward passes after the prefill, for engines whose forwards the harness cannot see;
     # None: one per generated token after the first.
     decode_steps: int | None = None
+    # Per prompt, the logits [steps, V] that chose each generated token (float32, CPU), for an
+    # engine whose decode loop never calls the forward of `modules()[0]` (it calls the layers
+    # itself), so the harness records none: parity judges a token flip on them. The harness's
+    # own recording wins where it has one.
+    step_logits: list[torch.Tensor] | None = None
 
 
 class Engine(ABC):

@@ -117,6 +117,29 @@ def engine_options(case: Case):
     return options
 
 
+# What parity needs to judge a token flip, and the remedy (README "Writing an engine"); check-engine
+# fails an engine whose cases carry this note.
+LOGITS_NOT_RECORDED = ("logits: not recorded: the forward of modules()[0] did not produce them and the engine "
+                       "handed none back, so a token flip on another device cannot be judged (return the module whose "
+                       "forward produces the logits first from modules(), or Generation(step_logits=...))")
+
+
+def _single_sequence(spec: GenerationSpec) -> bool:
+    """One sequence per prompt, decoded step by step: where per-step logits are well defined."""
+    return spec.beams is None
+
+
+def handed_back_logits(generation: Generation | None, prompts: int) -> list[torch.Tensor] | None:
+    """The engine's own `Generation.step_logits`, where it handed back one [steps, V] tensor per
+    prompt with a row per generated token (else None: nothing to judge a flip by)."""
+    logits = generation.step_logits if generation is not None else None
+    if logits is None or len(logits) != prompts or len(generation.tokens) != prompts:
+        return None
+    if any(t.dim() != 2 or t.shape[0] < len(tokens) for t, tokens in zip(logits, generation.tokens, strict=True)):
+        return None
+    return [t.detach().float().cpu() for t in logits]
+
+
 def _vocab_size(model_dir: Path) -> int | None:
     try:
         return int(json.loads((model_dir / "config.json").read_text())["vocab_size"])
@@ -217,7 +240,10 @@ def _generate(case: Case, execution: Execution, tracker: PhaseTracker) -> None:
             tracker.unhook()
             if torch.cuda.is_available() and _real_gpu(case.target):
                 execution.peak_memory_bytes = int(torch.cuda.max_memory_allocated())
-        execution.step_logits = tracker.step_logits(len(request.spec.prompt_ids), _vocab_size(request.model_dir))
+        execution.step_logits = tracker.step_logits(len(request.spec.prompt_ids), _vocab_size(request.model_dir)) \
+            or handed_back_logits(execution.generation, len(request.spec.prompt_ids))
+        if execution.step_logits is None and _single_sequence(request.spec) and any(execution.generation.tokens):
+            execution.notes.append(LOGITS_NOT_RECORDED)
     except Unsupported as exc:  # the engine cannot run this case here: a skip, with its reason
         tracker.unhook()
         execution.unsupported = str(exc) or type(exc).__name__

@@ -209,7 +209,9 @@ class PhaseTracker:
     def step_logits(self, prompts: int, vocab: int | None = None) -> list[torch.Tensor] | None:
         """Per prompt, the logits [steps, V] that chose each token (float32, CPU), or None
         where the forwards cannot be matched to the prompts one to one (batched prompts,
-        beams, an engine whose prompts were not told apart, logits of another width)."""
+        beams, an engine whose prompts were not told apart) or their width is below the
+        vocabulary (not logits). A padded head (wider than the vocabulary) is kept whole:
+        parity compares the width the engine produced."""
         if len(self.prompts) != prompts or not all(t.rows() for t in self.prompts):
             return None
         out = []
@@ -218,7 +220,7 @@ class PhaseTracker:
             if any(r.shape[0] != 1 for r in rows):  # several rows per forward: beams or a batch
                 return None
             stacked = torch.cat([r.detach().float().cpu() for r in rows])  # [steps, V]
-            if vocab is not None and stacked.shape[-1] != vocab:
+            if vocab is not None and stacked.shape[-1] < vocab:
                 return None
             out.append(stacked)
         return out

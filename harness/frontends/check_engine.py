@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from harness.devices.ledger import BUDGET_NAMES
 from harness.engines import get_engine
-from harness.execute.case import RunOptions
+from harness.execute.case import LOGITS_NOT_RECORDED, RunOptions
 from harness.execute.cases import (
     Case,
     DeviceTarget,
@@ -203,6 +203,10 @@ class Battery:
         else:
             where = ", ".join(f"{d}: {v['tensors']} tensors" for d, v in (result.weights or {}).get("devices", {}).items())
             yield Line("PASS", f"placement honoured on {label}", where)
+        if result.tokens and any(result.tokens):
+            missing = LOGITS_NOT_RECORDED in result.notes
+            yield Line("FAIL" if missing else "PASS", f"step logits recorded on {label}",
+                       LOGITS_NOT_RECORDED.removeprefix("logits: ") if missing else "")
         if target.kind != "cpu":
             parity = [f.message for f in result.failures if f.check == "parity"]
             notes = [n for n in result.notes if "near tie" in n or "parity not" in n]

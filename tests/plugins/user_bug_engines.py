@@ -46,6 +46,7 @@ class UserBugsEngine(Engine):
             return Generation(tokens=tokens, texts=[""], decode_steps=len(tokens[0]))
         token = torch.tensor([request.prompt_ids[0][0] % VOCAB], device=self.devices[0])
         out: list[int] = []
+        rows: list[torch.Tensor] = []  # handed back for parity (Generation.step_logits): no module to record
         for step in range(request.scenario.max_new_tokens):
             if step == 1:
                 request.on_phase("decode")
@@ -65,7 +66,9 @@ class UserBugsEngine(Engine):
             token = logits.argmax(-1)
             out.append(int(token.cpu()[0]))
             token = token.to(self.devices[0])
-        return Generation(tokens=[out], texts=[""])
+            if "near-tie" in tags:  # a flip is judged on the CPU run's own logits: hand them back
+                rows.append(logits[0].float().cpu())
+        return Generation(tokens=[out], texts=[""], step_logits=[torch.stack(rows)] if rows else None)
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = hidden.to(self.head.device) @ self.head  # [S, VOCAB]
