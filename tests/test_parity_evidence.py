@@ -43,3 +43,19 @@ def test_logits_handed_back_through_generation_judge_the_flip():
     assert result.status == "failed"
     [parity] = [f.message for f in result.failures if f.check == "parity"]
     assert "on the CPU run's own logits at that step" in parity, parity
+
+
+def test_check_engine_fails_an_engine_whose_step_logits_cannot_be_recorded():
+    from harness.frontends.check_engine import check_engine, device_targets
+
+    def lines_for(engine):
+        companions = Companions()
+        lines = check_engine(engine, device_targets(engine, ["cpu", "sim:cuda:0"]),
+                             lambda case, options: run_case(case, options, companions), lambda line: None)
+        return {line.what: line for line in lines if line.what.startswith("step logits recorded")}
+
+    unrecorded = lines_for("layer-loop")
+    assert {line.verdict for line in unrecorded.values()} == {"FAIL"}, unrecorded
+    assert "Generation(step_logits=...)" in unrecorded["step logits recorded on sim:cuda:0"].detail
+    handed = lines_for("layer-loop-handing-logits")
+    assert handed and {line.verdict for line in handed.values()} == {"PASS"}, handed
