@@ -19,20 +19,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
-
 from harness.record.results import (
     CaseResult,
     DamagedLine,
+    FrontEnd,
     ResultsWriteError,
     RunDirectory,
+    RunInfo,
     environment_info,
     wanted_ids,
     write_file,
 )
 
 DEFAULT_TIMEOUT = 600.0  # seconds per case where the scenario sets none
-FrontEnd = Literal["cli", "pytest", "merge", "bench"]
 
 
 def results_root_default() -> Path:
@@ -49,40 +48,6 @@ class RunSettings:
     strict_devices: bool = False
     junit: Path | None = None  # also write JUnit XML here (every run has its own junit.xml)
     front_end: FrontEnd = "cli"
-
-
-class RunInfo(BaseModel):
-    """run.json. The environment (versions, host, devices, git commit) is recorded too; keys
-    a front end adds of its own (a benchmark's label and rounds) are kept as they are."""
-
-    model_config = ConfigDict(extra="allow")
-
-    run_id: str
-    front_end: FrontEnd = "cli"
-    started: float = 0.0
-    finished: float | None = None
-    complete: bool = False
-    shard: str | None = None
-    # The cases this run was cut from (every shard's), and this run's own share of them;
-    # None where unknown (a pytest run learns them only at the end of collection).
-    expected_ids: list[str] | None = None
-    selected_ids: list[str] | None = None
-    cases_selected: int | None = None
-    cases_finished: int = 0
-    invalid_files: list[str] = []
-    interrupted: str | None = None
-    write_error: str | None = None
-    exitstatus: int | None = None
-    # merge only
-    merged_from: list[str] | None = None
-    duplicates: list[str] = []
-    gaps: list[str] = []
-    unexpected: list[str] = []
-    problems: list[str] = []
-    damaged: list[str] = []
-
-    def as_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude_none=True)  # absent: not known (yet)
 
 
 class Run:

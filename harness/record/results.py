@@ -27,10 +27,12 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal, NoReturn, get_args, get_origin
+
+from pydantic import BaseModel, ConfigDict
 
 from harness.devices.ledger import Ledger
 from harness.execute.case_errors import ErrorInfo
@@ -189,19 +191,73 @@ def write_file(path: Path, data: bytes | str) -> None:
         raise
 
 
-# Types of the run.json fields that readers (report, merge, compare) rely on.
-_STR_LIST = ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v))
-_NUMBER = ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool))
-_INT = ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool))
-_OPT_STR = ("a string or null", lambda v: v is None or isinstance(v, str))
-_RUN_INFO_FIELDS = {
-    "run_id": ("a string", lambda v: isinstance(v, str)),
-    "started": _NUMBER, "finished": _NUMBER, "cases_selected": _INT, "cases_finished": _INT,
-    "interrupted": _OPT_STR, "shard": _OPT_STR, "write_error": _OPT_STR, "label": _OPT_STR,
-    "complete": ("true or false", lambda v: isinstance(v, bool)),
-    **dict.fromkeys(("expected_ids", "selected_ids", "invalid_files", "devices", "gaps", "duplicates",
-                     "unexpected", "problems", "merged_from", "damaged"), _STR_LIST),
+FrontEnd = Literal["cli", "pytest", "merge", "bench"]
+
+
+class RunInfo(BaseModel):
+    """run.json. The environment (versions, host, devices, git commit) is recorded too; keys
+    a front end adds of its own (a benchmark's label and rounds) are kept as they are."""
+
+    model_config = ConfigDict(extra="allow")
+
+    run_id: str
+    label: str | None = None  # a benchmark's or a user's name for the run
+    devices: list[str] | None = None  # the device labels asked for (-d)
+    front_end: FrontEnd = "cli"
+    started: float = 0.0
+    finished: float | None = None
+    complete: bool = False
+    shard: str | None = None
+    # The cases this run was cut from (every shard's), and this run's own share of them;
+    # None where unknown (a pytest run learns them only at the end of collection).
+    expected_ids: list[str] | None = None
+    selected_ids: list[str] | None = None
+    cases_selected: int | None = None
+    cases_finished: int = 0
+    invalid_files: list[str] = []
+    interrupted: str | None = None
+    write_error: str | None = None
+    exitstatus: int | None = None
+    # merge only
+    merged_from: list[str] | None = None
+    duplicates: list[str] = []
+    gaps: list[str] = []
+    unexpected: list[str] = []
+    problems: list[str] = []
+    damaged: list[str] = []
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)  # absent: not known (yet)
+
+
+# How a reader (report, merge, compare) checks each field of a run.json it did not write, from
+# RunInfo's own types: one schema for writing and reading. A field absent or null is not known.
+_BASE_RULES: dict[Any, tuple[str, Callable[[Any], bool]]] = {
+    str: ("a string", lambda v: isinstance(v, str)),
+    bool: ("true or false", lambda v: isinstance(v, bool)),
+    int: ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    float: ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+    list[str]: ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
 }
+
+
+def _field_rule(annotation: Any) -> tuple[str, Callable[[Any], bool]] | None:
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    optional = len(args) < len(get_args(annotation))
+    base = args[0] if optional and len(args) == 1 else annotation
+    if get_origin(base) is Literal:
+        choices = get_args(base)
+        rule: tuple[str, Callable[[Any], bool]] | None = (f"one of {', '.join(map(str, choices))}", lambda v: v in choices)
+    else:
+        rule = _BASE_RULES.get(base)
+    if rule is None or not optional:
+        return rule
+    description, valid = rule
+    return description, lambda v: v is None or valid(v)
+
+
+_RUN_INFO_FIELDS = {name: rule for name, field in RunInfo.model_fields.items()
+                    if (rule := _field_rule(field.annotation)) is not None}
 
 
 def wanted_ids(run_info: Mapping[str, Any]) -> list[str] | None:
