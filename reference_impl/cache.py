@@ -5,6 +5,8 @@
     offloaded  kept in host memory between steps; each step brings the layer's past to the
                device in one explicit host-to-device copy and writes the new entries back in
                one device-to-host copy. Those are its only transfers, counted in `copies`.
+               The host buffer is pinned for a GPU layer: the upload is non-blocking, and
+               from pageable memory the host would wait for it (a hidden sync per layer).
     external   a past built by the caller and handed in (the Petals path): converted with
                `.to(dtype=..., device=...)` onto the layer's device, then grown by `torch.cat`
                as Petals' llama block does (`torch.cat([past_key_value[0], key_states])`).
@@ -86,10 +88,11 @@ class OffloadedKVCache(nn.Module):
     on_host = True
     faults: frozenset[str] = frozenset()
 
-    def __init__(self, shape: tuple[int, int, int, int], dtype: torch.dtype) -> None:
+    def __init__(self, shape: tuple[int, int, int, int], dtype: torch.dtype, pinned: bool = False) -> None:
         super().__init__()
-        self.kv = torch.zeros((2, *shape), dtype=dtype, device="cpu")
+        self.kv = torch.zeros((2, *shape), dtype=dtype, device="cpu", pin_memory=pinned)
         self.copies: Counter[str] = Counter()  # "h2d" / "d2h": the explicit transfers made
+        self._side_streams: dict[torch.device, torch.cuda.Stream] = {}  # prefetch_without_wait only
 
     def update(self, start: int | Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         start = eager_only(start, "offloaded")
@@ -97,7 +100,10 @@ class OffloadedKVCache(nn.Module):
         end = start + k.shape[2]
         if start:
             past = self.kv[:, :, :, :start]
-            if "kv_cache_on_cpu" not in self.faults:  # Petals #570 left it on the host
+            if "prefetch_without_wait" in self.faults and k.device.type == "cuda":
+                past = self._prefetch_on_side_stream(past, k.device)
+                self.copies["h2d"] += 1
+            elif "kv_cache_on_cpu" not in self.faults:  # Petals #570 left it on the host
                 past = past.to(k.device, non_blocking=True)  # the one H2D of this layer's step
                 self.copies["h2d"] += 1
             new_full = torch.cat((past, new), dim=3)
@@ -106,6 +112,17 @@ class OffloadedKVCache(nn.Module):
         self.kv[:, :, :, start:end].copy_(new)  # the one D2H of this layer's step
         self.copies["d2h"] += 1
         return new_full[0], new_full[1]
+
+    def _prefetch_on_side_stream(self, past: Tensor, device: torch.device) -> Tensor:
+        """The fault `prefetch_without_wait`: the upload issued on a side stream (to overlap
+        with compute) and consumed on the current one with no wait_stream between them."""
+        stream = self._side_streams.get(device)
+        if stream is None:
+            stream = self._side_streams[device] = torch.cuda.Stream(device)
+        with torch.cuda.stream(stream):
+            past = past.to(device, non_blocking=True)
+        # the fix: torch.cuda.current_stream(device).wait_stream(stream)
+        return past
 
     def reorder(self, index: Tensor, length: int) -> None:
         self.kv[:, :, :, :length] = self.kv[:, :, :, :length].index_select(1, index)

@@ -16,6 +16,9 @@ reorder, the cache import, the dequantizer, the loader, the input placement.
     stray_roundtrip_per_step   generate: every decode step   vLLM #3384 (a .cpu() per step)
     mask_on_cpu                constrained: token mask       transformers PR #38558
     input_on_first_device      generate: prompt ids          lm-evaluation-harness #1575
+    token_read_non_blocking    generate: token read-back     flashinfer PR #564, PyTorch #182190
+    prefetch_without_wait      cache: offloaded prefetch     transformers' offloaded cache (wait_stream)
+    pageable_upload_per_step   generate: next input          vLLM PR #54660 (pageable H2D stalls)
 """
 
 from __future__ import annotations

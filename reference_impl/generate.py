@@ -140,7 +140,11 @@ def generate(
     token = choose(prefill(model, ids, config.kv_cache, decode.cache_length, on_phase))
     out: list[int] = []
     while True:
-        value = token.cpu().tolist()[0]  # the one read-back per step
+        if "token_read_non_blocking" in model.faults:
+            host = token.to("cpu", non_blocking=True)  # flashinfer #564: no sync before the read below
+            value = host.tolist()[0]  # on a GPU: may read the token before the copy landed
+        else:
+            value = token.cpu().tolist()[0]  # the one read-back per step
         out.append(value)
         if pipeline.constraint is not None:
             pipeline.constraint.advance([value])
@@ -148,7 +152,10 @@ def generate(
             return out
         if len(out) == 1:
             on_phase("decode")
-        token = choose(decode(to_input_device(model, token)))
+        if "pageable_upload_per_step" in model.faults:  # the next input rebuilt on the host, uploaded from pageable memory
+            token = choose(decode(torch.tensor([[value]]).to(model.input_device, non_blocking=True)))
+        else:
+            token = choose(decode(to_input_device(model, token)))
 
 
 class Decode(Protocol):

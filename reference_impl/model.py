@@ -271,7 +271,7 @@ class Transformer(nn.Module):
                 if not (isinstance(old, KVCache) and old.k.shape == shape and old.k.device == device):
                     attention.cache = KVCache(shape, self.dtype, device)
             elif kind == "offloaded":
-                offloaded = OffloadedKVCache(shape, self.dtype)
+                offloaded = OffloadedKVCache(shape, self.dtype, pinned=device.type == "cuda")
                 offloaded.faults = self.faults
                 attention.cache = offloaded
             else:

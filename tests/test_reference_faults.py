@@ -205,3 +205,41 @@ def test_json_spec_is_accepted_by_the_generate_config():
     # Guards the adapter's contract: a JSON feature travels as a JsonSpec.
     spec = JsonSpec({"type": "integer"}, "{}", tinymodel.EOS_ID)
     assert GenerateConfig(json=spec).stop_id == tinymodel.EOS_ID, "a grammar stops at its EOS even without stop_at_eos"
+
+
+@pytest.mark.parametrize(("switch", "issued", "read"), [
+    ("token_read_non_blocking", "generate.py", "generate.py"),
+    ("prefetch_without_wait", "cache.py", "cache.py"),
+])
+@pytest.mark.parametrize("devices", [["cuda:0"], ["cuda:0", "cuda:1"]])
+def test_asynchrony_switches_raise_a_race_naming_where_the_copy_was_issued_and_where_it_was_read(
+        switch, issued, read, devices):
+    _sim_or_skip()
+    from harness.devices import simulated_gpus
+    from harness.devices.sim_streams import StreamRace
+
+    directory = tinymodel.model_dir(ModelSpec())
+    config = GenerateConfig(max_new_tokens=4, kv_cache="offloaded")
+    with simulated_gpus(count=2), torch.no_grad():
+        assert generate(load_model(directory, devices), [5, 17, 42], config)  # clean: no race
+        with pytest.raises(StreamRace) as caught:
+            generate(load_model(directory, devices, faults=[switch]), [5, 17, 42], config)
+    sites = re.findall(r"reference_impl/(\w+\.py):(\d+)", str(caught.value))
+    assert len(set(sites)) == 2 and {sites[0][0], sites[1][0]} == {issued, read}, str(caught.value)
+
+
+def test_a_pageable_upload_per_step_is_a_sync_per_step_on_simulated_gpus():
+    _sim_or_skip()
+    from harness.devices import simulated_gpus
+    from harness.devices.ledger import Ledger
+
+    directory = tinymodel.model_dir(ModelSpec())
+    counts = {}
+    for switch in (None, "pageable_upload_per_step"):
+        ledger = Ledger()
+        with simulated_gpus(count=1, ledger=ledger), torch.no_grad():
+            model = load_model(directory, ["cuda:0"], faults=[switch] if switch else [])
+            ledger.phase = "decode"
+            generate(model, [5, 17, 42], GenerateConfig(max_new_tokens=6))
+        counts[switch] = ledger.count("decode", "sync")
+    assert counts == {None: 0, "pageable_upload_per_step": 5}, counts

@@ -269,3 +269,9 @@ def test_transformers_offloaded_cache_without_the_prefetch_wait_is_caught(llama,
         model = copy.deepcopy(llama).to("cuda:0")
         with pytest.raises(StreamRace, match=r"cache_utils.py:.* is copied to the device at .*cache_utils.py"):
             greedy(model, "cuda:0", cache_implementation="offloaded")
+
+
+def test_a_host_factory_with_pin_memory_and_an_explicit_cpu_device_is_pinned():
+    with simulated_gpus(count=1):
+        assert torch.zeros(3, device="cpu", pin_memory=True).is_pinned()
+        assert not torch.zeros(3, device="cpu").is_pinned()

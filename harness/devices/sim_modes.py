@@ -246,7 +246,7 @@ def _with_kwargs(func, args, kwargs):
         if out is NO_STAND_IN:
             raise
     if target == -1:
-        return out
+        return sim_streams.mark_pinned(out) if pinned and isinstance(out, Tensor) else out
     if "out" in kwargs and out is inner_kwargs["out"]:
         return kwargs["out"]
     return _wrap_out(out, target, inner[0] if inner else None, args[0] if args else None)

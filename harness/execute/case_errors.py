@@ -31,6 +31,9 @@ class ErrorInfo:
     # A torch op on a simulated device hit a kernel the CPU build lacks ("op: message at
     # site"); only the simulator sets it, so only such errors become skips.
     kernel_gap: str | None = None
+    # The simulator's race check (harness.devices.sim_streams.StreamRace): work read before an
+    # ordering point made it visible; the message names both sides.
+    race: bool = False
     op: str | None = None
     devices: list[str] = field(default_factory=list)
     site: str | None = None  # file:line of user code
@@ -57,6 +60,18 @@ class ErrorInfo:
 ONE_LINE_CHARS = 600
 
 
+def _is_race(exc: BaseException) -> bool:
+    """`exc`, or an exception it was raised from, is the simulator's StreamRace."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if type(current).__name__ == "StreamRace" and type(current).__module__ == "harness.devices.sim_streams":
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
 def one_line(message: str) -> str:
     """A multi-line message on one line: its lines joined, blank ones dropped (the first line
     of a parser's error is often only `regex parse error:`), cut at ONE_LINE_CHARS."""
@@ -73,6 +88,7 @@ def describe_error(exc: BaseException, origin: Origin = "engine") -> ErrorInfo:
     if mismatch is not None:
         info.mismatch, info.op, info.devices = True, mismatch["op"], mismatch["devices"]
     info.kernel_gap = kernel_gap_of(exc)
+    info.race = _is_race(exc)
     frame = user_frame(exc.__traceback__)
     if frame is not None:
         info.site = f"{short_path(frame.filename)}:{frame.lineno}"

@@ -420,7 +420,7 @@ class ExpectError(Scope):
         return value
 
 
-EXPECTABLE_CHECKS = ("transfers", "parity", "mismatch", "placement", "phases")
+EXPECTABLE_CHECKS = ("transfers", "parity", "mismatch", "placement", "phases", "race")
 
 
 class ExpectFailure(Scope):
