@@ -47,10 +47,11 @@ class JsonConstraint:
             raise ValueError(f"llguidance rejected the JSON schema: {first.get_error()}")
         self.matchers = [first] + [first.deep_copy() for _ in range(rows - 1)]
         self.vocab = vocab
-        # Host memory, deliberately not pinned: a copy from pageable memory is staged before
-        # `.to()` returns, so the next step may overwrite the bitmask. From pinned memory a
-        # non_blocking copy could still be reading it (a race), and pinning needs a real GPU.
-        self.bitmask = torch.full((rows, (vocab + 31) // 32), -1, dtype=torch.int32)
+        # Pinned host memory for a GPU: a non_blocking upload from pageable memory makes the
+        # host wait (a hidden sync per step). The next step overwrites the bitmask only after
+        # the step's blocking token read-back on the same stream, which orders the upload first.
+        self.bitmask = torch.full((rows, (vocab + 31) // 32), -1, dtype=torch.int32,
+                                  pin_memory=torch.device(device).type == "cuda")
         self.on_host = "mask_on_cpu" in faults  # transformers PR #38558
         self.shifts = torch.arange(32, dtype=torch.int32, device="cpu" if self.on_host else device)
 
