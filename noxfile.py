@@ -134,6 +134,16 @@ def sweep(session: nox.Session) -> None:
                 "'--fail-on-failures']); print(out.read_text()); sys.exit(code)")
 
 
+@nox.session(default=False)
+def opinfo(session: nox.Session) -> None:
+    """Simulated GPUs against torch's whole OpInfo database (float32, int64, bool; ~15 min on
+    2 cores): each sample on sim cuda:0 against the CPU, plus mixed-device binary ops. Writes
+    results/opinfo/opinfo.md (failures by class, each failing op with its reason); CI runs a
+    fixed slice of it (tests/test_sim_opinfo.py). `-- --dtype float32 --op add` narrows it."""
+    install(session)
+    session.run("python", "-m", "tests.opinfo_fidelity", *session.posargs)
+
+
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff over the packages, tests and benchmarks."""

@@ -189,6 +189,19 @@ def _compile(model: Any = None, **kwargs: Any) -> Any:
     return call
 
 
+def _get_rng_state(device: Any = "cuda") -> torch.Tensor:
+    """torch.cuda.get_rng_state: ops on simulated tensors draw from the CPU's default
+    generator, so its state stands for every simulated GPU's (torch.random.fork_rng,
+    torch.testing's freeze_rng_state save and restore it)."""
+    _index_of(device)
+    return torch.get_rng_state()
+
+
+def _set_rng_state(new_state: torch.Tensor, device: Any = "cuda") -> None:
+    _index_of(device)
+    torch.set_rng_state(new_state)
+
+
 def _cuda_patches(count: int) -> dict[str, Any]:
     return {
         "is_available": lambda: True,
@@ -217,6 +230,11 @@ def _cuda_patches(count: int) -> dict[str, Any]:
         "current_stream": sim_streams.current_stream,
         "default_stream": sim_streams.default_stream,
         "set_stream": sim_streams.set_stream,
+        "get_rng_state": _get_rng_state,
+        "set_rng_state": _set_rng_state,
+        "get_rng_state_all": lambda: [torch.get_rng_state() for _ in range(count)],
+        "set_rng_state_all": lambda new_states: [_set_rng_state(state) for state in new_states] and None,
+        "initial_seed": torch.initial_seed,
     }
 
 

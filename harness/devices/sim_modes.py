@@ -220,6 +220,12 @@ def _with_kwargs(func, args, kwargs):
             pinned, value = value, False  # a CPU-only torch cannot pin: plain memory, marked pinned
         elif isinstance(value, Tensor):
             plain = True
+        elif (type(value) is list or type(value) is tuple) and value and isinstance(value[0], Tensor) and key != "out":
+            seq, index, odd = _unwrap_sequence(value, index)  # torch.gradient(spacing=[t, ...])
+            if odd:
+                return _slow(func, args, kwargs)
+            plain = plain or odd is None
+            value = type(value)(seq)
         inner_kwargs[key] = value
     if target is None and index == -1:
         if plain and _functorch_level() is not None and _vmapped_simulated((*args, *kwargs.values())):
