@@ -16,6 +16,8 @@ reorder, the cache import, the dequantizer, the loader, the input placement.
     stray_roundtrip_per_step   generate: every decode step   vLLM #3384 (a .cpu() per step)
     mask_on_cpu                constrained: token mask       transformers PR #38558
     input_on_first_device      generate: prompt ids          lm-evaluation-harness #1575
+    padding_mask_on_cpu        batched: rows' slot mask      a padded batch's attention_mask built on the host, never moved
+    position_ids_on_cpu        batched: rows' positions      per-row position_ids built on the host, never moved
     token_read_non_blocking    generate: token read-back     flashinfer PR #564, PyTorch #182190
     prefetch_without_wait      cache: offloaded prefetch     transformers' offloaded cache (wait_stream)
     pageable_upload_per_step   generate: next input          vLLM PR #54660 (pageable H2D stalls)

@@ -20,7 +20,11 @@ compiled decode step, see `compiled`: every shape is fixed, so RoPE rows and cac
 are indexed with the tensor and attention reads the whole static cache, masked past the
 position, as gpt-fast does).
 
-Axes: B batch (beams), S sequence, H heads, K kv heads, D head dim, C hidden (channels),
+Padded batches (`Padded`, see `batched`): rows of different lengths share the cache's slots;
+each row has its own RoPE positions and a mask of the slots that hold its real tokens, both
+kept on every device of the model, so a decode step moves neither.
+
+Axes: B batch (beams, or padded rows), S sequence, H heads, K kv heads, D head dim, C hidden (channels),
 V vocab, I intermediate, T tokens (B * S), E experts, A active experts per token.
 """
 
@@ -134,6 +138,21 @@ def rows(table: Tensor, start: int | Tensor, length: int) -> Tensor:
     return table[start : start + length] if isinstance(start, int) else table[start]
 
 
+@dataclass
+class Padded:
+    """A padded batch's per-row state, one copy per device of the model (`batched` builds it):
+    `valid` [B, L] bool, which cache slots hold a real token of the row (padding does not), and
+    `positions` [B, 1] int64, each row's RoPE position for the slot the next token is written to."""
+
+    valid: dict[torch.device, Tensor]
+    positions: dict[torch.device, Tensor]
+
+    def advance(self) -> None:
+        """One slot on: every row's position + 1, on each device (no transfer)."""
+        for positions in self.positions.values():
+            positions += 1
+
+
 class Attention(nn.Module):
     cos: Tensor  # [S_max, D], in the model's dtype
     sin: Tensor
@@ -151,16 +170,27 @@ class Attention(nn.Module):
         self.register_buffer("positions", torch.empty(args.max_seq_len, dtype=torch.long), persistent=False)
         self.cache: Cache | None = None
 
-    def forward(self, x: Tensor, start: int | Tensor) -> Tensor:
+    def forward(self, x: Tensor, start: int | Tensor, padded: Padded | None = None) -> Tensor:
         a = self.args
         B, S, _ = x.shape
         H, K = a.num_heads, a.num_kv_heads
         qkv = self.wqkv(x).view(B, S, H + 2 * K, a.head_dim).transpose(1, 2)  # [B, H + 2K, S, D]: views
         qk, v = qkv.split((H + K, K), dim=1)
-        q, k = apply_rope(qk, rows(self.cos, start, S), rows(self.sin, start, S)).split((H, K), dim=1)
+        if padded is None:
+            cos, sin = rows(self.cos, start, S), rows(self.sin, start, S)
+        else:  # each row's own positions: [B, S] -> table rows [B, 1, S, D]
+            positions = padded.positions[x.device].reshape(-1)
+            cos, sin = (t.index_select(0, positions).view(B, 1, S, -1) for t in (self.cos, self.sin))
+        q, k = apply_rope(qk, cos, sin).split((H, K), dim=1)
         if self.cache is not None:
             k, v = self.cache.update(start, k, v)  # [B, K, start+S, D], or the whole static cache
-        if isinstance(start, Tensor):  # compiled decode step: mask the cache past the position
+        if padded is not None:  # causal over the slots, and only the row's real ones
+            assert isinstance(start, int), "padded batches decode eagerly"
+            slots, here = self.positions[: k.shape[2]], self.positions[start : start + S, None]
+            mask = padded.valid[x.device][:, None, None, : k.shape[2]] & (slots <= here)  # [B, 1, S, L]
+            # a padding query that sees no real slot sees itself: no softmax over nothing (NaN)
+            mask, causal = mask | (slots == here), False
+        elif isinstance(start, Tensor):  # compiled decode step: mask the cache past the position
             mask, causal = self.positions[: k.shape[2]] <= start[:, None], False  # [1, L]
         elif S == 1 or start == 0:  # one new token sees every cached one; a prompt is causal
             mask, causal = None, S > 1
@@ -221,8 +251,8 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(args.hidden_size, args.norm_eps)
         self.feed_forward: nn.Module = MoEFeedForward(args) if args.num_experts else FeedForward(args)
 
-    def forward(self, x: Tensor, start: int | Tensor) -> Tensor:
-        x = x + self.attention(self.attention_norm(x), start)
+    def forward(self, x: Tensor, start: int | Tensor, padded: Padded | None = None) -> Tensor:
+        x = x + self.attention(self.attention_norm(x), start, padded)
         return x + self.feed_forward(self.ffn_norm(x))
 
 
@@ -312,14 +342,15 @@ class Transformer(nn.Module):
                 index = per_device[device]
             cache.reorder(index, length)
 
-    def forward(self, ids: Tensor, start: int | Tensor, last_only: bool = False) -> Tensor:
+    def forward(self, ids: Tensor, start: int | Tensor, last_only: bool = False, padded: Padded | None = None) -> Tensor:
         """Logits [B, S, V] float32 for token ids [B, S] at positions start..start+S-1, or
-        [B, V] for the last position only when `last_only`. `start`: see the module docstring."""
+        [B, V] for the last position only when `last_only`. `start`: see the module docstring;
+        `padded`: a padded batch's rows (their positions and real slots), see `Padded`."""
         x = self.tok_embeddings(ids)  # [B, S, C]
         for block, device in zip(self.layers, self.block_devices, strict=True):
             if x.device != device:
                 x = x.to(device)  # the one legal hop: a device boundary under `auto`
-            x = block(x, start)
+            x = block(x, start, padded)
         if last_only:
             x = x[:, -1]  # [B, C]
         if x.device != self.output_device:

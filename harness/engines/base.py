@@ -80,6 +80,9 @@ class Capabilities:
     sampling: bool = True  # can sample (mode: sample); else sampled scenarios are skipped
     deterministic: bool = True  # same seed, same tokens; else sampled parity is not judged
     teacher_forcing: bool = True  # implements teacher_forced_logits
+    # Runs a scenario's `batch:` (the prompts as padded batches, `request.spec.batch`, each
+    # row ending at its own EOS); else batched scenarios are skipped.
+    batching: bool = False
     faults: frozenset[str] = frozenset()  # fault switches it honours
     # Checks whose failures are known properties of the engine, reported as findings
     # (a section of their own in the report) rather than failing the case.

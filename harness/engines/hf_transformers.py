@@ -167,6 +167,7 @@ class TransformersEngine(Engine):
         features=frozenset({"logit_bias", "beam_search", "json_schema"}),
         devices=frozenset({"cpu", "cuda", "auto"}),
         runs_on_torch=True,
+        batching=True,  # left-padded batches with their attention_mask, one generate() per batch
         transfers=TRANSFORMERS_TRANSFERS,
         feature_transfers=TRANSFORMERS_FEATURE_TRANSFERS,
     )
@@ -214,6 +215,8 @@ class TransformersEngine(Engine):
         if self.assistant is not None:
             kwargs["assistant_model"] = self.assistant
         kwargs |= self.options.generate  # the scenario's own generate() arguments win
+        if spec.batch is not None:
+            return self._generate_batches(request, kwargs)
         tokens: list[list[int]] = []
         extra: dict[str, Any] = {"beams": []}
         for ids in request.prompt_ids:
@@ -242,6 +245,31 @@ class TransformersEngine(Engine):
                 tokens.append(_strip(out[0, len(ids):].tolist(), spec.eos_id, keep_eos=True))
         return Generation(tokens=tokens, texts=[request.decode(t) for t in tokens],
                           extra=extra if beams is not None else {})
+
+    def _generate_batches(self, request: Request, kwargs: dict[str, Any]) -> Generation:
+        """The prompts as padded batches: the EOS id pads (as pad_token_id), the attention_mask
+        masks it, and generate() gives each row its positions from the mask and pads a row that
+        reached EOS while the others go on (the padding is stripped, never a token)."""
+        spec = request.spec
+        assert spec.batch is not None
+        if spec.batch.padding == "right":
+            raise Unsupported("transformers generate() appends every row's next token after the batch's last slot, "
+                              "so a right-padded row would continue after its padding (decoder-only models need "
+                              "padding: left, the tokenizer's padding_side='left')")
+        if self.assistant is not None:
+            raise Unsupported("transformers assisted decoding runs one sequence at a time (batch size 1)")
+        prompts, tokens = request.prompt_ids, []
+        for group in spec.batch.groups(len(prompts)):
+            rows = [prompts[i] for i in group]
+            width = max(len(r) for r in rows)
+            ids = [[spec.eos_id] * (width - len(r)) + r for r in rows]
+            mask = [[0] * (width - len(r)) + [1] * len(r) for r in rows]
+            request.on_phase("prefill")
+            torch.manual_seed(spec.sampling.seed)
+            out = self.model.generate(torch.tensor(ids, device=self.input_device),
+                                      attention_mask=torch.tensor(mask, device=self.input_device), **kwargs)
+            tokens += [_strip(row, spec.eos_id, keep_eos=True) for row in out[:, width:].tolist()]
+        return Generation(tokens=tokens, texts=[request.decode(t) for t in tokens])
 
     def teacher_forced_logits(self, ids: list[int]) -> torch.Tensor:
         """Through generation's own path: the prompt's first token, then one cached step per

@@ -43,6 +43,7 @@ class ReferenceEngine(Engine):
         features=frozenset(FEATURES),
         devices=frozenset({"cpu", "cuda", "auto"}),
         runs_on_torch=True,
+        batching=True,  # reference_impl.batched: padded rows, per-row positions, mask and EOS
         faults=frozenset(FAULTS),
         # What reference_impl loads faithfully (its greedy ids equal transformers'); it refuses
         # configs it cannot honour (rope scaling, biases, tied head) when it loads.
@@ -80,6 +81,8 @@ class ReferenceEngine(Engine):
         assert self.model is not None, "generate() before load()"
         config = build_config(request)
         notes = compile_notes(self.model, config, request)
+        if request.spec.batch is not None:
+            return self._generate_batches(request, config, notes)
         if config.num_beams == 1:
             tokens = [generate(self.model, ids, config, request.on_phase) for ids in request.prompt_ids]
             return Generation(tokens=tokens, texts=[request.decode(t) for t in tokens], notes=notes)
@@ -92,6 +95,17 @@ class ReferenceEngine(Engine):
             decode_steps=sum(r.steps - 1 for r in results),  # a beam that ended early is shorter
             notes=notes,
         )
+
+    def _generate_batches(self, request: Request, config: GenerateConfig, notes: list[str]) -> Generation:
+        from reference_impl.batched import generate_batch
+
+        assert self.model is not None and request.spec.batch is not None
+        batch, prompts = request.spec.batch, request.prompt_ids
+        tokens: list[list[int]] = []
+        for group in batch.groups(len(prompts)):  # the EOS id pads (masked out: any id would do)
+            tokens += generate_batch(self.model, [prompts[i] for i in group], config, request.eos_id, batch.padding,
+                                     request.on_phase)
+        return Generation(tokens=tokens, texts=[request.decode(t) for t in tokens], notes=notes)
 
     def teacher_forced_logits(self, ids: list[int]) -> torch.Tensor:
         from reference_impl import teacher_forced_logits
@@ -126,7 +140,7 @@ def build_config(request: Request) -> GenerateConfig:
         length_penalty=spec.beams.length_penalty if spec.beams else 1.0,
         num_return=spec.beams.num_return if spec.beams else 1,
         # engine_options.reference.compile: never on simulated GPUs, which cannot be traced
-        compile=bool(request.options and request.options.compile) and not simulated(),
+        compile=bool(request.options and request.options.compile) and not simulated() and spec.batch is None,
     )
 
 
@@ -142,6 +156,8 @@ def compile_notes(model: Transformer, config: GenerateConfig, request: Request) 
 
     if not (request.options and request.options.compile):
         return []
+    if request.spec.batch is not None:
+        return ["compile not applied: padded batches decode eagerly"]
     if simulated():
         return ["compile ignored: simulated GPUs cannot be traced by torch.compile; decoded eagerly"]
     why = compiled.unsupported_reason(model, config)

@@ -49,6 +49,16 @@ class Quantization:
 
 
 @dataclass(frozen=True)
+class Batch:
+    size: int  # rows per batch; the prompts go in order, the last batch may be smaller
+    padding: Literal["left", "right"]
+
+    def groups(self, count: int) -> list[range]:
+        """The prompt indexes of each batch, for `count` prompts."""
+        return [range(i, min(i + self.size, count)) for i in range(0, count, self.size)]
+
+
+@dataclass(frozen=True)
 class GenerationSpec:
     prompts: tuple[str, ...]
     prompt_ids: tuple[tuple[int, ...], ...]  # one per prompt, in order
@@ -63,6 +73,7 @@ class GenerationSpec:
     quantization: Quantization | None = None
     dtype: str = "float32"
     faults: tuple[str, ...] = ()
+    batch: Batch | None = None  # None: each prompt alone
 
 
 def resolve(scenario: Scenario, encode: Callable[[str], list[int]], eos_id: int) -> GenerationSpec:
@@ -97,6 +108,7 @@ def resolve(scenario: Scenario, encode: Callable[[str], list[int]], eos_id: int)
         quantization=quantization,
         dtype=s.model.dtype,
         faults=tuple(s.faults),
+        batch=Batch(s.batch.size, s.batch.padding) if s.batch is not None else None,
     )
 
 

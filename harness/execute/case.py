@@ -37,6 +37,7 @@ from harness.execute.capture import captured_output, quiet_libraries
 from harness.execute.case_errors import ErrorInfo, describe_error
 from harness.execute.cases import Case, DeviceTarget, skip_reason
 from harness.execute.phases import PhaseTracker
+from harness.format.loader import LoadedScenario
 from harness.format.scenario import DeviceSpec
 from harness.models import sources as model_source
 from harness.record.results import CaseResult
@@ -125,8 +126,10 @@ LOGITS_NOT_RECORDED = ("logits: not recorded: the forward of modules()[0] did no
 
 
 def _single_sequence(spec: GenerationSpec) -> bool:
-    """One sequence per prompt, decoded step by step: where per-step logits are well defined."""
-    return spec.beams is None
+    """One sequence per prompt, decoded step by step: where per-step logits are well defined
+    (a batch's forwards hold several prompts: parity judges its flips on the CPU run of each
+    prompt alone)."""
+    return spec.beams is None and spec.batch is None
 
 
 def handed_back_logits(generation: Generation | None, prompts: int) -> list[torch.Tensor] | None:
@@ -269,12 +272,13 @@ class Companions:
     parity and baselines work under xdist and sharding too."""
 
     def __init__(self) -> None:
-        self._runs: OrderedDict[tuple[str, int, str, str, str], Execution] = OrderedDict()
+        self._runs: OrderedDict[tuple[str, int, str, str, str, bool], Execution] = OrderedDict()
 
     @staticmethod
-    def _key(case: Case) -> tuple[str, int, str, str, str]:
+    def _key(case: Case) -> tuple[str, int, str, str, str, bool]:
         # The name too: a family sweep makes several scenarios of one file line.
-        return (case.loaded.path, case.loaded.line, case.scenario.name, case.engine, case.target.label)
+        return (case.loaded.path, case.loaded.line, case.scenario.name, case.engine, case.target.label,
+                case.scenario.batch is not None)
 
     def remember(self, case: Case, execution: Execution) -> None:
         self._runs[self._key(case)] = execution
@@ -289,7 +293,11 @@ class Companions:
         return self._runs[key]
 
     def oracle(self, case: Case) -> Execution:
-        return self.get(Case(case.loaded, case.engine, _CPU))
+        """The CPU run, each prompt alone: a batch's row i must generate what prompt i does."""
+        loaded = case.loaded
+        if case.scenario.batch is not None:
+            loaded = LoadedScenario(case.scenario.model_copy(update={"batch": None}), loaded.path, loaded.line)
+        return self.get(Case(loaded, case.engine, _CPU))
 
     def baseline(self, case: Case, engine: str) -> Execution:
         return self.get(Case(case.loaded, engine, case.target))
@@ -409,8 +417,9 @@ def _judge(case: Case, result: CaseResult, companions: Companions | None, option
                 and execution.spec.sampling.greedy and execution.spec.beams is None and not execution.spec.logit_bias):
             prompts = [list(ids) for ids in execution.spec.prompt_ids]
             outcome.add(checks.check_teacher_forcing(generation.tokens, prompts, scorer(case, target)))
-        wants_parity = (companions is not None and target.kind != "cpu" and scenario.checks.parity.enabled
-                        and expect_error is None)
+        # A batch is judged on the CPU too: its rows against each prompt's run alone.
+        wants_parity = (companions is not None and (target.kind != "cpu" or scenario.batch is not None)
+                        and scenario.checks.parity.enabled and expect_error is None)
         if wants_parity:
             assert companions is not None
             outcome.add(_parity(case, execution, companions.oracle(case), caps))

@@ -146,6 +146,8 @@ def declared_skip_reason(case: Case) -> str | None:
     missing = [f for f in case.scenario.features.names() if f not in caps.features]
     if missing:
         return f"engine {case.engine} lacks feature {', '.join(missing)}"
+    if case.scenario.batch is not None and not caps.batching:
+        return f"engine {case.engine} does not declare batching"
     unhonoured = [f for f in case.scenario.faults if f not in caps.faults]
     if unhonoured:
         return f"engine {case.engine} has no fault switch {', '.join(unhonoured)}"

@@ -13,6 +13,8 @@ FAULTS = (
     "stray_roundtrip_per_step",  # vLLM #3384: a .cpu() and back on every decode step
     "mask_on_cpu",  # transformers #38558: constraint mask not on the scores' device
     "input_on_first_device",  # lm-eval-harness #1575: inputs to self.device, not the embedding's
+    "padding_mask_on_cpu",  # a padded batch's attention mask built on the host and never moved
+    "position_ids_on_cpu",  # a padded batch's per-row position ids built on the host and never moved
     "token_read_non_blocking",  # flashinfer #564, PyTorch #182190: a non-blocking D2H read before a sync
     "prefetch_without_wait",  # transformers' offloaded cache: a side-stream prefetch used without a wait
     "pageable_upload_per_step",  # vLLM #54660: non-blocking H2D from pageable memory, a hidden sync

@@ -302,6 +302,24 @@ class Features(_Strict):
         return tuple(f for f in FEATURES if getattr(self, f) is not None)
 
 
+class Batch(_Strict):
+    """The prompts run as padded batches of `size` rows: row i of a batch must generate what
+    its prompt generates alone on the CPU (the parity oracle runs each prompt alone)."""
+
+    size: int = Field(ge=2, le=64, description="Rows per batch (the last batch may be smaller).")
+    padding: Literal["left", "right"] = Field(
+        "left", description="Where shorter prompts are padded; the padding is masked out of attention.")
+
+
+# What a batch of rows cannot run as its prompts run alone: refused when the file loads.
+_NOT_WITH_BATCH = {
+    "features.beam_search": "beams are rows of their own",
+    "features.json_schema": "the grammar state is per prompt",
+    "sampling.mode: sample": "the rows draw from one generator, so row i cannot sample what prompt i samples alone",
+    "sampling.repetition_penalty": "the padding would count as context",
+}
+
+
 class DeviceSpec(_Strict):
     """`cpu`, `cuda:N` or `auto` (layers spread over `gpus` GPUs, like device_map='auto')."""
 
@@ -549,6 +567,8 @@ class Scenario(_Strict):
     stop_at_eos: bool = True
     sampling: GreedyOrSample = Field(default_factory=GreedyOrSample)
     features: Features = Field(default_factory=Features)
+    batch: Batch | None = Field(None, description="Run the prompts as padded batches {size, padding: left|right} "
+                                "(engines that declare batching; the others skip).")
     checks: Checks = Field(default_factory=Checks)
     engine_options: EngineOptions = Field(default_factory=EngineOptions,
                                           description="Options per engine, e.g. {transformers: {generate: {...}}}.")
@@ -564,6 +584,28 @@ class Scenario(_Strict):
     def _one_prompt_field(self) -> Scenario:
         if (self.prompt is None) == (self.prompts is None):
             raise ValueError("give exactly one of prompt or prompts")
+        return self
+
+    @model_validator(mode="after")
+    def _batch_fits(self) -> Scenario:
+        if self.batch is None:
+            return self
+        prompts = len(self.prompt_list)
+        if self.batch.size > prompts:
+            raise FieldError(("batch", "size"), f"batch size {self.batch.size} exceeds the {prompts} prompt"
+                                                f"{'s' * (prompts != 1)} (give prompts: [...] with at least {self.batch.size})")
+        given = {
+            "features.beam_search": self.features.beam_search is not None,
+            "features.json_schema": self.features.json_schema is not None,
+            "sampling.mode: sample": self.sampling.mode == "sample",
+            "sampling.repetition_penalty": self.sampling.repetition_penalty is not None,
+        }
+        for what, present in given.items():
+            if present:
+                raise FieldError("batch", f"batch does not combine with {what}: {_NOT_WITH_BATCH[what]}")
+        if self.features.kv_cache is not None and self.features.kv_cache.kind != "static":
+            raise FieldError("batch", f"batch runs on the static KV cache only (features.kv_cache.kind is "
+                                      f"{self.features.kv_cache.kind})")
         return self
 
     @field_validator("model", mode="before")
@@ -616,10 +658,10 @@ class Scenario(_Strict):
             return self  # path and hub models: their safetensors files are measured at load
         spec, dims = self.model, self.model.dims
         weights = model_dims.parameter_count(spec.family, dims) * model_dims.CHECKPOINT_BYTES_PER_PARAM
-        batch = self.features.beam_search.num_beams if self.features.beam_search else 1
+        batch = self.features.beam_search.num_beams if self.features.beam_search else self.batch.size if self.batch else 1
         cache = model_dims.kv_cache_bytes(dims, spec.max_seq_len, batch, spec.dtype)
         if weights + cache > model_dims.memory_limit_bytes():
-            beams = f" for {batch} beams" if batch > 1 else ""
+            beams = f" for {batch} {'beams' if self.features.beam_search else 'rows'}" if batch > 1 else ""
             raise FieldError("model", f"needs about {_gb(weights + cache)} of memory (float32 weights {_gb(weights)} + "
                                       f"KV cache {_gb(cache)}{beams}), more than half of this machine's "
                                       f"{_gb(model_dims.host_memory_bytes())}")
