@@ -10,7 +10,12 @@ from harness.execute.cases import Case, DeviceTarget, expand
 from harness.format.loader import load_file, load_paths
 from harness.format.scenario import DeviceSpec
 from harness.frontends.architectures import sweep_table
-from harness.models.families import causal_lm_families, known_families
+from harness.models.families import (
+    all_families,
+    causal_lm_families,
+    image_text_families,
+    known_families,
+)
 from harness.record.results import CaseResult
 from tests.conftest import REPO
 
@@ -21,11 +26,14 @@ def test_family_all_is_one_scenario_per_family_of_the_installed_transformers() -
     result = load_file(SWEEP)
     assert not result.errors, result.errors
     names = [s.scenario.name for s in result.scenarios]
-    families = known_families()
+    families, image_text = all_families(multimodal=False), image_text_families()
     assert families is not None and {"qwen2", "gemma2", "phi3", "mistral", "llama", "mixtral"} <= set(families)
+    assert image_text is not None and {"llava", "gemma3", "paligemma"} <= set(image_text)
     bases = ["arch-greedy", "arch-beam-search", "arch-static-cache", "arch-sampled"]
-    assert names == [f"{base}.{family}" for base in bases for family in families]
-    assert {s.scenario.model.family for s in result.scenarios} == set(families)
+    # a scenario with an image input: `all` is every image-text family
+    assert names == [f"{base}.{family}" for base in bases for family in families] + [
+        f"arch-image.{family}" for family in image_text]
+    assert {s.scenario.model.family for s in result.scenarios} == set(families) | set(image_text) == set(known_families() or ())
     assert {s.line for s in result.scenarios if s.scenario.name.startswith("arch-greedy.")} == {13}, "the item's own line"
 
 

@@ -97,6 +97,11 @@ def _decoder_layers(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList]:
         matching = [(n, m) for n, m in lists if len(m) == longest]
     # Lists inside another one (LongCat's per-layer pairs of attentions) are parts of its layers.
     matching = [(n, m) for n, m in matching if not any(n.startswith(other + ".") for other, _ in matching)]
+    text = [(n, m) for n, m in matching if "language_model" in n.split(".")]
+    if len(matching) > 1 and len(text) == 1:
+        # An image-text model: its text decoder's layers are split; the vision tower, registered
+        # before them, goes with the first group (as device_map="auto" fills GPU 0 first).
+        return text[0]
     if len(matching) > 1:
         raise Unsupported(f"{type(model).__name__} has {len(matching)} lists of {len(matching[0][1])} layers "
                           f"({', '.join(n for n, _ in matching)}): no one split by layer over devices")
@@ -185,6 +190,7 @@ class TransformersEngine(Engine):
         self.model = model
         self.input_device = self.base.get_input_embeddings().weight.device
         self.assistant = None
+        self.image_inputs = image_inputs_of(request)  # an image-text model given an image: its own path
         if self.options.assistant is not None:
             self.assistant = load_assistant(self.options.assistant, placement, request.spec.dtype)
         _refuse_hub_only_modes(self.options.generate)
@@ -215,6 +221,8 @@ class TransformersEngine(Engine):
         if self.assistant is not None:
             kwargs["assistant_model"] = self.assistant
         kwargs |= self.options.generate  # the scenario's own generate() arguments win
+        if self.image_inputs is not None:
+            return self._generate_with_image(request, kwargs)
         if spec.batch is not None:
             return self._generate_batches(request, kwargs)
         tokens: list[list[int]] = []
@@ -274,16 +282,86 @@ class TransformersEngine(Engine):
     def teacher_forced_logits(self, ids: list[int]) -> torch.Tensor:
         """Through generation's own path: the prompt's first token, then one cached step per
         given token (a plain full forward would hide a bug in the cached decode path)."""
+        if self.image_inputs is not None:
+            return self.image_inputs.teacher_forced_logits(self.model, ids, self.input_device)
         return cached_teacher_forcing(self.model, ids, self.input_device)
+
+    def _generate_with_image(self, request: Request, kwargs: dict[str, Any]) -> Generation:
+        """Each prompt with the scenario's image, through the model's processor, then generate()."""
+        assert self.image_inputs is not None
+        if kwargs.get("num_beams", 1) > 1 or request.spec.json_schema is not None:
+            raise Unsupported("with inputs.image the transformers engine runs greedy and sampled decoding only")
+        tokens: list[list[int]] = []
+        for prompt in request.scenario.prompt_list:
+            request.on_phase("prefill")
+            torch.manual_seed(request.spec.sampling.seed)
+            inputs = self.image_inputs.encode(prompt, self.input_device)
+            out = self.model.generate(**inputs, **kwargs)
+            tokens.append(_strip(out[0, inputs["input_ids"].shape[1]:].tolist(), request.spec.eos_id, keep_eos=True))
+        return Generation(tokens=tokens, texts=[request.decode(t) for t in tokens])
 
     def close(self) -> None:
         self.model = self.base = self.assistant = None
 
 
 def load_causal_lm(directory: Path, dtype: str, extra: dict[str, Any]) -> Any:
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
-    return AutoModelForCausalLM.from_pretrained(directory, **dtype_argument(TORCH_DTYPES[dtype]), **extra).eval()
+    from harness.models.tiny_multimodal import is_multimodal_dir
+
+    auto = AutoModelForImageTextToText if is_multimodal_dir(directory) else AutoModelForCausalLM
+    return auto.from_pretrained(directory, **dtype_argument(TORCH_DTYPES[dtype]), **extra).eval()
+
+
+class ImageInputs:
+    """A generated image-text model's processor and the scenario's generated image: the inputs
+    generate() gets for each prompt (ids with the image tokens expanded, pixel values, ...)."""
+
+    def __init__(self, directory: Path, image: Any, prompt_ids: list[list[int]], prompts: list[str]) -> None:
+        from transformers import AutoProcessor
+
+        from harness.models.tiny_multimodal import generated_image, image_prompt
+
+        self.processor = AutoProcessor.from_pretrained(directory)
+        self.template = image_prompt(directory)
+        self.image = generated_image(image.size, image.seed)
+        self.prompts = {tuple(ids): text for ids, text in zip(prompt_ids, prompts, strict=True)}
+
+    def encode(self, prompt: str, device: torch.device) -> dict[str, torch.Tensor]:
+        inputs = self.processor(images=self.image, text=self.template.format(prompt=prompt), return_tensors="pt")
+        return {k: v.to(device) for k, v in inputs.items() if k != "labels"}
+
+    def teacher_forced_logits(self, model: Any, ids: list[int], device: torch.device) -> torch.Tensor:
+        """Logits [len(ids), V] for a scenario prompt's ids plus generated ids: the prompt with its
+        image as generate()'s prefill, then one cached step per generated token. The prompt's
+        rows are the prefill's last len(prompt) positions (the last is the one that chose the
+        first token; the image tokens the processor added come before them)."""
+        prompt = next((p for p in self.prompts if tuple(ids[: len(p)]) == p), None)
+        if prompt is None:
+            raise Unsupported("teacher forcing with an image: the ids do not start with a prompt of the scenario")
+        inputs = self.encode(self.prompts[prompt], device)
+        with torch.no_grad():
+            out = model(**inputs, use_cache=True)
+            rows = list(out.logits[0, -len(prompt):].float().cpu())
+            mask = inputs["attention_mask"]
+            for token in ids[len(prompt):]:
+                mask = torch.cat([mask, mask.new_ones((1, 1))], dim=1)
+                out = model(input_ids=torch.tensor([[token]], device=device), attention_mask=mask,
+                            past_key_values=out.past_key_values, use_cache=True)
+                rows.append(out.logits[0, -1].float().cpu())
+        return torch.stack(rows)
+
+
+def image_inputs_of(request: Request) -> ImageInputs | None:
+    """The processor and image of a scenario with `inputs.image` (None without one)."""
+    from harness.models.tiny_multimodal import is_multimodal_dir
+
+    inputs = getattr(request.scenario, "inputs", None)
+    if inputs is None:
+        return None
+    if not is_multimodal_dir(request.model_dir):
+        raise Unsupported(f"inputs.image: {request.model_dir} is not a generated image-text model with its processor")
+    return ImageInputs(request.model_dir, inputs.image, request.prompt_ids, request.scenario.prompt_list)
 
 
 def place(model: Any, placement: Placement) -> Any:

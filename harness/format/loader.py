@@ -227,12 +227,13 @@ def _load_item(display: str, item: yaml.MappingNode, prefix: str, engines: Known
 def _family_variants(data: Any) -> list[tuple[Any, int | None]] | ScenarioError:
     """The scenario data once per family where `model.family` is a list or `all` (each named
     NAME.FAMILY, with its index in the list for error lines), else the data as it is."""
-    from harness.models.families import ALL_FAMILIES, known_families
+    from harness.models.families import ALL_FAMILIES, all_families
 
     model = data.get("model") if isinstance(data, dict) else None
     family = model.get("family") if isinstance(model, dict) else None
     if family == ALL_FAMILIES:
-        names = known_families()
+        inputs = data.get("inputs")  # an image input: the image-text families
+        names = all_families(multimodal=isinstance(inputs, dict) and "image" in inputs)
         if names is None:
             return ScenarioError("", 0, 0, "", "family: all needs the installed transformers' list of causal-LM "
                                                 "model types, which could not be read (is transformers installed?)")

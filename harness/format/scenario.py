@@ -99,9 +99,10 @@ class ModelSpec(_Strict):
     family: str = Field(
         "llama",
         description="llama and mixtral (the harness's own layouts), or any causal-LM model type of the "
-        "installed transformers (qwen2, gemma2, phi3, mistral, ...), built tiny from its config class. "
-        "A list of families, or `all` (every causal LM the installed transformers ships), makes one "
-        "scenario per family, named NAME.FAMILY.",
+        "installed transformers (qwen2, gemma2, phi3, mistral, ...), built tiny from its config class, or an "
+        "image-text one with a tiny recipe (llava, gemma3, paligemma: give inputs.image). "
+        "A list of families, or `all` (every causal LM the installed transformers ships; every image-text "
+        "family in a scenario with inputs.image), makes one scenario per family, named NAME.FAMILY.",
     )
     size: Literal["tiny", "parity", "bench"] = Field(
         "tiny",
@@ -544,6 +545,20 @@ class EngineOptions(_Strict):
         return getattr(self, engine, None) if engine in type(self).model_fields else (self.model_extra or {}).get(engine)
 
 
+class ImageInput(_Strict):
+    """An image generated from a seed (smooth colour gradients plus noise): the same pixels for
+    the same size and seed everywhere. The model's processor resizes it to its tower's size."""
+
+    size: int = Field(32, ge=8, le=1024, description="Side of the square RGB image, in pixels.")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the generated pixels.")
+
+
+class Inputs(_Strict):
+    """Inputs beside the prompt text, handed to the model's processor with each prompt."""
+
+    image: ImageInput = Field(description="A generated image; needs an image-text model family (llava, gemma3, ...).")
+
+
 class Metadata(_Strict):
     version: Literal[1] = FORMAT_VERSION
 
@@ -569,6 +584,8 @@ class Scenario(_Strict):
     features: Features = Field(default_factory=Features)
     batch: Batch | None = Field(None, description="Run the prompts as padded batches {size, padding: left|right} "
                                 "(engines that declare batching; the others skip).")
+    inputs: Inputs | None = Field(None, description="{image: {size, seed}}: a generated image handed to the "
+                                  "model's processor with each prompt (image-text families: llava, gemma3, ...).")
     checks: Checks = Field(default_factory=Checks)
     engine_options: EngineOptions = Field(default_factory=EngineOptions,
                                           description="Options per engine, e.g. {transformers: {generate: {...}}}.")
@@ -584,6 +601,22 @@ class Scenario(_Strict):
     def _one_prompt_field(self) -> Scenario:
         if (self.prompt is None) == (self.prompts is None):
             raise ValueError("give exactly one of prompt or prompts")
+        return self
+
+    @model_validator(mode="after")
+    def _inputs_fit(self) -> Scenario:
+        if self.inputs is None:
+            return self
+        from harness.models.families import image_text_families
+
+        if not isinstance(self.model, ModelSpec):
+            raise FieldError(("inputs", "image"), "inputs.image needs a generated image-text model (model: {family: ...})")
+        families = image_text_families()
+        if families is not None and self.model.family not in families:
+            raise FieldError(("inputs", "image"), f"inputs.image needs an image-text model family; {self.model.family} "
+                                                  "is a text model (see `samedevice architectures`)")
+        if self.batch is not None:
+            raise FieldError("batch", "batch does not combine with inputs.image (each prompt runs with its image)")
         return self
 
     @model_validator(mode="after")

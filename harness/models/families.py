@@ -20,13 +20,24 @@ BUNDLED_FAMILIES = ("llama", "mixtral")
 # `family: all` (or a list of names) makes the loader expand one scenario per family.
 ALL_FAMILIES = "all"
 _MAPPING = "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES"
+_IMAGE_TEXT_MAPPING = "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES"
 
 
-@lru_cache(maxsize=1)
 def causal_lm_families() -> tuple[str, ...] | None:
     """Every causal-LM model type of the installed transformers, in its own order; None when
     transformers is absent or its mapping cannot be read (names are then checked when a case
     builds its model)."""
+    return _mapping_names(_MAPPING)
+
+
+def image_text_families() -> tuple[str, ...] | None:
+    """Every image-text-to-text model type of the installed transformers (llava, gemma3, ...):
+    what `family: all` means in a scenario with `inputs: {image: ...}`."""
+    return _mapping_names(_IMAGE_TEXT_MAPPING)
+
+
+@lru_cache(maxsize=4)
+def _mapping_names(mapping: str) -> tuple[str, ...] | None:
     try:
         spec = importlib.util.find_spec("transformers")  # locates the package, runs nothing
     except (ImportError, ValueError):
@@ -39,7 +50,7 @@ def causal_lm_families() -> tuple[str, ...] | None:
     except (OSError, SyntaxError, ValueError):
         return None
     for node in tree.body:
-        if (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == _MAPPING for t in node.targets)
+        if (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == mapping for t in node.targets)
                 and isinstance(node.value, ast.Call) and node.value.args):
             try:
                 pairs = ast.literal_eval(node.value.args[0])
@@ -50,7 +61,19 @@ def causal_lm_families() -> tuple[str, ...] | None:
 
 
 def known_families() -> tuple[str, ...] | None:
-    """The names a scenario may use: the bundled two and transformers' causal LMs."""
+    """The names a scenario may use: the bundled two, transformers' causal LMs and its
+    image-text models."""
+    shipped = causal_lm_families()
+    if shipped is None:
+        return None
+    return tuple(dict.fromkeys((*BUNDLED_FAMILIES, *shipped, *(image_text_families() or ()))))
+
+
+def all_families(multimodal: bool) -> tuple[str, ...] | None:
+    """What `family: all` expands to: the causal LMs (and the bundled two), or for a scenario
+    with an image input, the image-text families."""
+    if multimodal:
+        return image_text_families()
     shipped = causal_lm_families()
     return None if shipped is None else tuple(dict.fromkeys((*BUNDLED_FAMILIES, *shipped)))
 
@@ -61,5 +84,5 @@ def unknown_family_message(name: str) -> str | None:
     if known is None or name in known:
         return None
     hint = did_you_mean(name, known, otherwise="see `samedevice architectures` for the list")
-    return (f"unknown model family {name!r}: not llama, mixtral or a causal-LM model type of the installed "
-            f"transformers ({hint})")
+    return (f"unknown model family {name!r}: not llama, mixtral or a causal-LM or image-text model type of the "
+            f"installed transformers ({hint})")

@@ -184,10 +184,19 @@ def config_overrides(default: Any, dims: Dims, max_seq_len: int) -> dict[str, An
 def unbuildable_reason(family: str) -> str | None:
     """Why `family` has no tiny decoder-only form, decided from its classes without building."""
     from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+    )
 
+    from harness.models.tiny_multimodal import RECIPES, no_recipe_reason
+
+    if family in RECIPES:  # an image-text model with its processor (harness.models.tiny_multimodal)
+        return None
     class_name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(family)
     if class_name is None:
+        if family in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+            return no_recipe_reason(family)
         return f"{family} is not a causal-LM model type of this transformers"
     try:
         default = AutoConfig.for_model(family)
@@ -196,7 +205,8 @@ def unbuildable_reason(family: str) -> str | None:
     subconfigs = list(getattr(default, "sub_configs", {}) or {})
     multimodal = [k for k in subconfigs if k in MULTIMODAL_SUBCONFIGS]
     if multimodal:
-        return f"multimodal: {class_name} needs {', '.join(multimodal)} (a vision or audio tower and its processor)"
+        return (f"multimodal: {class_name} needs {', '.join(multimodal)} (a vision or audio tower and its "
+                f"processor), and harness/models/tiny_multimodal.py has no recipe for {family}")
     composite = [k for k in subconfigs if k in COMPOSITE_SUBCONFIGS]
     if composite:
         return f"composite: {class_name} is built from sub-models ({', '.join(composite)}), not one decoder"
@@ -218,9 +228,13 @@ def tiny_config(spec: Any, dims: Dims) -> Any:
     """The family's config class at the spec's tiny dimensions."""
     from transformers import AutoConfig
 
+    from harness.models import tiny_multimodal
+
     reason = unbuildable_reason(spec.family)
     if reason is not None:
         raise CannotBuildTiny(reason)
+    if spec.family in tiny_multimodal.RECIPES:
+        return tiny_multimodal.tiny_config(spec, dims)
     default = AutoConfig.for_model(spec.family)
     overrides = config_overrides(default, dims, spec.max_seq_len)
     if (spec.num_experts or spec.experts_per_token) and not any(
@@ -253,6 +267,11 @@ def write_model(directory: Path, spec: Any, dims: Dims) -> None:
     """The tiny model of `spec.family` in transformers' format, into `directory`."""
     from transformers import AutoModelForCausalLM
 
+    from harness.models import tiny_multimodal
+
+    if spec.family in tiny_multimodal.RECIPES:
+        tiny_multimodal.write_model(directory, spec, dims)
+        return
     config = tiny_config(spec, dims)
     try:
         with torch.device("meta"):  # count before allocating: a missed size key could mean billions
