@@ -106,3 +106,131 @@ def test_a_prefix_tuning_adapter_runs_over_a_split_model() -> None:
     result = run_case(_case("transformers", "auto", True, engine_options={"transformers": {"peft": {
         "type": "prefix_tuning"}}}), RunOptions(), Companions())
     assert result.status == "passed", result.summary_line()
+
+
+def _on_cpu_and_sim(engine_options: dict, **fields) -> list:
+    return [run_case(_case("transformers", device, simulated, engine_options={"transformers": engine_options}, **fields),
+                     RunOptions(), Companions()) for device, simulated in [("cpu", False), ("cuda:0", True), ("auto", True)]]
+
+
+@pytest.fixture
+def generate_calls(monkeypatch):
+    """The keyword arguments of every transformers generate() call (the main model's)."""
+    from transformers import GenerationMixin
+
+    calls: list[dict] = []
+    real = GenerationMixin.generate
+
+    def spy(self, *args, **kwargs):
+        # not the assistant's, nor token healing's own one-token call (it passes a generation_config)
+        if not getattr(self.generation_config, "is_assistant", False) and "generation_config" not in kwargs:
+            calls.append(kwargs)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(GenerationMixin, "generate", spy)
+    return calls
+
+
+def test_stop_strings_get_the_tokenizer_and_stop_on_cpu_and_sim(generate_calls) -> None:
+    plain = run_case(_case("transformers", "cpu", False, max_new_tokens=12), RunOptions(), Companions())
+    from tokenizers import Tokenizer
+
+    from harness.models.tokenizer import trained_tokenizer_json
+
+    tokenizer = Tokenizer.from_str(trained_tokenizer_json())
+    pieces = [tokenizer.decode([token]) for token in plain.tokens[0]]
+    # a word piece the plain run generates after its second token: generation stops there
+    stop = next(p for p in pieces[2:] if p.isascii() and p.isalpha() and len(p) >= 2 and p not in "".join(pieces[:2]))
+    generate_calls.clear()
+    results = _on_cpu_and_sim({"generate": {"stop_strings": [stop]}}, max_new_tokens=12)
+    assert [r.status for r in results] == ["passed"] * 3, [r.summary_line() for r in results]
+    assert all(call["tokenizer"].name_or_path for call in generate_calls)
+    assert results[0].texts[0].endswith(stop) and len(results[0].tokens[0]) < len(plain.tokens[0]), results[0].texts
+
+
+def test_token_healing_gets_the_tokenizer_and_runs_on_cpu_and_sim(generate_calls) -> None:
+    results = _on_cpu_and_sim({"generate": {"token_healing": True}})
+    assert [r.status for r in results] == ["passed"] * 3, [r.summary_line() for r in results]
+    assert generate_calls and all("tokenizer" in call for call in generate_calls)
+    generate_calls.clear()
+    plain = run_case(_case("transformers", "cpu", False), RunOptions(), Companions())
+    assert "tokenizer" not in generate_calls[0], "passed only where an option needs it"
+    assert results[0].tokens != plain.tokens, "the healed prompt's last token differs, so does what follows"
+
+
+def test_an_assistant_with_its_own_tokenizer_runs_universal_assisted_decoding(monkeypatch, generate_calls) -> None:
+    from transformers.generation import candidate_generator
+
+    used: list[str] = []
+    real = candidate_generator.AssistedCandidateGeneratorDifferentTokenizers.__init__
+
+    def spy(self, *args, **kwargs):
+        used.append(str(kwargs["assistant_model"].device))
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(candidate_generator.AssistedCandidateGeneratorDifferentTokenizers, "__init__", spy)
+    results = _on_cpu_and_sim({"assistant": {"model": {"seed": 1}, "device": "cuda:1", "vocab_size": 384}})
+    assert [r.status for r in results] == ["passed"] * 3, [r.summary_line() for r in results]
+    assert all(call["assistant_tokenizer"].vocab_size == 384 != len(call["tokenizer"]) for call in generate_calls)
+    assert used[0] == "cpu" and "cuda:1" in used, used  # on sim the assistant sits on the second GPU
+
+
+def test_a_watermark_mapping_becomes_the_config_its_kind_names(monkeypatch) -> None:
+    from transformers import SynthIDTextWatermarkingConfig, WatermarkingConfig
+    from transformers.generation import logits_process
+
+    from harness.engines.hf_transformers import generate_arguments
+
+    synthid = {"keys": [3, 7, 11, 13], "ngram_len": 3}
+    assert isinstance(generate_arguments({"watermarking_config": {"kind": "synthid"} | synthid})["watermarking_config"],
+                      SynthIDTextWatermarkingConfig)
+    assert isinstance(generate_arguments({"watermarking_config": synthid})["watermarking_config"], SynthIDTextWatermarkingConfig)
+    assert isinstance(generate_arguments({"watermarking_config": {"bias": 3.0}})["watermarking_config"], WatermarkingConfig)
+    called: list[str] = []
+
+    def counting(name: str):
+        real = getattr(logits_process, name).__call__
+
+        def spy(self, input_ids, scores):  # generate() checks a processor's parameters by name
+            called.append(name)
+            return real(self, input_ids, scores)
+
+        return spy
+
+    for name in ("SynthIDTextWatermarkLogitsProcessor", "WatermarkLogitsProcessor"):
+        monkeypatch.setattr(getattr(logits_process, name), "__call__", counting(name))
+    sampled = {"sampling": {"mode": "sample", "temperature": 1.0, "top_k": 8, "seed": 3}}
+    for options, processor in [({"kind": "synthid"} | synthid, "SynthIDTextWatermarkLogitsProcessor"),
+                               ({"kind": "kirchenbauer", "bias": 3.0}, "WatermarkLogitsProcessor")]:
+        called.clear()
+        results = _on_cpu_and_sim({"generate": {"watermarking_config": options}}, **sampled)
+        assert [r.status for r in results] == ["passed"] * 3, [r.summary_line() for r in results]
+        assert set(called) == {processor}, called
+
+
+@pytest.mark.parametrize(("generate", "fields", "mode"), [
+    ({"num_beam_groups": 2, "diversity_penalty": 0.5}, {"features": {"beam_search": {"num_beams": 2}}}, "group_beam_search"),
+    ({"force_words_ids": [[5]]}, {"features": {"beam_search": {"num_beams": 2}}}, "constrained_beam_search"),
+    ({"penalty_alpha": 0.6, "top_k": 4}, {}, "contrastive_search"),
+    ({"dola_layers": "high"}, {}, "dola_generation"),
+])
+def test_every_mode_moved_to_the_hub_is_a_skip_naming_its_repo(generate, fields, mode) -> None:
+    """Its mode from every generate() argument (num_beams from features.beam_search too): the
+    group beam search case was an error (`trust_remote_code`) when only the options were looked at."""
+    from transformers.generation.utils import GENERATION_MODES_MAPPING
+
+    repos = {m.value: r for m, r in GENERATION_MODES_MAPPING.items()}
+    result = run_case(_case("transformers", "cuda:0", True, engine_options={"transformers": {"generate": generate}}, **fields),
+                      RunOptions(), Companions())
+    if "/" not in repos[mode]:
+        pytest.skip(f"transformers here runs {mode} itself")
+    assert result.status == "skipped", result.summary_line()
+    assert f"moved {mode} to the Hub repo {repos[mode]}" in result.reason, result.reason
+
+
+@pytest.mark.parametrize("stop_at_eos", [True, False])
+def test_min_new_tokens_is_passed_only_when_not_stopping_at_eos(generate_calls, stop_at_eos) -> None:
+    result = run_case(_case("transformers", "cpu", False, stop_at_eos=stop_at_eos,
+                            engine_options={"transformers": {"assistant": {}}}), RunOptions(), Companions())
+    assert result.status == "passed", result.summary_line()
+    assert [call.get("min_new_tokens") for call in generate_calls] == [None if stop_at_eos else 6]

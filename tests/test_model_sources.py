@@ -257,3 +257,22 @@ def test_auto_splits_any_architecture_by_decoder_layer_or_skips_saying_why(tmp_p
     assert result.status == status and result.reason.startswith(reason), result.summary_line()
     if status == "passed":
         assert set(result.weights["devices"]) == {"cuda:0", "cuda:1"}, result.weights
+
+
+@pytest.mark.parametrize("source", ["generated", "path"])
+def test_a_from_pretrained_override_is_the_model_the_load_checks_use(tmp_path: Path, qwen2_dir: Path, source: str) -> None:
+    """`from_pretrained: {max_position_embeddings: 16}` makes the transformers engine's model
+    16 positions long: the context check uses 16 (it used the config's 512 and the case ran)."""
+    model = "{family: qwen2}" if source == "generated" else f"{{path: {qwen2_dir}}}"
+    path = tmp_path / "s.yaml"
+    text = scenario(model).replace("max_new_tokens: 8", "max_new_tokens: 12")
+    path.write_text(text + "  engine_options: {transformers: {from_pretrained: {max_position_embeddings: 16}}}\n")
+    assert load_errors(path) == [
+        f"{path}:8:78: [0].engine_options.transformers.from_pretrained.max_position_embeddings: the prompt "
+        "(13 tokens) plus max_new_tokens 12 exceeds max_position_embeddings 16 set here (the model the "
+        "transformers engine loads)"]
+    path.write_text(text + "  engine_options: {transformers: {from_pretrained: {max_position_embeddings: 25}}}\n")
+    assert not load_file(path).errors, "13 + 12 fits 25"
+    path.write_text(text + "  engine_options: {transformers: {from_pretrained: {num_hidden_layers: 1}}}\n")
+    assert "auto over 2 GPUs (the default) needs at least one layer per GPU, but the model has 1 layer" \
+        in str(load_file(path).errors[0])

@@ -4,6 +4,7 @@ and what the version shims and the tiny-model cache key make of them."""
 from __future__ import annotations
 
 import json
+import os
 from importlib import metadata
 
 import pytest
@@ -112,3 +113,49 @@ def test_the_model_cache_key_holds_the_tokenizer_format(monkeypatch, tmp_path, p
     assert old != new
     monkeypatch.setattr(tinymodel, "FACTORY_VERSION", tinymodel.FACTORY_VERSION + 1)
     assert tinymodel.model_dir(spec) != new, "the factory version is in the key too"
+
+
+@pytest.mark.parametrize(("error", "clash"), [
+    (ImportError("cannot import name 'HfFolder' from 'huggingface_hub' (/site/huggingface_hub/__init__.py)"),
+     "huggingface_hub"),
+    (ModuleNotFoundError("No module named 'tokenizers.decoders'", name="tokenizers.decoders"), "tokenizers"),
+    (ImportError("cannot import name 'X' from 'transformers.utils'"), None),  # transformers' own: no clash named
+])
+def test_an_import_failure_names_the_library_its_version_and_the_clashing_package(error, clash):
+    line = versions.import_problem("transformers", error)
+    assert line.startswith(f"environment: transformers {versions.installed_version('transformers')} cannot import: ")
+    named = f"{clash} {versions.installed_version(clash)} beside it: " if clash else ""
+    assert line.endswith(f"{named}{type(error).__name__}: {error}"), line
+
+
+def test_an_engine_library_that_cannot_import_here_is_an_environment_skip(tmp_path):
+    """An old transformers beside a huggingface_hub too new for it (4.44 imports HfFolder, which
+    huggingface_hub 1.0 removed), first on sys.path: the case names both, never a harness error."""
+    import subprocess
+    import sys
+
+    import huggingface_hub
+
+    if hasattr(huggingface_hub, "HfFolder"):
+        pytest.skip("this huggingface_hub still has HfFolder")
+    (tmp_path / "transformers").mkdir()
+    (tmp_path / "transformers" / "__init__.py").write_text("from huggingface_hub import HfFolder\n")
+    (tmp_path / "transformers-4.44.0.dist-info").mkdir()
+    (tmp_path / "transformers-4.44.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: transformers\nVersion: 4.44.0\n")
+    script = """
+from harness.execute.case import Companions, RunOptions, run_case
+from harness.execute.cases import Case, DeviceTarget
+from harness.format.loader import LoadedScenario
+from harness.format.scenario import DeviceSpec, Scenario
+scenario = Scenario.model_validate({"name": "o", "description": "d", "prompt": "hi", "engines": ["transformers"]})
+for device, simulated in [("cpu", False), ("cuda:0", True)]:
+    case = Case(LoadedScenario(scenario, "o.yaml", 1), "transformers", DeviceTarget(DeviceSpec(device=device), simulated))
+    result = run_case(case, RunOptions(), Companions())
+    print(result.status, result.summary_line())
+"""
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    expected = (f"skipped engine transformers: environment: transformers 4.44.0 cannot import: huggingface_hub "
+                f"{huggingface_hub.__version__} beside it: ImportError: cannot import name 'HfFolder' from 'huggingface_hub'")
+    lines = out.stdout.splitlines()
+    assert len(lines) == 2 and all(line.startswith(expected) for line in lines), out.stdout + out.stderr

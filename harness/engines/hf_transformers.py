@@ -25,7 +25,7 @@ from harness.engines.base import (
     Unsupported,
 )
 from harness.engines.hf_compat import dtype_argument, sequence_bias_argument
-from harness.engines.versions import engine_problem, installed_version
+from harness.engines.versions import engine_problem, import_problem, installed_version
 from harness.format.scenario import (
     Assistant,
     Budget,
@@ -183,17 +183,25 @@ class TransformersEngine(Engine):
 
     def load(self, request: Request, placement: Placement) -> None:
         self.options: TransformersOptions = request.options or TransformersOptions()
+        _import_transformers()
         model = place(load_causal_lm(request.model_dir, request.spec.dtype, self.options.from_pretrained), placement)
         self.base = model  # the transformers model: generate() calls its forward, the harness hooks it
         if self.options.peft is not None:
             model = with_peft_adapter(model, self.options.peft)
         self.model = model
         self.input_device = self.base.get_input_embeddings().weight.device
-        self.assistant = None
+        self.assistant = self.tokenizer = self.assistant_tokenizer = None
         self.image_inputs = image_inputs_of(request)  # an image-text model given an image: its own path
         if self.options.assistant is not None:
             self.assistant = load_assistant(self.options.assistant, placement, request.spec.dtype)
-        _refuse_hub_only_modes(self.options.generate)
+            if self.options.assistant.vocab_size is not None:
+                self.assistant_tokenizer = different_tokenizer(self.options.assistant.vocab_size)
+        if self.assistant_tokenizer is not None or TOKENIZER_OPTIONS & set(self.options.generate):
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(request.model_dir)
+            if self.tokenizer.pad_token is None:  # token healing pads its prompts; generate() pads with EOS too
+                self.tokenizer.pad_token = self.tokenizer.eos_token
 
     def modules(self) -> list[torch.nn.Module]:
         return [self.base]
@@ -203,7 +211,6 @@ class TransformersEngine(Engine):
         beams, sampling = spec.beams, spec.sampling
         kwargs: dict[str, Any] = {
             "max_new_tokens": spec.max_new_tokens,
-            "min_new_tokens": 0 if spec.stop_id is not None else spec.max_new_tokens,
             "eos_token_id": spec.eos_id,
             "pad_token_id": spec.eos_id,
             "do_sample": not sampling.greedy,
@@ -218,9 +225,16 @@ class TransformersEngine(Engine):
             kwargs |= {"num_beams": beams.num_beams, "length_penalty": beams.length_penalty,
                        "num_return_sequences": beams.num_return, "output_scores": True,
                        "return_dict_in_generate": True, "early_stopping": True}
+        if spec.stop_id is None:  # stop_at_eos: false; only then (transformers 4.5x refuses it with an assistant)
+            kwargs["min_new_tokens"] = spec.max_new_tokens
         if self.assistant is not None:
             kwargs["assistant_model"] = self.assistant
-        kwargs |= self.options.generate  # the scenario's own generate() arguments win
+        if self.tokenizer is not None:  # stop_strings, token healing, an assistant with its own tokenizer
+            kwargs["tokenizer"] = self.tokenizer
+        if self.assistant_tokenizer is not None:
+            kwargs["assistant_tokenizer"] = self.assistant_tokenizer
+        kwargs |= generate_arguments(self.options.generate)  # the scenario's own generate() arguments win
+        _refuse_hub_only_modes(kwargs)
         if self.image_inputs is not None:
             return self._generate_with_image(request, kwargs)
         if spec.batch is not None:
@@ -301,7 +315,51 @@ class TransformersEngine(Engine):
         return Generation(tokens=tokens, texts=[request.decode(t) for t in tokens])
 
     def close(self) -> None:
-        self.model = self.base = self.assistant = None
+        self.model = self.base = self.assistant = self.tokenizer = self.assistant_tokenizer = None
+
+
+# generate() arguments that need the tokenizer object passed as `tokenizer=`.
+TOKENIZER_OPTIONS = {"stop_strings", "token_healing"}
+
+
+def _import_transformers() -> None:
+    """transformers and what generate() needs, imported: one that cannot import here (an old
+    release beside a too-new huggingface_hub or kernels) is a skip naming the clash."""
+    try:
+        from transformers import AutoModelForCausalLM, GenerationConfig  # noqa: F401
+    except ImportError as exc:
+        raise Unsupported(import_problem("transformers", exc)) from exc
+
+
+def generate_arguments(options: dict[str, Any]) -> dict[str, Any]:
+    """The scenario's generate() options, a `watermarking_config` mapping made the config
+    class it names: `kind: synthid` (or SynthID's own fields, `keys` and `ngram_len`) is a
+    SynthIDTextWatermarkingConfig, else `kind: kirchenbauer` (the default) a
+    WatermarkingConfig. transformers itself makes every mapping the latter before 5.x."""
+    watermark = options.get("watermarking_config")
+    if not isinstance(watermark, dict):
+        return dict(options)
+    fields = {k: v for k, v in watermark.items() if k != "kind"}
+    kind = watermark.get("kind", "synthid" if {"keys", "ngram_len"} & set(fields) else "kirchenbauer")
+    import transformers
+
+    name = "SynthIDTextWatermarkingConfig" if kind == "synthid" else "WatermarkingConfig"
+    config_class = getattr(transformers, name, None)
+    if config_class is None:
+        raise Unsupported(f"transformers {installed_version('transformers')} has no {name} ({kind} watermarking)")
+    return options | {"watermarking_config": config_class(**fields)}
+
+
+def different_tokenizer(vocab_size: int) -> Any:
+    """A second tokenizer, not the model's: a byte-level BPE of `vocab_size` trained on every
+    other line of the corpus (harness/models/tokenizer.py), for an assistant of its own."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    from harness.models.tokenizer import SPECIAL_TOKENS, trained_tokenizer_json
+
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(trained_tokenizer_json(vocab_size, True)),
+                                   bos_token=SPECIAL_TOKENS[0], eos_token=SPECIAL_TOKENS[1], unk_token=SPECIAL_TOKENS[2])
 
 
 def load_causal_lm(directory: Path, dtype: str, extra: dict[str, Any]) -> Any:
@@ -391,7 +449,10 @@ def load_assistant(options: Assistant, placement: Placement, dtype: str) -> Any:
     device = placement.devices[0] if options.device == "same" or placement.kind == "cpu" else options.device
     if device.startswith("cuda") and int(device.split(":")[1]) >= torch.cuda.device_count():
         raise Unsupported(f"the assistant asks for {device}, and {torch.cuda.device_count()} GPU(s) are visible")
-    return load_causal_lm(tinymodel.model_dir(options.model), dtype, {}).to(device)
+    model = load_causal_lm(tinymodel.model_dir(options.model), dtype, {})
+    if options.vocab_size is not None:  # its own tokenizer's vocabulary: the head and embeddings cut to it
+        model.resize_token_embeddings(options.vocab_size)
+    return model.to(device)
 
 
 def with_peft_adapter(model: Any, options: PeftAdapter) -> Any:
@@ -412,21 +473,28 @@ def with_peft_adapter(model: Any, options: PeftAdapter) -> Any:
     return peft.get_peft_model(model, config).eval()
 
 
-def _refuse_hub_only_modes(generate: dict[str, Any]) -> None:
-    """Decoding modes newer transformers moved to the Hub (DoLa, contrastive search...) need
-    a download this harness never makes: a skip naming the repo, unless it is cached."""
+def _refuse_hub_only_modes(kwargs: dict[str, Any]) -> None:
+    """Decoding modes newer transformers moved to the Hub (DoLa, contrastive search, group and
+    constrained beam search; GENERATION_MODES_MAPPING names each one's repo) need a download
+    this harness never makes: a skip naming the repo, unless it is cached. The mode is
+    generate()'s own, from every argument it gets (`num_beams` of `features.beam_search` with
+    the scenario's `num_beam_groups` is group beam search); the fields are set without
+    GenerationConfig's validation, which would refuse some combinations before the mode is known."""
     try:
         from transformers import GenerationConfig
         from transformers.generation.utils import GENERATION_MODES_MAPPING
     except ImportError:  # an older transformers runs every mode itself
         return
-    known = {k: v for k, v in generate.items() if hasattr(GenerationConfig(), k)}
+    config = GenerationConfig()
+    for key, value in kwargs.items():
+        if hasattr(config, key):
+            setattr(config, key, value)
     try:
-        mode = GenerationConfig(**known).get_generation_mode()
+        mode = config.get_generation_mode(kwargs.get("assistant_model"))
     except Exception:  # an invalid combination: generate() itself will say why
         return
     repo = GENERATION_MODES_MAPPING.get(mode, "")
-    if "/" in repo and not _hub_cached(repo):
+    if "/" in repo and not kwargs.get("custom_generate") and not _hub_cached(repo):
         raise Unsupported(f"transformers moved {mode.name.lower()} to the Hub repo {repo} (custom_generate), "
                           "which is not in the local Hugging Face cache and is never downloaded here")
 

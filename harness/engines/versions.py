@@ -10,6 +10,7 @@ match on sys.path.
 
 from __future__ import annotations
 
+import re
 from importlib import metadata
 
 from packaging.version import Version
@@ -83,6 +84,25 @@ def requirement_problem(requirements: dict[str, str]) -> str | None:
 def engine_problem(engine: str) -> str | None:
     """Why the built-in `engine` cannot run with the libraries installed here, or None."""
     return requirement_problem(ENGINE_REQUIREMENTS.get(engine, {}))
+
+
+def import_problem(library: str, exc: ImportError) -> str:
+    """`environment: transformers 4.44.0 cannot import: huggingface_hub 1.2.0 beside it: cannot
+    import name 'X' from 'huggingface_hub' (...)`: an installed `library` that fails to import
+    here, naming the package the failure is in where the error says which (the module Python
+    names, else the one `from 'M'` or `No module named 'M'` quotes), with its installed version."""
+    message = f"{type(exc).__name__}: {exc}"
+    module = exc.name
+    if module is None or module.split(".")[0] == library:
+        quoted = re.search(r"(?:from|No module named) '([\w.]+)'", str(exc))
+        module = quoted.group(1) if quoted else module
+    top = (module or "").split(".")[0]
+    if top and top != library:
+        distributions = metadata.packages_distributions().get(top, [top])
+        version = installed_version(distributions[0])
+        clash = f"{top} {version}" if version else f"{top} (not installed)"
+        message = f"{clash} beside it: {message}"
+    return f"environment: {library} {installed_version(library) or '(version unknown)'} cannot import: {message}"
 
 
 def describe_requirements(engine: str) -> str:

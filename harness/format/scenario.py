@@ -474,6 +474,10 @@ class Assistant(_Strict):
     model: ModelSpec = Field(default_factory=lambda: ModelSpec(seed=1), description="The assistant's model.")
     device: str = Field("same", description="`same` (the main model's first device) or `cuda:N`: on a GPU case "
                         "the assistant sits on that GPU (simulated or real); on cpu it stays on the cpu.")
+    vocab_size: int | None = Field(None, ge=260, lt=VOCAB_SIZE, description="A tokenizer of its own for the "
+                                   "assistant: a byte-level BPE of this vocabulary, trained on every other line of the "
+                                   "corpus (other ids for the same text); generate() gets tokenizer= and "
+                                   "assistant_tokenizer= (universal assisted decoding).")
 
     @field_validator("device")
     @classmethod
@@ -513,6 +517,20 @@ class TransformersOptions(_Strict):
     def _json(cls, value: dict[str, Any]) -> dict[str, Any]:
         _check_json_value(value, ())
         return value
+
+    @field_validator("generate")
+    @classmethod
+    def _watermark_kind(cls, value: dict[str, Any]) -> dict[str, Any]:
+        watermark = value.get("watermarking_config")
+        if isinstance(watermark, dict) and watermark.get("kind", "kirchenbauer") not in WATERMARK_KINDS:
+            raise FieldError(("watermarking_config", "kind"), f"must be one of {', '.join(WATERMARK_KINDS)}, "
+                                                               f"but got {watermark['kind']!r}")
+        return value
+
+
+# `engine_options.transformers.generate.watermarking_config.kind`: which watermark the mapping
+# configures (without `kind`, SynthID's fields `keys`/`ngram_len` say synthid).
+WATERMARK_KINDS = ("kirchenbauer", "synthid")
 
 
 class ReferenceOptions(_Strict):

@@ -17,21 +17,25 @@ SPECIAL_TOKENS = ("<s>", "</s>", "<unk>")
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "corpus.txt"
 
 
-@lru_cache(maxsize=1)
-def trained_tokenizer_json() -> str:
-    """A byte-level BPE (vocab 512) trained on the corpus shipped with the harness (<1 s)."""
+@lru_cache(maxsize=4)
+def trained_tokenizer_json(vocab_size: int = VOCAB_SIZE, every_other_line: bool = False) -> str:
+    """A byte-level BPE (vocab 512) trained on the corpus shipped with the harness (<1 s).
+    A different `vocab_size` and `every_other_line` (trained on lines 1, 3, 5, ...: other
+    merges, so the same text gets other ids) make a second, different tokenizer, as an
+    assistant model with its own tokenizer has (universal assisted decoding)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE,
+        vocab_size=vocab_size,
         special_tokens=list(SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(CORPUS.read_text().splitlines(), trainer)
+    lines = CORPUS.read_text().splitlines()
+    tokenizer.train_from_iterator(lines[1::2] if every_other_line else lines, trainer)
     return tokenizer.to_str()
 
 
