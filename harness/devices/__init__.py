@@ -12,23 +12,29 @@ layer), `sim_comm` (DataParallel's scatter / gather / broadcast), `cuda_patch` (
 accelerator / device / Generator), `simulate` (the context manager, and threads started in it), `tracking` (call sites, real-CUDA and CPU tracking), `errors` (PyTorch's wording).
 """
 
-from harness.devices.errors import classify_device_error, is_kernel_gap
-from harness.devices.sim_tensor import SimTensor
-from harness.devices.simulate import (
-    Simulation,
-    SimulationUnavailable,
-    simulated_gpus,
-    unavailable_reason,
-)
-from harness.devices.tracking import track_transfers
+from __future__ import annotations
 
-__all__ = [
-    "SimTensor",
-    "Simulation",
-    "SimulationUnavailable",
-    "classify_device_error",
-    "is_kernel_gap",
-    "simulated_gpus",
-    "track_transfers",
-    "unavailable_reason",
-]
+import importlib
+from typing import Any
+
+# The public names, each from its module, imported on first use: the ledger (harness.devices.ledger)
+# is read by results and reports that must not import torch (the CLI starts without it).
+_EXPORTS = {
+    "SimTensor": "sim_tensor",
+    "Simulation": "simulate",
+    "SimulationUnavailable": "simulate",
+    "classify_device_error": "errors",
+    "is_kernel_gap": "errors",
+    "simulated_gpus": "simulate",
+    "track_transfers": "tracking",
+    "unavailable_reason": "simulate",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'harness.devices' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"harness.devices.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value

@@ -113,7 +113,7 @@ class SimStream:
         _context_stack().append(set_stream(self))
         return self
 
-    def __exit__(self, *exc: Any) -> bool:
+    def __exit__(self, *exc: Any) -> None:
         set_stream(_context_stack().pop())
         return False
 
@@ -280,10 +280,9 @@ class StreamContext:
             self.previous = set_stream(self.stream)
         return self.stream
 
-    def __exit__(self, *exc: Any) -> bool:
+    def __exit__(self, *exc: Any) -> None:
         if self.previous is not None:
             set_stream(self.previous)
-        return False
 
 
 def synchronize_device(device: Any = None) -> None:
@@ -549,7 +548,6 @@ class fresh_run:
         ASYNC.reset()
         state.on_host_wait = blocking_wait
 
-    def __exit__(self, *exc: Any) -> bool:
+    def __exit__(self, *exc: Any) -> None:
         state.on_host_wait = None
         ASYNC.reset()
-        return False

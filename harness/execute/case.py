@@ -135,8 +135,10 @@ def _single_sequence(spec: GenerationSpec) -> bool:
 def handed_back_logits(generation: Generation | None, prompts: int) -> list[torch.Tensor] | None:
     """The engine's own `Generation.step_logits`, where it handed back one [steps, V] tensor per
     prompt with a row per generated token (else None: nothing to judge a flip by)."""
-    logits = generation.step_logits if generation is not None else None
-    if logits is None or len(logits) != prompts or len(generation.tokens) != prompts:
+    if generation is None or generation.step_logits is None:
+        return None
+    logits = generation.step_logits
+    if len(logits) != prompts or len(generation.tokens) != prompts:
         return None
     if any(t.dim() != 2 or t.shape[0] < len(tokens) for t, tokens in zip(logits, generation.tokens, strict=True)):
         return None
@@ -245,7 +247,8 @@ def _generate(case: Case, execution: Execution, tracker: PhaseTracker) -> None:
                 execution.peak_memory_bytes = int(torch.cuda.max_memory_allocated())
         execution.step_logits = tracker.step_logits(len(request.spec.prompt_ids), _vocab_size(request.model_dir)) \
             or handed_back_logits(execution.generation, len(request.spec.prompt_ids))
-        if execution.step_logits is None and _single_sequence(request.spec) and any(execution.generation.tokens):
+        if (execution.step_logits is None and execution.generation is not None and _single_sequence(request.spec)
+                and any(execution.generation.tokens)):
             execution.notes.append(LOGITS_NOT_RECORDED)
     except Unsupported as exc:  # the engine cannot run this case here: a skip, with its reason
         tracker.unhook()

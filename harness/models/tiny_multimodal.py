@@ -165,6 +165,7 @@ def build_processor(directory: Path, family: str) -> Any:
     assert [tokenizer.convert_tokens_to_ids(t) for t in recipe.tokens.values()] == list(_token_ids(recipe).values())
     classes = IMAGE_PROCESSOR_MAPPING_NAMES[family]
     name = classes.get("pil") if isinstance(classes, dict) else classes[0]
+    assert name is not None, f"transformers names no PIL image processor for {family}"
     image_processor = get_image_processor_class_from_name(name)(**recipe.image_processor)
     for key, value in recipe.image_attributes.items():
         setattr(image_processor, key, value)
