@@ -115,7 +115,6 @@ class SimStream:
 
     def __exit__(self, *exc: Any) -> None:
         set_stream(_context_stack().pop())
-        return False
 
 
 class SimEvent:
