@@ -190,3 +190,26 @@ def test_a_bad_count_is_a_usage_error(pytester: pytest.Pytester, monkeypatch: py
     result = _run(pytester, *args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert message in result.stderr.str()
+
+
+SUBTESTS = """\
+import unittest
+
+import torch
+
+
+class WithSubtests(unittest.TestCase):
+    def test_each_device(self):
+        for index in range(torch.cuda.device_count()):
+            with self.subTest(index=index):
+                self.assertEqual(torch.ones(1, device=f"cuda:{index}").device.index, index)
+"""
+
+
+def test_subtests_are_counted_as_part_of_their_test(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("SAMEDEVICE_PYTEST_SIM_GPUS", raising=False)
+    pytester.makepyfile(test_subtests=SUBTESTS)
+    result = _run(pytester, "--sim-gpus", "2")
+    summary = [line for line in result.outlines if line.startswith("samedevice --sim-gpus")]
+    assert summary and summary[0].startswith("samedevice --sim-gpus 2: 1 test(s) ran on simulated GPUs (1 passed, 0 failed)"), \
+        result.outlines[-10:]

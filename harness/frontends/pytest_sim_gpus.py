@@ -81,6 +81,8 @@ class Tally:
     def add(self, report: pytest.TestReport) -> None:
         if report.when == "teardown" or (report.when == "setup" and report.passed):
             return  # a test counts once: its call, or its setup where that did not pass
+        if _is_subtest(report):
+            return  # a `self.subTest` / `subtests.test` result is part of its test, counted by the test's own call
         if getattr(report, "wasxfail", None) is not None:
             self.not_run[f"xfail: {report.wasxfail or 'marked xfail'}"] += 1
         elif report.skipped:
@@ -89,6 +91,11 @@ class Tally:
             self.passed += report.passed
             self.failed += report.failed
             self.gated += bool(getattr(report, "samedevice_gpu_gated", False))
+
+
+def _is_subtest(report: pytest.TestReport) -> bool:
+    """pytest's own subtests (9.0+: `SubtestReport`) and pytest-subtests' reports carry a context."""
+    return type(report).__name__ == "SubtestReport" or getattr(report, "context", None) is not None
 
 
 def _skip_reason(report: pytest.TestReport) -> str:
