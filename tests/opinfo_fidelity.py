@@ -7,9 +7,12 @@ For every op in `torch.testing._internal.common_methods_invocations.op_db` that 
 kernel for the dtype, and every sample of `op.sample_inputs("cpu", dtype)`, the op runs on
 the CPU and then, inside `simulated_gpus(count=2)`, on the sample moved to `cuda:0`. The
 simulated result must equal the CPU's (assert_close defaults, dtype, shape) and every tensor
-it returns must report `cuda:0`: a plain CPU tensor is an output left on the host. Binary
+it returns must report `cuda:0`: a plain CPU tensor is an output left on the host. Where
+OpInfo lists no CUDA kernel for the dtype (torch's test_ops.py::test_dtypes checks those
+lists on real GPUs: int64 matmul raises there), the simulation must fail too. Binary
 ufuncs also run mixed (one operand on `cuda:0`, the other on the CPU): a CPU operand with
-dimensions must raise libtorch's device mismatch, a 0-dim one rides along as a scalar.
+dimensions must raise libtorch's device mismatch, a 0-dim one rides along as a scalar
+(unless the op's generated wrapper checks devices, which refuses any CPU tensor).
 
 Why here and not in harness/devices/: this is a fidelity tool for the simulator's authors,
 not part of what a run needs. It imports torch's test internals (slow to import, ~10 s, and
@@ -186,9 +189,10 @@ def _random(op, sample) -> bool:
     return _compare(_on_host(first), op(x, *args, **kwargs))[0] != "pass"
 
 
-def _simulated(op, sample, which: str | None = None) -> tuple[Any, str, str]:
-    """(result on the host, placement result, detail) of the op on the sample moved to
-    cuda:0, but for the operand `which` ("input" or "other"), left on the CPU."""
+def _simulated(op, sample, which: str | None = None) -> tuple[Any, str, str, bool]:
+    """(result on the host, placement result, detail, whether anything was on the device) of
+    the op on the sample moved to cuda:0, but for the operand `which` ("input" or "other"),
+    left on the CPU."""
     with simulated_gpus(count=2):
         x, args, kwargs, placed = _moved(sample, DEVICE)
         if which == "input":
@@ -198,7 +202,7 @@ def _simulated(op, sample, which: str | None = None) -> tuple[Any, str, str]:
         out = _call(op, (x, args, kwargs))
         placement = _placement(out, 0 if placed else -1)
         host = _on_host(out)
-    return host, *placement
+    return host, *placement, placed
 
 
 def _expected(op, sample) -> Any:
@@ -213,13 +217,21 @@ def run_sample(op, sample, dtype: str, number: int) -> Outcome:
         expected = _expected(op, sample)
     except Exception as exc:  # the CPU refuses the sample itself: nothing to compare against
         return Outcome(name, dtype, number, "same", "cpu_error", _first_line(exc))
+    # OpInfo's CUDA dtypes are checked by torch's own test_ops.py::test_dtypes: a dtype not
+    # listed raises on a GPU (int64 matmul: "addmm_cuda" not implemented for 'Long').
+    gpu_kernel = op.supports_dtype(DTYPES[dtype], "cuda")
     try:
-        host, placed, where = _simulated(op, sample)
+        host, placed, where, moved = _simulated(op, sample)
     except _SampleTimeout:
         return Outcome(name, dtype, number, "same", "timeout", f"over {SAMPLE_SECONDS} s")
     except Exception as exc:
+        if not gpu_kernel and is_kernel_gap(exc):
+            return Outcome(name, dtype, number, "same", "pass", "refused as on a GPU: " + _first_line(exc))
         kind = "kernel_gap" if is_kernel_gap(exc) else "spurious_error"
         return Outcome(name, dtype, number, "same", kind, _first_line(exc))
+    if not gpu_kernel and moved:
+        return Outcome(name, dtype, number, "same", "missing_error",
+                       f"ran, where a GPU has no {dtype} kernel for it (OpInfo's CUDA dtypes)")
     result, detail = _compare(expected, host)
     if result == "wrong_values" and op.name in UNINITIALIZED:
         result, detail = "random", "uninitialized memory"
@@ -254,7 +266,7 @@ def run_mixed(op, sample, dtype: str, number: int, which: str, scalar: bool) -> 
     except Exception as exc:
         return Outcome(name, dtype, number, check, "cpu_error", _first_line(exc))
     try:
-        host, placed, where = _simulated(op, sample, which)
+        host, placed, where, _ = _simulated(op, sample, which)
     except _SampleTimeout:
         return Outcome(name, dtype, number, check, "timeout", f"over {SAMPLE_SECONDS} s")
     except Exception as exc:
@@ -352,7 +364,7 @@ def table(outcomes: list[Outcome], ops_total: int, dtypes: list[str], seconds: f
         "# Simulated GPUs against torch's OpInfo database",
         "",
         f"torch {torch.__version__}; dtypes {', '.join(dtypes)}; {ops_total} OpInfos in op_db; "
-        f"{time.strftime('%Y-%m-%d %H:%M')} UTC; {seconds:.0f} s. Written by `python -m tests.opinfo_fidelity` "
+        f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC; {seconds:.0f} s. Written by `python -m tests.opinfo_fidelity` "
         "(`nox -s opinfo`).",
         "",
         f"- ops covered: **{len(ops)}** ({len(covered)} op/dtype pairs)",

@@ -5,6 +5,8 @@ pass as libtorch does. The whole database: `nox -s opinfo` (tests/opinfo_fidelit
 from __future__ import annotations
 
 import copy
+import os
+import time
 
 import pytest
 import torch
@@ -32,7 +34,7 @@ OPS = [
     # factories and copies
     "arange", "zeros_like", "full_like", "to",
 ]
-MAX_SAMPLES = 8
+MAX_SAMPLES = 8  # gradient's tensor spacings (a tensor list passed by keyword) are its samples 6 and 7
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +116,19 @@ def test_the_rng_state_fix_is_what_lets_dropout_pass(op_db, monkeypatch):
     outcomes = fidelity.run_op(op_db["nn.functional.dropout"], "float32", 2)
     assert {o.result for o in outcomes} == {"spurious_error"}
     assert "Torch not compiled with CUDA enabled" in outcomes[0].detail
+
+
+def test_an_op_a_gpu_has_no_kernel_for_must_fail_on_the_simulated_gpu_too(op_db):
+    add = _with_op(op_db["add"], op_db["add"].op)
+    add.supports_dtype = lambda dtype, device_type: device_type == "cpu"  # as OpInfo lists int64 mm
+    outcomes = fidelity.run_op(add, "float32", 2, mixed=False)
+    assert {o.result for o in outcomes} == {"missing_error"}
+
+
+def test_a_hanging_or_dying_op_is_recorded_and_the_run_goes_on(op_db, monkeypatch):
+    monkeypatch.setattr(fidelity, "SAMPLE_SECONDS", 1)
+    hangs = fidelity.run_op(_buggy(op_db["add"], lambda out, x, args: time.sleep(5)), "float32", 1, mixed=False)
+    assert [o.result for o in hangs] == ["timeout"]
+    dies = fidelity.run_isolated(_buggy(op_db["add"], lambda out, x, args: os.abort()), "float32", 1)
+    assert [(o.result, o.sample) for o in dies] == [("crash", -1)]
+    assert "exit code" in dies[0].detail
