@@ -158,11 +158,11 @@ def test_profiler_memcpy_events_are_replayed_into_the_ledger_by_phase_and_step()
         FakeKinetoEvent("Memcpy HtoD (Pinned -> Device)", 5.0, nbytes=4),  # before any marker: load
     ]
     copies = memcpy_events(events)
-    assert sorted(copies) == sorted([("h2d", 64, 11.0), ("d2h", 8, 21.0), ("d2d", 128, 22.0), ("d2d", 256, 23.0),
-                                     ("d2h", 8, 41.0), ("h2d", 4, 5.0)])
+    assert sorted(copies) == sorted([("h2d", 64, 11.0, True), ("d2h", 8, 21.0, False), ("d2d", 128, 22.0, False),
+                                     ("d2d", 256, 23.0, False), ("d2h", 8, 41.0, False), ("h2d", 4, 5.0, False)])
     assert timeline_marks(events) == [(10.0, 0), (20.0, 1), (21.5, 2), (30.0, 3), (40.0, 4)]
     ledger = Ledger()
-    sites = {("decode", "d2h"): deque([("cpu", "sampler.py:12")])}
+    sites = {("decode", "d2h"): deque([("cpu", "sampler.py:12", False)])}
     replay(ledger, "load", calls, timeline_marks(events), copies, sites)
     assert ledger.to_json()["counts"] == {"load.h2d": 1, "prefill.h2d": 1, "decode.d2h": 1, "decode.d2d": 2,
                                           "decode.sync": 1, "finish.d2h": 1}
@@ -190,7 +190,42 @@ def test_an_asynchronous_copy_counts_where_the_host_launched_it():
 def test_function_events_from_the_profiler_table_are_understood_too():
     event = SimpleNamespace(name="Memcpy DtoH (Device -> Pinned)", time_range=SimpleNamespace(start=7.0), nbytes=None,
                             metadata_json=None)
-    assert memcpy_events([event]) == [("d2h", 0, 7.0)]
+    assert memcpy_events([event]) == [("d2h", 0, 7.0, False)]
+
+
+def test_a_pageable_non_blocking_upload_is_a_copy_and_a_sync_on_real_cuda_as_on_the_simulator():
+    """The simulator's hidden-stall rule (sim_streams.copy_h2d), replayed from profiler events:
+    the memory kind from the event name, non_blocking from the copy hook matched to it. Not
+    run on a GPU: the events are fabricated with Kineto's names."""
+    from harness.devices.tracking import _copy_hook
+
+    def upload(pageable, pinned):  # the user's code, run on the simulator below
+        pageable.to("cuda:0")
+        pageable.to("cuda:0", non_blocking=True)
+        pinned.to("cuda:0", non_blocking=True)
+        pinned.cuda(0, True)
+        pageable.cuda(0, non_blocking=True)
+
+    simulated = Ledger()
+    with simulated_gpus(ledger=simulated):
+        upload(torch.ones(4), torch.ones(4).pin_memory())
+
+    sites: dict = {}
+    hooks = {name: _copy_hook(name, lambda self, *args, **kwargs: None,
+                              lambda kind, op, nb: sites.setdefault(("load", kind), deque()).append((op, "up.py:1", nb)))
+             for name in ("to", "cuda")}
+    fake = SimpleNamespace(device=torch.device("cpu"),
+                           to=lambda *a, **k: hooks["to"](fake, *a, **k), cuda=lambda *a, **k: hooks["cuda"](fake, *a, **k))
+    upload(fake, fake)  # the hooks see the same calls' arguments (memory kinds come from the events)
+    assert [entry[2] for entry in sites[("load", "h2d")]] == [False, True, True, True, True]
+    events = [FakeKinetoEvent(f"Memcpy HtoD ({memory} -> Device)", float(i), nbytes=16)
+              for i, memory in enumerate(("Pageable", "Pageable", "Pinned", "Pinned", "Pageable"))]
+    real = Ledger()
+    replay(real, "load", [], timeline_marks(events), memcpy_events(events), sites)
+    assert real.to_json()["counts"] == simulated.to_json()["counts"] == {"load.h2d": 5, "load.sync": 2}
+    assert real.top_sites("load", "sync") == [("to(non_blocking=True) from pageable memory", "up.py:1", 1),
+                                              ("cuda(non_blocking=True) from pageable memory", "up.py:1", 1)]
+    assert simulated.top_sites("load", "sync")[0][0] == "to(non_blocking=True) from pageable memory"
 
 
 def test_a_copy_of_no_element_is_no_transfer():

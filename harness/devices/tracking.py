@@ -20,6 +20,13 @@ sync-debug APIs; only its event parsing is unit-tested, with fake events).
   read (`item`, `tolist`, `bool()`, an op that reads a size back) is one sync, and the small
   copy it makes inside is part of it, not a D2H. `samedevice doctor --selftest` checks this
   on the GPU it runs on.
+- Hidden stalls, the simulator's rule (sim_streams.copy_h2d): a host-to-device copy issued
+  with non_blocking=True from pageable (unpinned) memory is a copy *and* a sync, op
+  "<op>(non_blocking=True) from pageable memory", at the copy's call site; from pinned memory
+  it is a copy only, and a blocking copy is a copy only whatever its memory (its wait is the
+  copy's own). The memory kind comes from the profiler event's name ("Memcpy HtoD (Pageable
+  -> Device)" vs "(Pinned -> Device)"); non_blocking, which the event does not carry, from
+  the copy hook matched to it (a copy no hook saw counts as blocking).
 """
 
 from __future__ import annotations
@@ -39,7 +46,8 @@ from torch import Tensor
 from harness.devices.ledger import Ledger
 from harness.devices.state import STATE, call_site
 
-_MEMCPY = re.compile(r"Memcpy (HtoD|DtoH|DtoD|PtoP)")
+# Kineto names a memcpy "Memcpy <kind> (<source memory> -> <target memory>)".
+_MEMCPY = re.compile(r"Memcpy (HtoD|DtoH|DtoD|PtoP)(?: \((\w+) ->)?")
 _MEMCPY_KIND = {"HtoD": "h2d", "DtoH": "d2h", "DtoD": "d2d", "PtoP": "d2d"}
 MARK = "samedevice::ledger::"
 
@@ -90,11 +98,14 @@ def _track_host_reads(ledger: Ledger) -> Iterator[None]:
 # --- real CUDA --------------------------------------------------------------------------------
 
 
-def memcpy_events(events: Iterable[Any]) -> list[tuple[Any, int, float]]:
-    """(kind, bytes, start in us) of the memcpy events in profiler `events`: Kineto events
-    (`name()`, `nbytes()`, `start_ns()`) or FunctionEvents (`name`, `time_range.start`).
-    The start is the launch on the host where the event links to its runtime call (a
-    correlation id), so an asynchronous copy counts in the step that issued it."""
+Copy = tuple  # (kind, bytes, start in us, pageable): pageable is True for a HtoD from pageable memory
+
+
+def memcpy_events(events: Iterable[Any]) -> list[Copy]:
+    """The memcpy events in profiler `events` as `Copy`s: Kineto events (`name()`,
+    `nbytes()`, `start_ns()`) or FunctionEvents (`name`, `time_range.start`). The start is
+    the launch on the host where the event links to its runtime call (a correlation id), so
+    an asynchronous copy counts in the step that issued it."""
     events = list(events)
     launches = {}
     for event in events:
@@ -109,7 +120,8 @@ def memcpy_events(events: Iterable[Any]) -> list[tuple[Any, int, float]]:
             continue
         correlation = _correlation(event)
         start = launches.get(correlation, _event_start_us(event)) if correlation is not None else _event_start_us(event)
-        found.append((_MEMCPY_KIND[match.group(1)], _event_bytes(event), start))
+        pageable = match.group(1) == "HtoD" and match.group(2) == "Pageable"
+        found.append((_MEMCPY_KIND[match.group(1)], _event_bytes(event), start, pageable))
     return found
 
 
@@ -211,11 +223,12 @@ class _Timeline(Ledger):
 
 
 def replay(ledger: Ledger, first_phase: Any, calls: list[Call], marks: list[tuple[float, int]],
-           copies: list[tuple[Any, int, float]], sites: dict[tuple[str, str], deque],
+           copies: list[Copy], sites: dict[tuple[str, str], deque],
            host_reads: Sequence[tuple[float, float]] = ()) -> None:
     """Apply the ledger calls and the profiler's copies to `ledger`, in time order (a call
     before a copy at the same instant). Each copy gets the call site the hooks saw for the
-    same (phase, kind), in order ('?' when none did). A copy launched inside a host read
+    same (phase, kind), in order ('?' when none did); a pageable HtoD copy whose hook saw
+    non_blocking=True is also a sync (the module's rule). A copy launched inside a host read
     (between its read marks, or inside an `aten::_local_scalar_dense` the profiler saw) is
     part of that read's sync, as the simulator counts it, not a D2H."""
     ledger.phase = first_phase
@@ -224,14 +237,16 @@ def replay(ledger: Ledger, first_phase: Any, calls: list[Call], marks: list[tupl
     if calls and not marks:  # no marker reached the profiler: the calls in order, then the copies
         marks = [(float("-inf"), index) for index in range(len(calls))]
     timeline: list[tuple[float, int, tuple[Any, ...]]] = [(start, 0, ("call", index)) for start, index in marks]
-    timeline += [(start, 1, ("copy", kind, nbytes)) for kind, nbytes, start in copies]
+    timeline += [(start, 1, ("copy", kind, nbytes, pageable)) for kind, nbytes, start, pageable in copies]
     for _, _, item in sorted(timeline, key=lambda row: (row[0], row[1])):
         if item[0] == "copy":
             if reading:
                 continue
             queue = sites.get((str(ledger.phase), str(item[1])))
-            op, site = queue.popleft() if queue else ("memcpy", "?")
+            op, site, non_blocking = queue.popleft() if queue else ("memcpy", "?", False)
             ledger.record(item[1], item[2], op, site)
+            if item[3] and non_blocking:
+                ledger.record("sync", 0, f"{op}(non_blocking=True) from pageable memory", site)
             continue
         call = calls[item[1]]
         if call[0] == "read":
@@ -274,22 +289,25 @@ class _Sections:
 
 
 def _copy_hook(name: str, method: Any, remember: Any, sections: _Sections | None = None) -> Any:
-    """`Tensor.<name>` that notes the call site of the copy it is about to make."""
+    """`Tensor.<name>` that notes the call site of the copy it is about to make, and whether
+    it was asked non_blocking."""
 
-    def target(self: Tensor, *args: Any, **kwargs: Any) -> tuple[torch.device, torch.device]:
-        if name == "copy_":
-            return args[0].device, self.device
+    def target(self: Tensor, *args: Any, **kwargs: Any) -> tuple[torch.device, torch.device, bool]:
+        if name == "copy_":  # copy_(src, non_blocking=False)
+            return args[0].device, self.device, bool(args[1] if len(args) > 1 else kwargs.get("non_blocking"))
         if name == "cpu":
-            return self.device, torch.device("cpu")
-        if name == "cuda":
+            return self.device, torch.device("cpu"), False
+        if name == "cuda":  # cuda(device=None, non_blocking=False, ...)
             device = args[0] if args else kwargs.get("device")
-            return self.device, _cuda_device("cuda" if device is None else device)
-        device = torch._C._nn._parse_to(*args, **kwargs)[0]
-        return self.device, self.device if device is None else _cuda_device(device)
+            non_blocking = bool(args[1] if len(args) > 1 else kwargs.get("non_blocking"))
+            return self.device, _cuda_device("cuda" if device is None else device), non_blocking
+        device, _, non_blocking, _ = torch._C._nn._parse_to(*args, **kwargs)
+        return self.device, self.device if device is None else _cuda_device(device), bool(non_blocking)
 
     def hooked(self: Tensor, *args: Any, **kwargs: Any) -> Any:
         with contextlib.suppress(Exception):  # a bad argument: the real method raises its own error
-            remember(_copy_kind(*target(self, *args, **kwargs)), name)
+            source, destination, non_blocking = target(self, *args, **kwargs)
+            remember(_copy_kind(source, destination), name, non_blocking)
         if sections is None:
             return method(self, *args, **kwargs)
         sections.depth += 1
@@ -325,9 +343,9 @@ def _track_cuda(ledger: Ledger) -> Iterator[None]:
     first_phase = ledger.phase
     sites: dict[tuple[str, str], deque] = defaultdict(deque)
 
-    def remember(kind: str | None, op: str) -> None:
+    def remember(kind: str | None, op: str, non_blocking: bool) -> None:
         if kind:
-            sites[(ledger.phase, kind)].append((op, call_site()))
+            sites[(ledger.phase, kind)].append((op, call_site(), non_blocking))
 
     sections = _Sections()
 
