@@ -124,12 +124,28 @@ def sweep(session: nox.Session) -> None:
     fails if a case failed or errored (those are findings about transformers).
     `-- -k qwen2` (any pytest arguments) narrows it."""
     install(session)
-    session.run("pytest", "sweeps", "-n", "2", "-p", "no:cacheprovider", "-o", "samedevice_paths=sweeps",
-                "-m", "cpu or sim", "-q", "--samedevice-results", SWEEP_RESULTS, *session.posargs,
+    _run_sweep(session, "sweeps/architectures.yaml", SWEEP_RESULTS, "architectures.md")
+
+
+@nox.session(default=False)
+def options_sweep(session: nox.Session) -> None:
+    """The generation-options sweep (sweeps/options.yaml, written by `python -m
+    harness.frontends.generation_options` from the installed transformers' GenerationConfig):
+    each option that turns on a logits processor, a stopping criterion, a cache or a decoding
+    strategy, alone and with an assistant on a second GPU, on cpu, sim:cuda:0 and sim:auto.
+    Writes results/options-sweep/options.md; fails if a case failed or errored."""
+    install(session)
+    session.run("python", "-m", "harness.frontends.generation_options", "--check")
+    _run_sweep(session, "sweeps/options.yaml", "results/options-sweep", "options.md")
+
+
+def _run_sweep(session: nox.Session, sweep_file: str, results: str, table: str) -> None:
+    session.run("pytest", sweep_file, "-n", "2", "-p", "no:cacheprovider", "-o", f"samedevice_paths={sweep_file}",
+                "-m", "cpu or sim", "-q", "--samedevice-results", results, *session.posargs,
                 success_codes=[0, 1])
     session.run("python", "-c", "import pathlib, subprocess, sys; "
-                f"run = max(pathlib.Path('{SWEEP_RESULTS}').glob('2*/cases.jsonl')).parent; "
-                "out = run.parent / 'architectures.md'; "
+                f"run = max(pathlib.Path('{results}').glob('2*/cases.jsonl')).parent; "
+                f"out = run.parent / '{table}'; "
                 "code = subprocess.call(['samedevice', 'architectures', '--results', str(run), '-o', str(out), "
                 "'--fail-on-failures']); print(out.read_text()); sys.exit(code)")
 

@@ -94,3 +94,70 @@ def test_the_table_has_a_row_per_family_a_column_per_feature_and_device_and_the_
     assert "- bert: encoder" in table and "## Cannot be built tiny (1 families)" in table
     assert ("- `arch-sampled.qwen2[transformers-sim:auto]` (sweeps/architectures.yaml:13): RuntimeError at "
             "transformers/cache_utils.py:42: The size of tensor a (2) must match") in table
+
+
+# The generation-options sweep (sweeps/options.yaml, harness/frontends/generation_options.py)
+
+OPTIONS_SWEEP = REPO / "sweeps" / "options.yaml"
+
+
+def test_the_options_sweep_is_what_the_generator_writes_and_loads_clean() -> None:
+    from harness.frontends import generation_options
+
+    assert OPTIONS_SWEEP.read_text() == generation_options.sweep_yaml(), \
+        "stale: run python -m harness.frontends.generation_options"
+    result = load_file(OPTIONS_SWEEP)
+    assert not result.errors, result.errors
+    scenarios = {s.scenario.name: s.scenario for s in result.scenarios}
+    for name, item in generation_options.options_with_caches().items():
+        assert (f"opt.{name}" in scenarios) is not bool(item.get("assistant_only")), name
+        assisted = scenarios[f"opt-assisted.{name}"].engine_options.for_engine("transformers")
+        assert assisted.assistant is not None and assisted.assistant.device == "cuda:1"
+        assert assisted.generate == item.get("generate", {})
+    assert all([d.device for d in s.devices] == ["cpu", "cuda:0", "auto"] and s.engines == ["transformers"] for s in scenarios.values())
+
+
+def test_every_generation_config_field_that_turns_something_on_is_run_or_explained() -> None:
+    from harness.frontends.generation_options import NOT_APPLICABLE, option_fields, uncovered
+
+    fields = option_fields()
+    # read from transformers' own source, one of each kind
+    assert "logits processor" in fields["repetition_penalty"] and "logits processor" in fields["watermarking_config"]
+    assert "stopping criterion" in fields["stop_strings"] and "stopping criterion" in fields["max_time"]
+    assert fields["cache_implementation-static"] == {"cache"} and "cache" in fields["prefill_chunk_size"]
+    assert "decoding strategy" in fields["prompt_lookup_num_tokens"] and "decoding strategy" in fields["penalty_alpha"]
+    assert "max_new_tokens" not in fields and "output_scores" not in fields
+    assert uncovered(fields) == []
+    assert all(reason for reason in NOT_APPLICABLE.values()) and set(NOT_APPLICABLE) <= set(fields)
+
+
+def test_a_field_neither_run_nor_explained_is_named(monkeypatch) -> None:
+    from harness.frontends import generation_options
+
+    monkeypatch.delitem(generation_options.OPTIONS, "top_h")
+    monkeypatch.delitem(generation_options.NOT_APPLICABLE, "use_mtp")
+    assert generation_options.uncovered(generation_options.option_fields()) == ["top_h", "use_mtp"]
+    assert generation_options.main(["--check"]) == 1
+
+
+def test_the_options_sweep_is_its_own_session_not_the_default_suite() -> None:
+    bundled = [s.scenario.name for s in load_paths([REPO / "scenarios"]).scenarios]
+    assert not any(name.startswith("opt.") or name.startswith("opt-assisted.") for name in bundled)
+    noxfile = (REPO / "noxfile.py").read_text()
+    assert "@nox.session(default=False)\ndef options_sweep(" in noxfile
+    assert '"options_sweep"' not in noxfile.split("nox.options.sessions")[1].splitlines()[0]
+    assert '_run_sweep(session, "sweeps/architectures.yaml"' in noxfile, "the architecture sweep runs its own file only"
+
+
+def test_the_options_table_has_a_row_per_option() -> None:
+    error = ErrorInfo("RuntimeError", "Expected all tensors to be on the same device",
+                      site="transformers/generation/logits_process.py:2358")
+    results = [CaseResult(id=f"{name}[transformers-{device}]", scenario=name, engine="transformers", device=device,
+                          file="sweeps/options.yaml", line=27, status=status, error=error if status == "error" else None)
+               for name, device, status in [("opt.bad_words_ids", "cpu", "passed"),
+                                            ("opt-assisted.bad_words_ids", "sim:cuda:0", "error")]]
+    table = sweep_table(results, "Generation-options sweep", "option", "options").splitlines()
+    assert table[0] == "# Generation-options sweep" and table[2].startswith("1 options, 2 cases")
+    assert "| option | opt cpu | opt-assisted sim:cuda:0 |" in table and "| bad_words_ids | ok | ERR |" in table
+    assert ("- `opt-assisted.bad_words_ids[transformers-sim:cuda:0]` (sweeps/options.yaml:27): RuntimeError at "
+            "transformers/generation/logits_process.py:2358: Expected all tensors to be on the same device") in table

@@ -1,6 +1,7 @@
 """`samedevice architectures`: every model family a scenario may name, whether it has a tiny
 decoder-only form here and why not, and, given a run of the architecture sweep
-(`sweeps/architectures.yaml`), how each family did per feature and device.
+(`sweeps/architectures.yaml`), how each family did per feature and device; the same table
+for a run of the generation-options sweep (`sweeps/options.yaml`), a row per option.
 
 A sweep scenario is named BASE.FAMILY (the loader's expansion of `family: all`); its cases'
 device labels are the columns. Failures and errors are listed with the scenario's file:line
@@ -50,8 +51,9 @@ def split_name(scenario: str) -> tuple[str, str]:
     return base, family
 
 
-def sweep_table(results: list[CaseResult]) -> str:
-    """Markdown: one row per family, one column per scenario x device, then what failed."""
+def sweep_table(results: list[CaseResult], title: str = "Architecture sweep", row: str = "family",
+                rows: str = "families") -> str:
+    """Markdown: one row per family (or option: `row`), one column per scenario x device, then what failed."""
     cells: dict[str, dict[tuple[str, str], CaseResult]] = defaultdict(dict)
     columns: dict[tuple[str, str], None] = {}
     for result in results:
@@ -64,11 +66,11 @@ def sweep_table(results: list[CaseResult]) -> str:
     bases = list(dict.fromkeys(b for b, _ in order))
     prefix = _common_words(bases) if len(bases) > 1 else ""  # arch-greedy, arch-sampled -> greedy, sampled
     lines = [
-        "# Architecture sweep",
+        f"# {title}",
         "",
-        f"{len(cells)} families, {len(results)} cases: " + ", ".join(f"{n} {s}" for s, n in counts.items()),
+        f"{len(cells)} {rows}, {len(results)} cases: " + ", ".join(f"{n} {s}" for s, n in counts.items()),
         "",
-        "| family | " + " | ".join(f"{base.removeprefix(prefix)} {device}" for base, device in order) + " |",
+        f"| {row} | " + " | ".join(f"{base.removeprefix(prefix)} {device}" for base, device in order) + " |",
         "|---" * (len(order) + 1) + "|",
     ]
     for family in sorted(cells):
@@ -118,7 +120,10 @@ def main(results_dir: Path | None, build: bool, output: Path | None, fail_on_fai
         from harness.record.results import RunDirectory
 
         results = RunDirectory(results_dir).read_cases()
-        text = sweep_table(results)
+        if results and all(r.file.endswith("sweeps/options.yaml") for r in results):
+            text = sweep_table(results, "Generation-options sweep", "option", "options")
+        else:
+            text = sweep_table(results)
         bad = sum(r.status in ("failed", "error") for r in results)
     else:
         rows = family_rows(build)
