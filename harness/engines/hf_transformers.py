@@ -25,15 +25,9 @@ from harness.engines.base import (
     Unsupported,
 )
 from harness.engines.hf_compat import dtype_argument, sequence_bias_argument
+from harness.engines.options import Assistant, PeftAdapter, TransformersOptions
 from harness.engines.versions import engine_problem, import_problem, installed_version
-from harness.format.scenario import (
-    Assistant,
-    Budget,
-    PeftAdapter,
-    PhaseBudgets,
-    TransfersCheck,
-    TransformersOptions,
-)
+from harness.format.scenario import Budget, PhaseBudgets, TransfersCheck
 
 # generate()'s own steady state per decode token, measured (README "Transfer profiles"): no
 # copy to or from the host, one sync (the stopping criteria's `bool(unfinished.max() == 0)`,
