@@ -111,9 +111,13 @@ def test_the_options_sweep_is_what_the_generator_writes_and_loads_clean() -> Non
     scenarios = {s.scenario.name: s.scenario for s in result.scenarios}
     for name, item in generation_options.options_with_caches().items():
         assert (f"opt.{name}" in scenarios) is not bool(item.get("assistant_only")), name
+        assert (f"opt-assisted.{name}" in scenarios) is not bool(item.get("alone_only")), name
+        if item.get("alone_only"):
+            continue
         assisted = scenarios[f"opt-assisted.{name}"].engine_options.for_engine("transformers")
         assert assisted.assistant is not None and assisted.assistant.device == "cuda:1"
         assert assisted.generate == item.get("generate", {})
+    assert "opt-assisted.use_cache" not in scenarios and "opt.use_cache" in scenarios  # transformers refuses it
     assert all([d.device for d in s.devices] == ["cpu", "cuda:0", "auto"] and s.engines == ["transformers"] for s in scenarios.values())
 
 

@@ -35,12 +35,14 @@ _DECIDERS = (
 SAMPLE = {"mode": "sample", "seed": 7}
 
 # name -> {generate: generate() arguments, sampling: the scenario's sampling block,
-#          beams: features.beam_search, assistant_only: a no-op without an assistant}.
+#          beams: features.beam_search, assistant_only: a no-op without an assistant,
+#          alone_only: why transformers refuses it with an assistant (no assisted run)}.
 # A name is FIELD, or FIELD-VALUE where one field has several values worth a run each.
 OPTIONS: dict[str, dict[str, Any]] = {
     # logits processors
     "bad_words_ids": {"generate": {"bad_words_ids": [[5], [7, 8]]}},
     "begin_suppress_tokens": {"generate": {"begin_suppress_tokens": [5, 6]}},
+    "encoder_no_repeat_ngram_size": {"generate": {"encoder_no_repeat_ngram_size": 2}},  # the prompt, decoder-only
     "encoder_repetition_penalty": {"generate": {"encoder_repetition_penalty": 1.5}},
     "epsilon_cutoff": {"generate": {"epsilon_cutoff": 0.0003}, "sampling": SAMPLE},
     "eta_cutoff": {"generate": {"eta_cutoff": 0.001}, "sampling": SAMPLE},
@@ -74,7 +76,8 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "stop_strings": {"generate": {"stop_strings": [" the", "."]}},
     "assistant_confidence_threshold": {"generate": {"assistant_confidence_threshold": 0.2}, "assistant_only": True},
     # caches
-    "use_cache": {"generate": {"use_cache": False}},
+    "use_cache": {"generate": {"use_cache": False},
+                  "alone_only": "transformers refuses it: 'Assisted decoding requires a cache'"},
     "max_cache_len": {"generate": {"cache_implementation": "static", "max_cache_len": 64}},
     "prefill_chunk_size": {"generate": {"prefill_chunk_size": 2}},
     "num_assistant_tokens": {"generate": {"num_assistant_tokens": 3}, "assistant_only": True},
@@ -91,7 +94,6 @@ OPTIONS: dict[str, dict[str, Any]] = {
 
 # field -> why it has no run of its own on a tiny text model.
 NOT_APPLICABLE: dict[str, str] = {
-    "encoder_no_repeat_ngram_size": "encoder-decoder models only: generate() raises for a decoder-only model",
     "max_length": "the harness always passes max_new_tokens (the scenario's), which replaces max_length; "
                   "MaxLengthCriteria runs in every case",
     "is_assistant": "set by transformers on the assistant's own config, not a user option",
@@ -155,8 +157,11 @@ def options_with_caches() -> dict[str, dict[str, Any]]:
     """OPTIONS plus one run per cache implementation of the installed transformers."""
     from transformers.generation import configuration_utils
 
-    caches = {f"cache_implementation-{name}": {"generate": {"cache_implementation": name}}
-              for name in cache_implementations(configuration_utils)}
+    caches: dict[str, dict[str, Any]] = {f"cache_implementation-{name}": {"generate": {"cache_implementation": name}}
+                                         for name in cache_implementations(configuration_utils)}
+    if "cache_implementation-paged" in caches:  # continuous batching
+        caches["cache_implementation-paged"]["alone_only"] = \
+            "transformers refuses it: 'assistant_model is not supported for continuous batching'"
     return OPTIONS | caches
 
 
@@ -187,11 +192,14 @@ def sweep_yaml() -> str:
         "# Options that cannot apply to a tiny text model (harness/frontends/generation_options.py):",
     ]
     lines += [f"#   {field}: {reason}" for field, reason in NOT_APPLICABLE.items()]
+    options = options_with_caches()
+    lines += ["# Run alone only (no opt-assisted run):"]
+    lines += [f"#   {name}: {item['alone_only']}" for name, item in options.items() if item.get("alone_only")]
     fields = option_fields()
-    for name, item in options_with_caches().items():
+    for name, item in options.items():
         kinds = " and ".join(sorted(fields.get(name) or fields.get(name.split("-")[0], set()))) or "generate() option"
         for assisted in (False, True):
-            if item.get("assistant_only") and not assisted:
+            if (item.get("assistant_only") and not assisted) or (item.get("alone_only") and assisted):
                 continue
             transformers_options = {}
             if item.get("generate"):
