@@ -12,11 +12,10 @@ from functools import lru_cache
 
 from harness.engines import UnknownEngine, get_engine
 from harness.engines.base import Placement
+from harness.format.labels import DeviceLabel
 from harness.format.loader import LoadedScenario
 from harness.format.scenario import DeviceSpec, HubModel, ModelSpec, PathModel, Scenario
 from harness.models.families import BUNDLED_FAMILIES
-
-SIM_PREFIX = "sim:"
 
 
 @dataclass(frozen=True)
@@ -25,13 +24,17 @@ class DeviceTarget:
     simulated: bool
 
     @property
+    def device_label(self) -> DeviceLabel:
+        return self.spec.label.with_simulated(self.simulated)
+
+    @property
     def label(self) -> str:
-        return (SIM_PREFIX if self.simulated else "") + self.spec.device
+        return str(self.device_label)
 
     @property
     def kind(self) -> str:
         """cpu | cuda | auto: what an engine must support."""
-        return self.spec.device.split(":")[0]
+        return self.spec.label.kind
 
     @property
     def marker(self) -> str:
@@ -42,11 +45,7 @@ class DeviceTarget:
     def requested_placement(self) -> Placement:
         """The `Placement` this case asks its engine to load onto (whether the weights went there
         is the placement check, `harness.engines.weights`)."""
-        if self.kind == "cpu":
-            return Placement("cpu", ("cpu",))
-        if self.kind == "auto":
-            return Placement("auto", tuple(f"cuda:{i}" for i in range(self.spec.gpus_needed)))
-        return Placement("cuda", (self.spec.device,))
+        return Placement(self.kind, self.spec.label.placement(self.spec.gpus_needed))
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import difflib
 import json
 import os
 import signal
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from harness import __version__
+from harness.format.suggest import closest
 from harness.frontends.arguments import (
     build_timeout,
     device_filter_problems,
@@ -70,9 +70,9 @@ def _unknown_arguments(parser: argparse.ArgumentParser, command: str | None, unk
     options = [o for action in target._actions for o in action.option_strings]
     hint = ""
     for arg in unknown:
-        close = difflib.get_close_matches(arg.split("=", 1)[0], options, n=1, cutoff=0.7) if arg.startswith("--") else []
+        close = closest(arg.split("=", 1)[0], options) if arg.startswith("--") else None
         if close:
-            hint = f" (did you mean {close[0]}?)"
+            hint = f" (did you mean {close}?)"
             break
     target.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
 
