@@ -8,9 +8,9 @@ import json
 
 import pytest
 import torch
-from harness.checks.features import check_features
 from torch.overrides import TorchFunctionMode
 
+from harness.checks.features import check_features
 from harness.engines.base import Generation
 from harness.engines.spec import resolve
 from harness.format.scenario import ModelSpec, Scenario

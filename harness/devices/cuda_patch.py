@@ -202,6 +202,11 @@ def _set_rng_state(new_state: torch.Tensor, device: Any = "cuda") -> None:
     torch.set_rng_state(new_state)
 
 
+def _set_rng_state_all(new_states: Any) -> None:
+    for state in new_states:
+        _set_rng_state(state)
+
+
 def _cuda_patches(count: int) -> dict[str, Any]:
     return {
         "is_available": lambda: True,
@@ -233,7 +238,7 @@ def _cuda_patches(count: int) -> dict[str, Any]:
         "get_rng_state": _get_rng_state,
         "set_rng_state": _set_rng_state,
         "get_rng_state_all": lambda: [torch.get_rng_state() for _ in range(count)],
-        "set_rng_state_all": lambda new_states: [_set_rng_state(state) for state in new_states] and None,
+        "set_rng_state_all": _set_rng_state_all,
         "initial_seed": torch.initial_seed,
     }
 

@@ -74,8 +74,9 @@ def sweep_table(results: list[CaseResult], title: str = "Architecture sweep", ro
         "|---" * (len(order) + 1) + "|",
     ]
     for family in sorted(cells):
-        row = cells[family]
-        lines.append(f"| {family} | " + " | ".join(SYMBOLS[row[c].status] if c in row else "" for c in order) + " |")
+        by_column = cells[family]
+        lines.append(f"| {family} | " + " | ".join(SYMBOLS[by_column[c].status] if c in by_column else ""
+                                                   for c in order) + " |")
     unbuildable: dict[str, str] = {}
     skips: dict[str, list[str]] = defaultdict(list)
     for family in sorted(cells):

@@ -5,7 +5,6 @@ harness's fault, not the engine's."""
 import re
 
 import harness.checks.features
-
 import harness.execute.case
 
 
