@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import faulthandler
 import json
 import multiprocessing
 import signal
@@ -318,6 +319,9 @@ def run_op(op, dtype: str, max_samples: int | None = None, mixed: bool = True) -
 
 
 def _child(conn, op, dtype: str, max_samples: int | None) -> None:
+    # A child that dies (an op aborting in C++) is an outcome the parent records: the stack
+    # pytest's faulthandler would print onto the shared terminal is not news.
+    faulthandler.disable()
     try:
         torch.set_num_threads(1)
         conn.send([asdict(o) for o in run_op(op, dtype, max_samples)])
