@@ -13,6 +13,7 @@ import torch
 from harness.devices import simulated_gpus
 from harness.devices.ledger import Ledger
 from harness.devices.sim_streams import StreamRace
+from tests.tiny_llama import tiny_llama
 
 HERE = "test_sim_streams.py:"
 
@@ -220,16 +221,8 @@ def test_a_non_blocking_upload_from_pageable_memory_counts_a_sync_a_pinned_one_d
 
 @pytest.fixture(scope="module")
 def llama():
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(1234)
-    config = transformers.LlamaConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        vocab_size=512, max_position_embeddings=128, bos_token_id=0, eos_token_id=1, pad_token_id=2,
-        tie_word_embeddings=False,
-    )
-    model = transformers.LlamaForCausalLM(config).eval()
-    model.generation_config.pad_token_id = 2
-    return model
+    pytest.importorskip("transformers")
+    return tiny_llama()
 
 
 def greedy(model, device, **kwargs) -> list[int]:

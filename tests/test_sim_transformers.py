@@ -11,6 +11,7 @@ import torch
 
 from harness.devices import classify_device_error, simulated_gpus
 from harness.devices.ledger import Ledger
+from tests.tiny_llama import tiny_llama
 
 transformers = pytest.importorskip("transformers")
 accelerate = pytest.importorskip("accelerate")
@@ -23,15 +24,7 @@ SPLIT = {"model.embed_tokens": 0, "model.rotary_emb": 0, "model.layers.0": 0, "m
 
 @pytest.fixture(scope="module")
 def llama():
-    torch.manual_seed(1234)
-    config = transformers.LlamaConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        vocab_size=512, max_position_embeddings=128, bos_token_id=0, eos_token_id=1, pad_token_id=2,
-        tie_word_embeddings=False,
-    )
-    model = transformers.LlamaForCausalLM(config).eval()
-    model.generation_config.pad_token_id = 2
-    return model
+    return tiny_llama()
 
 
 def greedy(model, device) -> list[int]:
