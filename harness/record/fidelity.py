@@ -23,10 +23,9 @@ from harness.record.render import markdown_code
 from harness.record.results import CaseResult
 
 
-def real_twin_id(case: CaseResult) -> str:
-    """The id the real-device twin of a simulated case has: `name[engine-sim:cuda:0]` ->
-    `name[engine-cuda:0]`."""
-    return case.id.replace(f"-{case.device}]", f"-{case.device.removeprefix(SIM_PREFIX)}]")
+def twin_key(case: CaseResult) -> tuple[str, str, str]:
+    """What a case and its twin share: scenario, engine and the device without `sim:`."""
+    return case.scenario, case.engine, case.device.removeprefix(SIM_PREFIX)
 
 
 @dataclass
@@ -75,14 +74,16 @@ def ledger_differences(real: Ledger, sim: Ledger) -> list[str]:
 
 
 def measure(real_cases: list[CaseResult], sim_cases: list[CaseResult]) -> Fidelity:
-    real = {c.id: c for c in real_cases if not c.device.startswith(SIM_PREFIX) and c.device != "cpu"}
-    sims = {real_twin_id(c): c for c in sim_cases if c.device.startswith(SIM_PREFIX)}
+    sims = {twin_key(c): c for c in sim_cases if c.device.startswith(SIM_PREFIX)}
     pairs, unpaired = [], []
-    for case_id in sorted(real):
-        if case_id not in sims:
-            unpaired.append(f"{case_id}: no twin in the simulated run")
+    for case in sorted(real_cases, key=lambda c: c.id):
+        if case.device.startswith(SIM_PREFIX) or case.device == "cpu":
             continue
-        pair = Pair(real[case_id], sims[case_id])
+        twin = sims.get(twin_key(case))
+        if twin is None:
+            unpaired.append(f"{case.id}: no twin in the simulated run")
+            continue
+        pair = Pair(case, twin)
         if pair.judged:
             if pair.real.tokens != pair.sim.tokens:
                 pair.differences.append("tokens differ")
